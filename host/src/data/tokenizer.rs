@@ -1,0 +1,80 @@
+//! The two tokenizations of the shipped corpus: raw bytes (vocabulary 256) for the
+//! CPU tracks, and GPT-2 BPE (r50k ranks from `tiktoken-rs`) for the GPT-2 path.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// GPT-2's end-of-text token; the speedrun's data puts it before every document.
+pub const GPT2_EOT: u16 = 50256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// One token per UTF-8 byte; documents are concatenated as they are.
+    Bytes,
+    /// GPT-2 BPE; each document is preceded by the end-of-text token 50256.
+    Gpt2,
+}
+
+impl TokenizerKind {
+    /// Size of the tokenizer's vocabulary (before any padding of the model's).
+    pub fn vocab_size(self) -> usize {
+        match self {
+            TokenizerKind::Bytes => 256,
+            TokenizerKind::Gpt2 => 50257,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenizerKind::Bytes => "bytes",
+            TokenizerKind::Gpt2 => "gpt2",
+        }
+    }
+}
+
+/// A ready tokenizer (the BPE one holds its rank table).
+pub enum Tokenizer {
+    Bytes,
+    Gpt2(Box<tiktoken_rs::CoreBPE>),
+}
+
+impl Tokenizer {
+    pub fn new(kind: TokenizerKind) -> Result<Tokenizer> {
+        Ok(match kind {
+            TokenizerKind::Bytes => Tokenizer::Bytes,
+            TokenizerKind::Gpt2 => Tokenizer::Gpt2(Box::new(tiktoken_rs::r50k_base()?)),
+        })
+    }
+
+    /// Tokens of one whole document, with its document separator.
+    pub fn encode_document(&self, text: &str) -> Vec<u16> {
+        match self {
+            Tokenizer::Bytes => text.bytes().map(u16::from).collect(),
+            Tokenizer::Gpt2(bpe) => {
+                let mut out = vec![GPT2_EOT];
+                out.extend(bpe.encode_ordinary(text).into_iter().map(|t| t as u16));
+                out
+            }
+        }
+    }
+
+    /// Number of text bytes the tokens decode to (the end-of-text token decodes to none).
+    pub fn decoded_bytes(&self, tokens: &[u16]) -> Result<u64> {
+        match self {
+            Tokenizer::Bytes => Ok(tokens.len() as u64),
+            Tokenizer::Gpt2(bpe) => {
+                let ids: Vec<u32> = tokens
+                    .iter()
+                    .filter(|&&t| t != GPT2_EOT)
+                    .map(|&t| t as u32)
+                    .collect();
+                // Byte-level decoding: a token split mid-character still counts its bytes.
+                let bytes = bpe.decode_bytes(&ids).map_err(|e| {
+                    anyhow::anyhow!("GPT-2 decoding failed: unknown token {}", e.token)
+                })?;
+                Ok(bytes.len() as u64)
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The speedrun host: it owns the data, the clock, the model's memory, the loss
+//! and the record of every run; candidate changes plug into named hook points of
+//! its reference training loop. The `speedrun` binary is a thin shell over this
+//! library.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod track;
+pub mod train;

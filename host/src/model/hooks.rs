@@ -1,0 +1,84 @@
+//! The model's seams: one trait per model hook point of `speedrun_plugin_api::HookPoint`.
+//! The reference GPT implements every one (`model::reference`); a plugin replaces
+//! some. The contract of each hook is written on its trait.
+
+use super::params::ParamSpec;
+use super::Model;
+use crate::track::ModelSpec;
+use anyhow::Result;
+use candle_core::Tensor;
+use rand_chacha::ChaCha8Rng;
+
+/// What a forward hook may read: the parameters, the shape, whether it is training.
+pub struct ForwardCtx<'a> {
+    pub params: &'a super::params::ParamStore,
+    pub spec: &'a ModelSpec,
+    /// False while the host validates (eval mode).
+    pub train: bool,
+}
+
+/// Which normalisation a `model.norm` call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormSite {
+    /// Before layer `l`'s attention.
+    Attention(usize),
+    /// Before layer `l`'s MLP.
+    Mlp(usize),
+    /// After the last layer, before the head.
+    Final,
+}
+
+/// `model.params`: receives the declarations so far, returns the model's full list
+/// (may add, remove or reshape). Called once, before initialisation.
+pub trait ParamsHook {
+    fn params(&self, spec: &ModelSpec, declared: Vec<ParamSpec>) -> Result<Vec<ParamSpec>>;
+}
+
+/// `model.init`: the initial value of one parameter, drawn from the host's seeded
+/// per-parameter generator. `None` leaves it to the next hook in line (the reference).
+pub trait InitHook {
+    fn init(
+        &self,
+        p: &ParamSpec,
+        spec: &ModelSpec,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Option<Vec<f32>>>;
+}
+
+/// `model.embed`: token ids `[B, T]` (u32) to the residual stream `[B, T, D]`.
+pub trait EmbedHook {
+    fn embed(&self, cx: &ForwardCtx, tokens: &Tensor) -> Result<Tensor>;
+}
+
+/// `model.norm`: a normalisation of `[B, T, D]`, shape preserved.
+pub trait NormHook {
+    fn norm(&self, cx: &ForwardCtx, site: NormSite, x: &Tensor) -> Result<Tensor>;
+}
+
+/// `model.attention`: normalised stream `[B, T, D]` of layer `layer` to the attention
+/// output `[B, T, D]` (before the residual add). Must be causal.
+pub trait AttentionHook {
+    fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor>;
+}
+
+/// `model.mlp`: normalised stream `[B, T, D]` to the MLP output `[B, T, D]`.
+pub trait MlpHook {
+    fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor>;
+}
+
+/// `model.block`: residual stream in, residual stream out, for layer `layer`. May call
+/// the model's norm, attention and MLP hooks through `model`.
+pub trait BlockHook {
+    fn block(&self, cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor) -> Result<Tensor>;
+}
+
+/// `model.head`: final normalised stream `[B, T, D]` to logits `[B, T, V]`.
+pub trait HeadHook {
+    fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor>;
+}
+
+/// `model.forward`: token ids `[B, T]` to logits `[B, T, V]`; the reference calls the
+/// part hooks above through `model`.
+pub trait ForwardHook {
+    fn forward(&self, cx: &ForwardCtx, model: &Model, tokens: &Tensor) -> Result<Tensor>;
+}

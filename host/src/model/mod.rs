@@ -1,0 +1,140 @@
+//! The model the host trains: parameters it owns, and a forward pass cut at the
+//! model hook points. `ModelHooks::default()` is the reference GPT everywhere;
+//! plugins replace single hooks.
+
+pub mod hooks;
+pub mod ops;
+pub mod params;
+pub mod reference;
+
+use crate::track::ModelSpec;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use hooks::*;
+use params::{param_rng, ParamStore};
+use reference::ReferenceGpt;
+
+/// Which implementation serves each model hook.
+pub struct ModelHooks {
+    /// Applied in order, starting from an empty declaration list.
+    pub params: Vec<Box<dyn ParamsHook>>,
+    /// Asked in order; the first that returns a value wins.
+    pub init: Vec<Box<dyn InitHook>>,
+    pub embed: Box<dyn EmbedHook>,
+    pub norm: Box<dyn NormHook>,
+    pub attention: Box<dyn AttentionHook>,
+    pub mlp: Box<dyn MlpHook>,
+    pub block: Box<dyn BlockHook>,
+    pub head: Box<dyn HeadHook>,
+    pub forward: Box<dyn ForwardHook>,
+}
+
+impl Default for ModelHooks {
+    fn default() -> ModelHooks {
+        ModelHooks {
+            params: vec![Box::new(ReferenceGpt)],
+            init: vec![Box::new(ReferenceGpt)],
+            embed: Box::new(ReferenceGpt),
+            norm: Box::new(ReferenceGpt),
+            attention: Box::new(ReferenceGpt),
+            mlp: Box::new(ReferenceGpt),
+            block: Box::new(ReferenceGpt),
+            head: Box::new(ReferenceGpt),
+            forward: Box::new(ReferenceGpt),
+        }
+    }
+}
+
+pub struct Model {
+    pub spec: ModelSpec,
+    pub params: ParamStore,
+    hooks: ModelHooks,
+}
+
+impl Model {
+    /// Declares the parameters (`model.params`), initialises each (`model.init`) from
+    /// the seeded per-parameter generator, and keeps the forward hooks.
+    pub fn build(spec: &ModelSpec, hooks: ModelHooks, seed: u64, device: &Device) -> Result<Model> {
+        Model::build_with_dtype(spec, hooks, seed, device, DType::F32)
+    }
+
+    /// As `build`, with parameters held in `dtype` (f64 for gradient checks).
+    pub fn build_with_dtype(
+        spec: &ModelSpec,
+        hooks: ModelHooks,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Model> {
+        let mut declared = Vec::new();
+        for h in &hooks.params {
+            declared = h.params(spec, declared).context("in hook model.params")?;
+        }
+        let mut values = Vec::with_capacity(declared.len());
+        for p in declared {
+            let mut rng = param_rng(seed, &p.name);
+            let mut value = None;
+            for h in &hooks.init {
+                value = h
+                    .init(&p, spec, &mut rng)
+                    .with_context(|| format!("in hook model.init for {}", p.name))?;
+                if value.is_some() {
+                    break;
+                }
+            }
+            let Some(v) = value else {
+                bail!("no model.init hook gave parameter {} a value", p.name);
+            };
+            values.push((p, v));
+        }
+        Ok(Model {
+            spec: *spec,
+            params: ParamStore::with_dtype(values, device, dtype)?,
+            hooks,
+        })
+    }
+
+    /// Token ids `[B, T]` to logits `[B, T, V]`.
+    pub fn forward(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
+        let cx = ForwardCtx {
+            params: &self.params,
+            spec: &self.spec,
+            train,
+        };
+        let logits = self.hooks.forward.forward(&cx, self, tokens)?;
+        let (b, t) = tokens.dims2()?;
+        let want = [b, t, self.spec.vocab];
+        if logits.dims() != want {
+            bail!(
+                "the forward pass returned logits of shape {:?}, expected {:?} (the whole vocabulary)",
+                logits.dims(),
+                want
+            );
+        }
+        Ok(logits)
+    }
+
+    pub fn embed(&self, cx: &ForwardCtx, tokens: &Tensor) -> Result<Tensor> {
+        self.hooks.embed.embed(cx, tokens)
+    }
+
+    pub fn norm(&self, cx: &ForwardCtx, site: NormSite, x: &Tensor) -> Result<Tensor> {
+        self.hooks.norm.norm(cx, site, x)
+    }
+
+    pub fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+        self.hooks.attention.attention(cx, layer, x)
+    }
+
+    pub fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+        self.hooks.mlp.mlp(cx, layer, x)
+    }
+
+    pub fn block(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+        self.hooks.block.block(cx, self, layer, x)
+    }
+
+    pub fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
+        self.hooks.head.head(cx, x)
+    }
+}

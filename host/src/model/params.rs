@@ -1,0 +1,181 @@
+//! The model's parameters: declared by the `model.params` hook, given initial
+//! values by the `model.init` hook from the host's seeded generator, and held by
+//! the host as candle `Var`s under Hugging Face GPT-2 names.
+
+use crate::track::ModelSpec;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// What a parameter is for; decides its reference initialisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    /// Token embedding (also the tied output head).
+    TokenEmbedding,
+    /// Learned position embedding.
+    PositionEmbedding,
+    /// A hidden weight matrix.
+    Matrix,
+    /// A matrix writing into the residual stream (scaled init).
+    ResidualProjection,
+    Bias,
+    NormGain,
+    NormBias,
+}
+
+/// One declared parameter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+}
+
+impl ParamSpec {
+    pub fn new(name: impl Into<String>, shape: &[usize], kind: ParamKind) -> ParamSpec {
+        ParamSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+            kind,
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A parameter with its value.
+pub struct Param {
+    pub spec: ParamSpec,
+    pub var: Var,
+}
+
+/// Every parameter of the model, in declaration order.
+pub struct ParamStore {
+    params: Vec<Param>,
+    index: HashMap<String, usize>,
+}
+
+/// A per-parameter random stream: the run's seed and the parameter's name decide
+/// it, so declaring an extra parameter never shifts the values of the others.
+pub fn param_rng(seed: u64, name: &str) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // FNV-1a of the name picks the stream.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    rng.set_stream(h);
+    rng
+}
+
+impl ParamStore {
+    /// Builds the store from declared specs and their initial values (f32).
+    pub fn new(values: Vec<(ParamSpec, Vec<f32>)>, device: &Device) -> Result<ParamStore> {
+        ParamStore::with_dtype(values, device, DType::F32)
+    }
+
+    /// As `new`, holding the values in `dtype` (f64 for gradient checks).
+    pub fn with_dtype(
+        values: Vec<(ParamSpec, Vec<f32>)>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<ParamStore> {
+        let mut params = Vec::with_capacity(values.len());
+        let mut index = HashMap::new();
+        for (spec, data) in values {
+            if data.len() != spec.numel() {
+                bail!(
+                    "parameter {}: initial value has {} elements, its shape {:?} needs {}",
+                    spec.name,
+                    data.len(),
+                    spec.shape,
+                    spec.numel()
+                );
+            }
+            if index.insert(spec.name.clone(), params.len()).is_some() {
+                bail!("parameter {} is declared twice", spec.name);
+            }
+            let t = Tensor::from_vec(data, spec.shape.as_slice(), device)?.to_dtype(dtype)?;
+            params.push(Param {
+                var: Var::from_tensor(&t)?,
+                spec,
+            });
+        }
+        Ok(ParamStore { params, index })
+    }
+
+    /// The value of a parameter by name (an error names a missing one).
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.index
+            .get(name)
+            .map(|&i| self.params[i].var.as_tensor())
+            .with_context(|| format!("the model has no parameter named {name}"))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Param> {
+        self.params.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    pub fn param(&self, i: usize) -> &Param {
+        &self.params[i]
+    }
+
+    /// Total number of scalar parameters.
+    pub fn numel(&self) -> usize {
+        self.params.iter().map(|p| p.spec.numel()).sum()
+    }
+
+    /// Name → current value (detached), for checkpoints.
+    pub fn named_tensors(&self) -> HashMap<String, Tensor> {
+        self.params
+            .iter()
+            .map(|p| (p.spec.name.clone(), p.var.as_detached_tensor()))
+            .collect()
+    }
+}
+
+/// The reference GPT-2's parameters (Hugging Face names and layouts: Conv1D weights are `[in, out]`).
+pub fn reference_params(m: &ModelSpec) -> Vec<ParamSpec> {
+    use ParamKind::*;
+    let (d, v, t) = (m.width, m.vocab, m.seq_len);
+    let mut out = vec![
+        ParamSpec::new("transformer.wte.weight", &[v, d], TokenEmbedding),
+        ParamSpec::new("transformer.wpe.weight", &[t, d], PositionEmbedding),
+    ];
+    for l in 0..m.layers {
+        let p = |s: &str| format!("transformer.h.{l}.{s}");
+        out.extend([
+            ParamSpec::new(p("ln_1.weight"), &[d], NormGain),
+            ParamSpec::new(p("ln_1.bias"), &[d], NormBias),
+            ParamSpec::new(p("attn.c_attn.weight"), &[d, 3 * d], Matrix),
+            ParamSpec::new(p("attn.c_attn.bias"), &[3 * d], Bias),
+            ParamSpec::new(p("attn.c_proj.weight"), &[d, d], ResidualProjection),
+            ParamSpec::new(p("attn.c_proj.bias"), &[d], Bias),
+            ParamSpec::new(p("ln_2.weight"), &[d], NormGain),
+            ParamSpec::new(p("ln_2.bias"), &[d], NormBias),
+            ParamSpec::new(p("mlp.c_fc.weight"), &[d, 4 * d], Matrix),
+            ParamSpec::new(p("mlp.c_fc.bias"), &[4 * d], Bias),
+            ParamSpec::new(p("mlp.c_proj.weight"), &[4 * d, d], ResidualProjection),
+            ParamSpec::new(p("mlp.c_proj.bias"), &[d], Bias),
+        ]);
+    }
+    out.extend([
+        ParamSpec::new("transformer.ln_f.weight", &[d], NormGain),
+        ParamSpec::new("transformer.ln_f.bias", &[d], NormBias),
+    ]);
+    out
+}

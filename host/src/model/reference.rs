@@ -1,0 +1,156 @@
+//! The reference GPT: llm.c's GPT-2 (learned positions, pre-LayerNorm blocks,
+//! causal multi-head attention, GELU MLP of width 4x, final LayerNorm, head tied
+//! to the token embedding) written as one implementation of every model hook.
+
+use super::hooks::*;
+use super::ops;
+use super::params::{ParamKind, ParamSpec};
+use super::Model;
+use crate::track::ModelSpec;
+use anyhow::Result;
+use candle_core::{Tensor, D};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+pub const LN_EPS: f64 = 1e-5;
+pub const INIT_STD: f64 = 0.02;
+
+/// The whole reference GPT; it implements every model hook.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReferenceGpt;
+
+fn layer_param<'a>(cx: &'a ForwardCtx, layer: usize, name: &str) -> Result<&'a Tensor> {
+    cx.params.get(&format!("transformer.h.{layer}.{name}"))
+}
+
+impl ParamsHook for ReferenceGpt {
+    fn params(&self, spec: &ModelSpec, declared: Vec<ParamSpec>) -> Result<Vec<ParamSpec>> {
+        let mut out = super::params::reference_params(spec);
+        out.extend(declared);
+        Ok(out)
+    }
+}
+
+impl InitHook for ReferenceGpt {
+    /// llm.c: normal(0, 0.02); residual projections 0.02 / sqrt(2 * layers); biases 0; gains 1.
+    fn init(
+        &self,
+        p: &ParamSpec,
+        spec: &ModelSpec,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Option<Vec<f32>>> {
+        let n = p.numel();
+        let normal = |std: f64, rng: &mut ChaCha8Rng| -> Result<Vec<f32>> {
+            let dist = Normal::new(0.0f32, std as f32)?;
+            Ok((0..n).map(|_| dist.sample(rng)).collect())
+        };
+        Ok(Some(match p.kind {
+            ParamKind::TokenEmbedding | ParamKind::PositionEmbedding | ParamKind::Matrix => {
+                normal(INIT_STD, rng)?
+            }
+            ParamKind::ResidualProjection => {
+                normal(INIT_STD / (2.0 * spec.layers as f64).sqrt(), rng)?
+            }
+            ParamKind::Bias | ParamKind::NormBias => vec![0.0; n],
+            ParamKind::NormGain => vec![1.0; n],
+        }))
+    }
+}
+
+impl EmbedHook for ReferenceGpt {
+    fn embed(&self, cx: &ForwardCtx, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let wte = cx.params.get("transformer.wte.weight")?;
+        let wpe = cx.params.get("transformer.wpe.weight")?;
+        let tok = wte
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, t, cx.spec.width))?;
+        Ok(tok.broadcast_add(&wpe.narrow(0, 0, t)?)?)
+    }
+}
+
+impl NormHook for ReferenceGpt {
+    fn norm(&self, cx: &ForwardCtx, site: NormSite, x: &Tensor) -> Result<Tensor> {
+        let prefix = match site {
+            NormSite::Attention(l) => format!("transformer.h.{l}.ln_1"),
+            NormSite::Mlp(l) => format!("transformer.h.{l}.ln_2"),
+            NormSite::Final => "transformer.ln_f".to_string(),
+        };
+        let gain = cx.params.get(&format!("{prefix}.weight"))?;
+        let bias = cx.params.get(&format!("{prefix}.bias"))?;
+        Ok(ops::layer_norm(x, gain, bias, LN_EPS)?)
+    }
+}
+
+impl AttentionHook for ReferenceGpt {
+    fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let (h, hd) = (cx.spec.heads, cx.spec.head_dim());
+        let qkv = ops::linear(
+            x,
+            layer_param(cx, layer, "attn.c_attn.weight")?,
+            Some(layer_param(cx, layer, "attn.c_attn.bias")?),
+        )?;
+        let split = |i: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(D::Minus1, i * d, d)?
+                .reshape((b, t, h, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let mask = ops::causal_mask(t, x.dtype(), x.device())?;
+        let y = ops::causal_attention(&q, &k, &v, &mask)?
+            .transpose(1, 2)?
+            .reshape((b, t, d))?;
+        Ok(ops::linear(
+            &y,
+            layer_param(cx, layer, "attn.c_proj.weight")?,
+            Some(layer_param(cx, layer, "attn.c_proj.bias")?),
+        )?)
+    }
+}
+
+impl MlpHook for ReferenceGpt {
+    fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+        let h = ops::linear(
+            x,
+            layer_param(cx, layer, "mlp.c_fc.weight")?,
+            Some(layer_param(cx, layer, "mlp.c_fc.bias")?),
+        )?;
+        Ok(ops::linear(
+            &ops::gelu(&h)?,
+            layer_param(cx, layer, "mlp.c_proj.weight")?,
+            Some(layer_param(cx, layer, "mlp.c_proj.bias")?),
+        )?)
+    }
+}
+
+impl BlockHook for ReferenceGpt {
+    fn block(&self, cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor) -> Result<Tensor> {
+        let a = model.attention(cx, layer, &model.norm(cx, NormSite::Attention(layer), x)?)?;
+        let x = (x + a)?;
+        let m = model.mlp(cx, layer, &model.norm(cx, NormSite::Mlp(layer), &x)?)?;
+        Ok((x + m)?)
+    }
+}
+
+impl HeadHook for ReferenceGpt {
+    /// Tied head: logits = x @ wteᵀ.
+    fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let wte = cx.params.get("transformer.wte.weight")?;
+        let logits = x.reshape((b * t, d))?.matmul(&wte.t()?)?;
+        Ok(logits.reshape((b, t, cx.spec.vocab))?)
+    }
+}
+
+impl ForwardHook for ReferenceGpt {
+    fn forward(&self, cx: &ForwardCtx, model: &Model, tokens: &Tensor) -> Result<Tensor> {
+        let mut x = model.embed(cx, tokens)?;
+        for layer in 0..cx.spec.layers {
+            x = model.block(cx, layer, &x)?;
+        }
+        let x = model.norm(cx, NormSite::Final, &x)?;
+        model.head(cx, &x)
+    }
+}

@@ -1,0 +1,152 @@
+//! A run's directory: `manifest.json` (what ran, on what), `metrics.jsonl` (one
+//! line per step and per validation, flushed as written so a crash keeps them),
+//! and `summary.json` (the outcome).
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// The machine a run ran on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hardware {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub memory_bytes: u64,
+    /// Threads candle's CPU kernels use (RAYON_NUM_THREADS, else all cores).
+    pub threads: usize,
+    pub os: String,
+    pub arch: String,
+}
+
+impl Hardware {
+    pub fn detect() -> Hardware {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_bytes = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0);
+        Hardware {
+            cpu_model,
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            memory_bytes,
+            threads: candle_core::utils::get_num_threads(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+        }
+    }
+}
+
+/// The git revision of the source tree this binary was built from, if it can be read.
+pub fn git_revision() -> String {
+    let root = crate::track::project_root();
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "HEAD"]) {
+        Some(rev) => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{rev}-dirty")
+            } else {
+                rev
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MetricLine {
+    Step {
+        step: usize,
+        tokens: u64,
+        train_loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        step_ms: f64,
+        tokens_per_s: f64,
+        train_time_s: f64,
+    },
+    Val {
+        step: usize,
+        tokens: u64,
+        train_time_s: f64,
+        val_loss: f64,
+        val_bpb: f64,
+        eval_s: f64,
+    },
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+    metrics: BufWriter<File>,
+}
+
+impl RunDir {
+    /// Creates the directory (refusing one that already holds a run).
+    pub fn create(path: &Path) -> Result<RunDir> {
+        if path.join("metrics.jsonl").exists() {
+            anyhow::bail!(
+                "run directory {} already holds a run; choose another --out",
+                path.display()
+            );
+        }
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("creating run directory {}", path.display()))?;
+        let metrics = File::create(path.join("metrics.jsonl"))
+            .with_context(|| format!("creating {}/metrics.jsonl", path.display()))?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+            metrics: BufWriter::new(metrics),
+        })
+    }
+
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(value)?;
+        text.push('\n');
+        let p = self.path.join(name);
+        // Write-then-rename: a reader never sees half a summary.
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+    }
+
+    pub fn metric(&mut self, line: &MetricLine) -> Result<()> {
+        serde_json::to_writer(&mut self.metrics, line)?;
+        self.metrics.write_all(b"\n")?;
+        self.metrics.flush()?;
+        Ok(())
+    }
+}
+
+/// A fresh run-directory name under `runs/`: track, seed and a timestamp.
+pub fn default_run_dir(track: &str, seed: u64) -> PathBuf {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    PathBuf::from("runs").join(format!("{track}-s{seed}-{stamp}"))
+}

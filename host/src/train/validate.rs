@@ -1,0 +1,45 @@
+//! Validation: the host runs the model in eval mode over the whole validation set
+//! and scores it with its own loss.
+
+use crate::data::loader::{Batch, ValidationSet};
+use crate::loss::cross_entropy;
+use crate::model::Model;
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+/// Inputs and targets of a batch as tensors: `[B, T]` and `[B*T]`.
+pub fn batch_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
+    let x = Tensor::from_slice(&b.inputs, (b.batch, b.seq), device)?;
+    let y = Tensor::from_slice(&b.targets, b.batch * b.seq, device)?;
+    Ok((x, y))
+}
+
+/// Loss of one batch, as a scalar tensor (nats per token).
+pub fn batch_loss(model: &Model, x: &Tensor, y: &Tensor, train: bool) -> Result<Tensor> {
+    let logits = model.forward(x, train)?;
+    let (b, t, v) = logits.dims3()?;
+    Ok(cross_entropy(&logits.reshape((b * t, v))?, y)?)
+}
+
+/// Mean loss in nats per token over the whole set, and bits per byte.
+pub fn evaluate(
+    model: &Model,
+    val: &ValidationSet,
+    batch: usize,
+    device: &Device,
+) -> Result<(f64, f64)> {
+    let mut total = 0.0f64;
+    let mut count = 0usize;
+    for b in val.batches(batch) {
+        let (x, y) = batch_tensors(&b, device)?;
+        let loss = batch_loss(model, &x, &y, false)?.to_scalar::<f32>()? as f64;
+        let n = b.batch * b.seq;
+        total += loss * n as f64;
+        count += n;
+    }
+    let nats = total / count as f64;
+    if !nats.is_finite() {
+        bail!("validation loss is not finite ({nats})");
+    }
+    Ok((nats, val.bits_per_byte(nats)))
+}

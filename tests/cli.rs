@@ -1,0 +1,208 @@
+//! The `speedrun` binary: the report, exit codes and error messages a user sees.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn speedrun(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args(args)
+        .env("SPEEDRUN_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn run_and_eval_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let ckpt = dir.path().join("m.safetensors");
+    let o = speedrun(&[
+        "run",
+        "--track",
+        "smoke",
+        "--steps",
+        "30",
+        "--seed",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+        "--save-checkpoint",
+        ckpt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("validation loss") && t.contains("bits/byte") && t.contains("tokens/s"),
+        "{t}"
+    );
+    assert!(t.contains("target 3.2500"), "{t}");
+    for f in ["manifest.json", "metrics.jsonl", "summary.json"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let val = summary["final_val_loss"].as_f64().unwrap();
+    let e = speedrun(&[
+        "eval",
+        "--track",
+        "smoke",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+    ]);
+    assert!(e.status.success(), "{}", text(&e));
+    assert!(
+        text(&e).contains(&format!("validation loss {val:.4}")),
+        "{} vs {val}",
+        text(&e)
+    );
+
+    // The same --out again is refused, and the first run is untouched.
+    let again = speedrun(&[
+        "run",
+        "--track",
+        "smoke",
+        "--steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("already holds a run"),
+        "{}",
+        text(&again)
+    );
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(after, summary);
+}
+
+#[test]
+fn unknown_track_bad_flag_and_bad_steps_fail_clearly() {
+    let o = speedrun(&["run", "--track", "nope"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("unknown track `nope`"), "{}", text(&o));
+
+    let o = speedrun(&["run", "--bogus-flag"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--bogus-flag"), "{}", text(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let o = speedrun(&[
+        "run",
+        "--track",
+        "smoke",
+        "--steps",
+        "100000",
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("exceeds the track's token budget"),
+        "{}",
+        text(&o)
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn corrupt_or_missing_data_is_refused_before_training() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    copy_dir(&root.join("data"), &data);
+    // Truncate the training shard: a format fault named with the file.
+    let shard = data.join("bytes/shakespeare-milton_train_000000.bin");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
+    let out = dir.path().join("r1");
+    let o = speedrun(&[
+        "run",
+        "--track",
+        "smoke",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("shakespeare-milton_train_000000.bin") && t.contains("truncated"),
+        "{t}"
+    );
+    assert!(
+        !out.join("metrics.jsonl").exists(),
+        "a run started on corrupt data"
+    );
+
+    // Same size, changed content: the manifest's hash catches it.
+    let mut changed = bytes.clone();
+    changed[5000] ^= 1;
+    std::fs::write(&shard, &changed).unwrap();
+    let o = speedrun(&[
+        "run",
+        "--track",
+        "smoke",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        dir.path().join("r2").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("does not match the manifest"),
+        "{}",
+        text(&o)
+    );
+    let v = speedrun(&[
+        "data",
+        "verify",
+        "--manifest",
+        data.join("manifest.json").to_str().unwrap(),
+    ]);
+    assert!(!v.status.success());
+    assert!(
+        text(&v).contains("FAIL  bytes/shakespeare-milton_train_000000.bin"),
+        "{}",
+        text(&v)
+    );
+
+    let o = speedrun(&[
+        "run",
+        "--track",
+        "smoke",
+        "--data-dir",
+        dir.path().join("nowhere").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("does not exist"), "{}", text(&o));
+}
+
+#[test]
+fn data_verify_passes_on_the_shipped_slice() {
+    let o = speedrun(&["data", "verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("all 4 shards match"), "{}", text(&o));
+}
