@@ -1,10 +1,28 @@
-//! Fused training ops, each with its forward *and* backward.
+//! Fused training ops, each with its forward *and* backward, registered as candle
+//! custom ops so autograd flows through them.
 //!
-//! This crate will own the hot ops of the reference GPT (GELU, LayerNorm/RMSNorm,
-//! causal attention, fused log-softmax + cross-entropy, the in-place AdamW update)
-//! as candle custom ops that carry their gradient, a CPU implementation always, and
-//! CUDA sources compiled at run time through NVRTC behind the `cuda` feature.
-//! It owns no model, no data and no training loop: the host calls into it.
-//!
-//! Status: empty. The host currently composes these ops from candle primitives
-//! (see `speedrun::model::ops`); the fused kernels are the CPU-speed issue's work.
+//! This crate owns the hot elementwise and row-wise ops of the reference GPT
+//! (GELU, ReLU², LayerNorm, RMSNorm, the causal masked softmax, log-softmax +
+//! cross-entropy): one pass over memory each way instead of candle's chain of
+//! temporaries. Rows are reduced in a fixed order and parameter-gradient sums go
+//! through fixed chunks, so results do not depend on the thread count.
+//! It owns no model and no training loop. CUDA sources (NVRTC) are the GPU
+//! issue's work; on a CUDA tensor these ops return candle's "no cuda
+//! implementation" error.
+
+mod activation;
+mod cross_entropy;
+mod norm;
+mod real;
+mod softmax;
+
+pub use activation::{gelu, relu2};
+pub use cross_entropy::cross_entropy;
+pub use norm::{layer_norm, rms_norm};
+pub use real::tanh_f32;
+pub use softmax::causal_softmax;
+
+/// Rows handled per parallel task; fixed so reductions never depend on the thread count.
+pub(crate) const ROW_CHUNK: usize = 16;
+/// Elements per parallel task for elementwise ops.
+pub(crate) const ELEM_CHUNK: usize = 1 << 14;

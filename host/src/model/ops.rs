@@ -1,10 +1,12 @@
-//! Differentiable building blocks composed from candle primitives.
+//! The model's differentiable building blocks.
 //!
-//! candle-nn's fused `softmax_last_dim`, `layer_norm`, `rms_norm` and `sdpa`
-//! record no backward (the gradient silently stops), so the model uses these
-//! composed forms, whose gradients are checked against finite differences.
+//! The hot ones (LayerNorm, the causal softmax, GELU) are `speedrun-kernels`'
+//! fused ops, which carry their own backward. candle-nn's fused `softmax_last_dim`,
+//! `layer_norm`, `rms_norm` and `sdpa` record no backward (the gradient silently
+//! stops) and are never used. Every gradient here is checked against finite
+//! differences in the tests.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 
 /// `x @ w + b` for `x` of shape `[..., in]`, `w` of shape `[in, out]` (GPT-2's Conv1D layout).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -21,13 +23,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out)
 }
 
-/// LayerNorm over the last dimension, with gain and bias.
+/// LayerNorm over the last dimension, with gain and bias (fused kernel).
 pub fn layer_norm(x: &Tensor, gain: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
-    normed.broadcast_mul(gain)?.broadcast_add(bias)
+    speedrun_kernels::layer_norm(x, Some(gain), Some(bias), eps)
 }
 
 /// Softmax over the last dimension. The max is detached: softmax is shift
@@ -47,23 +45,16 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// Additive causal mask `[t, t]`: 0 on and below the diagonal, -inf above.
-pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)
-}
-
-/// Causal self-attention on `q, k, v` of shape `[B, H, T, hd]`.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+/// Causal self-attention on `q, k, v` of shape `[B, H, T, hd]`: the scaled scores
+/// go through the fused causal softmax, which never exponentiates a masked entry.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let hd = q.dim(D::Minus1)?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-    let probs = softmax_last_dim(&scores.broadcast_add(mask)?)?;
+    let scores = q.matmul(&k.t()?)?;
+    let probs = speedrun_kernels::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
     probs.matmul(v)
 }
 
-/// GELU, tanh approximation (GPT-2's).
+/// GELU, tanh approximation (GPT-2's), fused kernel.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu()
+    speedrun_kernels::gelu(x)
 }

@@ -98,8 +98,7 @@ impl AttentionHook for ReferenceGpt {
                 .contiguous()
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let mask = ops::causal_mask(t, x.dtype(), x.device())?;
-        let y = ops::causal_attention(&q, &k, &v, &mask)?
+        let y = ops::causal_attention(&q, &k, &v)?
             .transpose(1, 2)?
             .reshape((b, t, d))?;
         Ok(ops::linear(

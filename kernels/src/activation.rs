@@ -1,0 +1,129 @@
+//! GELU (tanh form, GPT-2's) and ReLU², elementwise, with fused backward.
+
+use crate::real::{with_float, with_float2, Real};
+use crate::ELEM_CHUNK;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::ZERO; x.len()];
+    out.par_chunks_mut(ELEM_CHUNK)
+        .zip(x.par_chunks(ELEM_CHUNK))
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
+    out
+}
+
+fn map2<T: Real>(x: &[T], g: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::ZERO; x.len()];
+    out.par_chunks_mut(ELEM_CHUNK)
+        .zip(x.par_chunks(ELEM_CHUNK).zip(g.par_chunks(ELEM_CHUNK)))
+        .for_each(|(o, (x, g))| {
+            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                *o = f(x, g)
+            }
+        });
+    out
+}
+
+const SQRT_2_OVER_PI: f64 = 0.7978845608028654;
+const GELU_K: f64 = 0.044715;
+
+fn gelu_fwd<T: Real>(x: T) -> T {
+    let u = T::of(SQRT_2_OVER_PI) * (x + T::of(GELU_K) * x * x * x);
+    T::of(0.5) * x * (T::ONE + u.tanh())
+}
+
+fn gelu_grad<T: Real>(x: T) -> T {
+    let c = T::of(SQRT_2_OVER_PI);
+    let t = (c * (x + T::of(GELU_K) * x * x * x)).tanh();
+    T::of(0.5) * (T::ONE + t)
+        + T::of(0.5) * x * (T::ONE - t * t) * c * (T::ONE + T::of(3.0 * GELU_K) * x * x)
+}
+
+#[derive(Clone, Copy)]
+enum Act {
+    Gelu,
+    Relu2,
+}
+
+impl Act {
+    fn fwd<T: Real>(self, x: T) -> T {
+        match self {
+            Act::Gelu => gelu_fwd(x),
+            Act::Relu2 => {
+                let r = if x > T::ZERO { x } else { T::ZERO };
+                r * r
+            }
+        }
+    }
+
+    fn grad<T: Real>(self, x: T) -> T {
+        match self {
+            Act::Gelu => gelu_grad(x),
+            Act::Relu2 => {
+                if x > T::ZERO {
+                    T::of(2.0) * x
+                } else {
+                    T::ZERO
+                }
+            }
+        }
+    }
+}
+
+struct Forward(Act);
+struct Backward(Act);
+
+impl CustomOp1 for Forward {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Act::Gelu => "speedrun-gelu",
+            Act::Relu2 => "speedrun-relu2",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let act = self.0;
+        with_float!(self.name(), s, l, |x| Ok((
+            Real::storage(map1(x, |v| act.fwd(v))),
+            l.shape().clone()
+        )))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &Backward(self.0),
+        )?))
+    }
+}
+
+impl CustomOp2 for Backward {
+    fn name(&self) -> &'static str {
+        "speedrun-activation-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let act = self.0;
+        with_float2!(self.name(), (s1, l1), (s2, l2), |x, g| Ok((
+            Real::storage(map2(x, g, |x, g| g * act.grad(x))),
+            l1.shape().clone()
+        )))
+    }
+}
+
+/// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Forward(Act::Gelu))
+}
+
+/// ReLU²: `max(x, 0)^2`.
+pub fn relu2(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Forward(Act::Relu2))
+}

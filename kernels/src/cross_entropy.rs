@@ -1,0 +1,130 @@
+//! Log-softmax + negative log-likelihood over the whole vocabulary, fused: the
+//! mean loss forward, `(softmax - onehot) / N` backward, without materialising
+//! the log-probabilities.
+
+use crate::real::{with_float, Real};
+use crate::ROW_CHUNK;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+struct Forward;
+struct Backward;
+
+fn targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize, v: usize) -> Result<&'a [u32]> {
+    let t = match s {
+        CpuStorage::U32(t) => crate::real::slice(t, l, "cross_entropy")?,
+        o => candle_core::bail!(
+            "cross_entropy: targets must be u32, got {:?}",
+            candle_core::backend::BackendStorage::dtype(o)
+        ),
+    };
+    if t.len() != n {
+        candle_core::bail!("cross_entropy: {} targets for {n} rows", t.len());
+    }
+    if let Some(bad) = t.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("cross_entropy: target {bad} outside the vocabulary of {v}");
+    }
+    Ok(t)
+}
+
+/// (max, log-sum-exp) of a row, in f64.
+fn lse<T: Real>(row: &[T]) -> (f64, f64) {
+    let mut m = row[0].f64();
+    for v in row {
+        m = m.max(v.f64());
+    }
+    let s: f64 = row.iter().map(|v| (v.f64() - m).exp()).sum();
+    (m, m + s.ln())
+}
+
+fn fwd<T: Real>(x: &[T], t: &[u32], n: usize, v: usize) -> CpuStorage {
+    let per_chunk: Vec<f64> = x
+        .par_chunks(ROW_CHUNK * v)
+        .zip(t.par_chunks(ROW_CHUNK))
+        .map(|(x, t)| {
+            x.chunks(v)
+                .zip(t)
+                .map(|(row, &t)| lse(row).1 - row[t as usize].f64())
+                .sum::<f64>()
+        })
+        .collect();
+    // Chunk sums added in order: the same bits whatever the thread count.
+    T::storage(vec![T::of(per_chunk.iter().sum::<f64>() / n as f64)])
+}
+
+fn bwd<T: Real>(x: &[T], t: &[u32], n: usize, v: usize) -> CpuStorage {
+    let mut out = vec![T::ZERO; x.len()];
+    let inv_n = 1.0 / n as f64;
+    out.par_chunks_mut(ROW_CHUNK * v)
+        .zip(x.par_chunks(ROW_CHUNK * v).zip(t.par_chunks(ROW_CHUNK)))
+        .for_each(|(o, (x, t))| {
+            for ((o, row), &t) in o.chunks_mut(v).zip(x.chunks(v)).zip(t) {
+                let (_, l) = lse(row);
+                for (o, r) in o.iter_mut().zip(row) {
+                    *o = T::of((r.f64() - l).exp() * inv_n);
+                }
+                o[t as usize] = T::of(o[t as usize].f64() - inv_n);
+            }
+        });
+    T::storage(out)
+}
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "speedrun-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let t = targets(s2, l2, n, v)?;
+        with_float!(self.name(), s1, l1, |x| Ok((
+            fwd(x, t, n, v),
+            Shape::from(())
+        )))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = logits.apply_op2_no_bwd(targets, &Backward)?;
+        Ok((Some(d.broadcast_mul(grad)?), None))
+    }
+}
+
+impl CustomOp2 for Backward {
+    fn name(&self) -> &'static str {
+        "speedrun-cross-entropy-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let t = targets(s2, l2, n, v)?;
+        with_float!(self.name(), s1, l1, |x| Ok((
+            bwd(x, t, n, v),
+            l1.shape().clone()
+        )))
+    }
+}
+
+/// Mean cross-entropy in nats: `logits` `[N, V]`, `targets` `[N]` (u32).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, Forward)
+}

@@ -1,0 +1,267 @@
+//! LayerNorm and RMSNorm over the last dimension, with and without gain/bias,
+//! one pass forward and one pass backward. Row statistics are accumulated in f64;
+//! gain/bias gradients are summed per fixed chunk of rows, then over chunks in
+//! order, so the result does not depend on the thread count.
+
+use crate::real::{with_float, Real};
+use crate::ROW_CHUNK;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Layer,
+    Rms,
+}
+
+/// Per-row statistics: (mean, 1/std) for LayerNorm, (0, 1/rms) for RMSNorm.
+fn stats<T: Real>(x: &[T], kind: Kind, eps: f64) -> (T, T) {
+    let d = x.len() as f64;
+    match kind {
+        Kind::Layer => {
+            let mean = x.iter().map(|v| v.f64()).sum::<f64>() / d;
+            let var = x.iter().map(|v| (v.f64() - mean).powi(2)).sum::<f64>() / d;
+            (T::of(mean), T::of(1.0 / (var + eps).sqrt()))
+        }
+        Kind::Rms => {
+            let ms = x.iter().map(|v| v.f64().powi(2)).sum::<f64>() / d;
+            (T::ZERO, T::of(1.0 / (ms + eps).sqrt()))
+        }
+    }
+}
+
+struct Forward {
+    kind: Kind,
+    eps: f64,
+}
+struct Backward {
+    kind: Kind,
+    eps: f64,
+}
+
+fn slice3<'a, T>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]>
+where
+    CpuStorage: AsSlice<T>,
+{
+    crate::real::slice(s.as_slice_of()?, l, op)
+}
+
+/// Typed access to a storage the first argument's dtype already fixed.
+trait AsSlice<T> {
+    fn as_slice_of(&self) -> Result<&[T]>;
+}
+impl AsSlice<f32> for CpuStorage {
+    fn as_slice_of(&self) -> Result<&[f32]> {
+        match self {
+            CpuStorage::F32(v) => Ok(v),
+            o => candle_core::bail!(
+                "norm: expected f32, got {:?}",
+                candle_core::backend::BackendStorage::dtype(o)
+            ),
+        }
+    }
+}
+impl AsSlice<f64> for CpuStorage {
+    fn as_slice_of(&self) -> Result<&[f64]> {
+        match self {
+            CpuStorage::F64(v) => Ok(v),
+            o => candle_core::bail!(
+                "norm: expected f64, got {:?}",
+                candle_core::backend::BackendStorage::dtype(o)
+            ),
+        }
+    }
+}
+
+fn fwd<T: Real>(x: &[T], w: &[T], b: &[T], kind: Kind, eps: f64) -> Vec<T> {
+    let d = w.len();
+    let mut out = vec![T::ZERO; x.len()];
+    out.par_chunks_mut(ROW_CHUNK * d)
+        .zip(x.par_chunks(ROW_CHUNK * d))
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                let (mean, rstd) = stats(x, kind, eps);
+                for j in 0..d {
+                    o[j] = (x[j] - mean) * rstd * w[j] + b[j];
+                }
+            }
+        });
+    out
+}
+
+/// Packed `[dx (rows*d) | dw (d) | db (d)]`.
+fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], kind: Kind, eps: f64) -> Vec<T> {
+    let d = w.len();
+    let n = x.len();
+    let mut out = vec![T::ZERO; n + 2 * d];
+    let (dx, rest) = out.split_at_mut(n);
+    let partials: Vec<(Vec<T>, Vec<T>)> = dx
+        .par_chunks_mut(ROW_CHUNK * d)
+        .zip(x.par_chunks(ROW_CHUNK * d).zip(g.par_chunks(ROW_CHUNK * d)))
+        .map(|(dx, (x, g))| {
+            let mut dw = vec![T::ZERO; d];
+            let mut db = vec![T::ZERO; d];
+            let mut xhat = vec![T::ZERO; d];
+            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                let (mean, rstd) = stats(x, kind, eps);
+                let (mut sum_dxhat, mut sum_dxhat_xhat) = (0.0f64, 0.0f64);
+                for j in 0..d {
+                    xhat[j] = (x[j] - mean) * rstd;
+                    let dxhat = g[j] * w[j];
+                    sum_dxhat += dxhat.f64();
+                    sum_dxhat_xhat += (dxhat * xhat[j]).f64();
+                    dw[j] += g[j] * xhat[j];
+                    db[j] += g[j];
+                }
+                let mean_dxhat = match kind {
+                    Kind::Layer => T::of(sum_dxhat / d as f64),
+                    Kind::Rms => T::ZERO,
+                };
+                let mean_dxhat_xhat = T::of(sum_dxhat_xhat / d as f64);
+                for j in 0..d {
+                    dx[j] = rstd * (g[j] * w[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let (dw, db) = rest.split_at_mut(d);
+    for (pw, pb) in &partials {
+        for j in 0..d {
+            dw[j] += pw[j];
+            db[j] += pb[j];
+        }
+    }
+    out
+}
+
+impl CustomOp3 for Forward {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Layer => "speedrun-layer-norm",
+            Kind::Rms => "speedrun-rms-norm",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        with_float!(name, s1, l1, |x| {
+            let w = slice3(s2, l2, name)?;
+            let b = slice3(s3, l3, name)?;
+            Ok((
+                Real::storage(fwd(x, w, b, self.kind, self.eps)),
+                l1.shape().clone(),
+            ))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let n = x.elem_count();
+        let packed = x.apply_op3_no_bwd(
+            w,
+            &grad.contiguous()?,
+            &Backward {
+                kind: self.kind,
+                eps: self.eps,
+            },
+        )?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
+        let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp3 for Backward {
+    fn name(&self) -> &'static str {
+        "speedrun-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        with_float!(name, s1, l1, |x| {
+            let w = slice3(s2, l2, name)?;
+            let g = slice3(s3, l3, name)?;
+            let d = w.len();
+            Ok((
+                Real::storage(bwd(x, w, g, self.kind, self.eps)),
+                Shape::from(x.len() + 2 * d),
+            ))
+        })
+    }
+}
+
+fn norm(
+    kind: Kind,
+    x: &Tensor,
+    gain: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let dtype: DType = x.dtype();
+    let ones;
+    let zeros;
+    let w = match gain {
+        Some(g) => g,
+        None => {
+            ones = Tensor::ones(d, dtype, x.device())?;
+            &ones
+        }
+    };
+    let b = match bias {
+        Some(b) => b,
+        None => {
+            zeros = Tensor::zeros(d, dtype, x.device())?;
+            &zeros
+        }
+    };
+    if w.dims() != [d] || b.dims() != [d] {
+        candle_core::bail!(
+            "norm: gain {:?} and bias {:?} must both be [{d}]",
+            w.dims(),
+            b.dims()
+        );
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, Forward { kind, eps })
+}
+
+/// LayerNorm over the last dimension; `gain`/`bias` of shape `[D]` when given.
+pub fn layer_norm(
+    x: &Tensor,
+    gain: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    norm(Kind::Layer, x, gain, bias, eps)
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * gain`.
+pub fn rms_norm(x: &Tensor, gain: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    norm(Kind::Rms, x, gain, None, eps)
+}

@@ -1,0 +1,352 @@
+//! Every fused kernel against an unfused reference built from candle primitives
+//! (f32, relative error <= 1e-5), and its backward against central finite
+//! differences (f64), on odd shapes and non-contiguous inputs.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use speedrun_kernels as k;
+
+const DEV: Device = Device::Cpu;
+
+fn rand_t(shape: &[usize], seed: u64, scale: f64, dtype: DType) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale)
+        .collect();
+    Tensor::from_vec(v, shape, &DEV)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+// ---- unfused references ----
+
+fn ref_gelu(x: &Tensor) -> Tensor {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = ((x + (x.powf(3.0).unwrap() * 0.044715).unwrap()).unwrap() * c).unwrap();
+    ((x * 0.5).unwrap() * (inner.tanh().unwrap() + 1.0).unwrap()).unwrap()
+}
+
+fn ref_relu2(x: &Tensor) -> Tensor {
+    x.relu().unwrap().sqr().unwrap()
+}
+
+fn ref_layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Tensor {
+    let mean = x.mean_keepdim(D::Minus1).unwrap();
+    let c = x.broadcast_sub(&mean).unwrap();
+    let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    let n = c
+        .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap();
+    n.broadcast_mul(w).unwrap().broadcast_add(b).unwrap()
+}
+
+fn ref_rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+    let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    x.broadcast_div(&(ms + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(w)
+        .unwrap()
+}
+
+fn ref_causal_softmax(s: &Tensor, scale: f64) -> Tensor {
+    let t = s.dim(D::Minus1).unwrap();
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, t), &DEV)
+        .unwrap()
+        .to_dtype(s.dtype())
+        .unwrap();
+    let z = (s * scale).unwrap().broadcast_add(&mask).unwrap();
+    let m = z.max_keepdim(D::Minus1).unwrap();
+    let e = z.broadcast_sub(&m).unwrap().exp().unwrap();
+    e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+}
+
+fn ref_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let m = logits.max_keepdim(1).unwrap();
+    let z = logits.broadcast_sub(&m).unwrap();
+    let lse = z.exp().unwrap().sum_keepdim(1).unwrap().log().unwrap();
+    let logp = z.broadcast_sub(&lse).unwrap();
+    logp.gather(&targets.unsqueeze(1).unwrap(), 1)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .neg()
+        .unwrap()
+}
+
+/// A non-contiguous view with the given logical shape: the transpose of a contiguous tensor.
+fn transposed_view(shape: &[usize], seed: u64, scale: f64, dtype: DType) -> Tensor {
+    let n = shape.len();
+    let mut s = shape.to_vec();
+    s.swap(n - 2, n - 1);
+    let t = rand_t(&s, seed, scale, dtype)
+        .transpose(n - 2, n - 1)
+        .unwrap();
+    assert!(!t.is_contiguous());
+    t
+}
+
+#[test]
+fn forward_passes_match_unfused_references_in_f32() {
+    for (i, shape) in [
+        vec![3usize, 7, 13],
+        vec![1, 1],
+        vec![5, 64],
+        vec![2, 3, 5, 129],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = rand_t(&shape, i as u64, 3.0, DType::F32);
+        let d = *shape.last().unwrap();
+        let w = rand_t(&[d], 100 + i as u64, 1.0, DType::F32);
+        let b = rand_t(&[d], 200 + i as u64, 1.0, DType::F32);
+        assert!(
+            max_rel_err(&k::gelu(&x).unwrap(), &ref_gelu(&x)) <= 1e-5,
+            "gelu {shape:?}"
+        );
+        assert!(
+            max_rel_err(&k::relu2(&x).unwrap(), &ref_relu2(&x)) <= 1e-5,
+            "relu2 {shape:?}"
+        );
+        assert!(
+            max_rel_err(
+                &k::layer_norm(&x, Some(&w), Some(&b), 1e-5).unwrap(),
+                &ref_layer_norm(&x, &w, &b, 1e-5)
+            ) <= 1e-5,
+            "ln {shape:?}"
+        );
+        let ones = Tensor::ones(d, DType::F32, &DEV).unwrap();
+        let zeros = Tensor::zeros(d, DType::F32, &DEV).unwrap();
+        assert!(
+            max_rel_err(
+                &k::layer_norm(&x, None, None, 1e-5).unwrap(),
+                &ref_layer_norm(&x, &ones, &zeros, 1e-5)
+            ) <= 1e-5
+        );
+        assert!(
+            max_rel_err(
+                &k::rms_norm(&x, Some(&w), 1e-6).unwrap(),
+                &ref_rms_norm(&x, &w, 1e-6)
+            ) <= 1e-5,
+            "rms {shape:?}"
+        );
+        assert!(
+            max_rel_err(
+                &k::rms_norm(&x, None, 1e-6).unwrap(),
+                &ref_rms_norm(&x, &ones, 1e-6)
+            ) <= 1e-5
+        );
+    }
+    for (i, t) in [1usize, 2, 7, 33].into_iter().enumerate() {
+        let s = rand_t(&[2, 3, t, t], 300 + i as u64, 4.0, DType::F32);
+        assert!(
+            max_rel_err(
+                &k::causal_softmax(&s, 0.37).unwrap(),
+                &ref_causal_softmax(&s, 0.37)
+            ) <= 1e-5,
+            "softmax T={t}"
+        );
+    }
+    for (i, (n, v)) in [(1usize, 2usize), (17, 5), (33, 257)]
+        .into_iter()
+        .enumerate()
+    {
+        let logits = rand_t(&[n, v], 400 + i as u64, 5.0, DType::F32);
+        let tg: Vec<u32> = (0..n).map(|r| ((r * 7 + i) % v) as u32).collect();
+        let tg = Tensor::from_vec(tg, n, &DEV).unwrap();
+        assert!(
+            max_rel_err(
+                &k::cross_entropy(&logits, &tg).unwrap(),
+                &ref_cross_entropy(&logits, &tg)
+            ) <= 1e-5,
+            "ce {n}x{v}"
+        );
+    }
+}
+
+#[test]
+fn non_contiguous_inputs_give_the_same_results() {
+    let x = transposed_view(&[3, 9, 6], 1, 2.0, DType::F32);
+    let xc = x.contiguous().unwrap();
+    let w = rand_t(&[6], 2, 1.0, DType::F32);
+    assert_eq!(
+        k::gelu(&x).unwrap().to_vec3::<f32>().unwrap(),
+        k::gelu(&xc).unwrap().to_vec3::<f32>().unwrap()
+    );
+    assert!(
+        max_rel_err(
+            &k::layer_norm(&x, Some(&w), None, 1e-5).unwrap(),
+            &ref_layer_norm(&xc, &w, &Tensor::zeros(6, DType::F32, &DEV).unwrap(), 1e-5)
+        ) <= 1e-5
+    );
+    let s = transposed_view(&[2, 5, 5], 3, 2.0, DType::F32);
+    assert!(
+        max_rel_err(
+            &k::causal_softmax(&s, 1.0).unwrap(),
+            &ref_causal_softmax(&s.contiguous().unwrap(), 1.0)
+        ) <= 1e-5
+    );
+    let logits = transposed_view(&[4, 6], 4, 2.0, DType::F32);
+    let tg = Tensor::new(&[0u32, 5, 2, 3], &DEV).unwrap();
+    assert!(
+        max_rel_err(
+            &k::cross_entropy(&logits, &tg).unwrap(),
+            &ref_cross_entropy(&logits.contiguous().unwrap(), &tg)
+        ) <= 1e-5
+    );
+}
+
+/// d(sum(f(inputs) * R)) / d inputs by autograd against central differences, in f64.
+fn check_grad(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&ts);
+    let r = rand_t(out.dims(), 999, 1.0, DType::F64);
+    let scalar = |o: &Tensor| (o * &r).unwrap().sum_all().unwrap();
+    let grads = scalar(&out).backward().unwrap();
+    for (i, input) in inputs.iter().enumerate() {
+        let g = grads
+            .get(vars[i].as_tensor())
+            .expect("no gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = input.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for j in (0..base.len()).step_by((base.len() / 23).max(1)) {
+            let at = |delta: f64| {
+                let mut v = base.clone();
+                v[j] += delta;
+                let mut args = inputs.to_vec();
+                args[i] = Tensor::from_vec(v, input.dims(), &DEV).unwrap();
+                scalar(&f(&args)).to_scalar::<f64>().unwrap()
+            };
+            let h = 1e-6;
+            let num = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (num - g[j]).abs() <= 1e-7 + 1e-5 * num.abs().max(g[j].abs()),
+                "input {i}[{j}]: {} vs {num}",
+                g[j]
+            );
+        }
+    }
+}
+
+#[test]
+fn backward_passes_match_finite_differences_in_f64() {
+    let x = rand_t(&[3, 5, 7], 10, 2.0, DType::F64);
+    check_grad(std::slice::from_ref(&x), &|a| k::gelu(&a[0]).unwrap());
+    check_grad(std::slice::from_ref(&x), &|a| k::relu2(&a[0]).unwrap());
+    let w = rand_t(&[7], 11, 1.0, DType::F64);
+    let b = rand_t(&[7], 12, 1.0, DType::F64);
+    check_grad(&[x.clone(), w.clone(), b], &|a| {
+        k::layer_norm(&a[0], Some(&a[1]), Some(&a[2]), 1e-5).unwrap()
+    });
+    check_grad(std::slice::from_ref(&x), &|a| {
+        k::layer_norm(&a[0], None, None, 1e-5).unwrap()
+    });
+    check_grad(&[x.clone(), w], &|a| {
+        k::rms_norm(&a[0], Some(&a[1]), 1e-6).unwrap()
+    });
+    check_grad(std::slice::from_ref(&x), &|a| {
+        k::rms_norm(&a[0], None, 1e-6).unwrap()
+    });
+    let s = rand_t(&[2, 2, 6, 6], 13, 2.0, DType::F64);
+    check_grad(&[s], &|a| k::causal_softmax(&a[0], 0.5).unwrap());
+    let logits = rand_t(&[9, 11], 14, 3.0, DType::F64);
+    let tg = Tensor::new(&[0u32, 10, 3, 3, 7, 1, 2, 9, 5], &DEV).unwrap();
+    check_grad(&[logits], &|a| {
+        k::cross_entropy(&a[0], &tg).unwrap().unsqueeze(0).unwrap()
+    });
+    // Through a non-contiguous input too.
+    let xt = transposed_view(&[4, 6], 15, 1.0, DType::F64);
+    check_grad(&[xt], &|a| k::layer_norm(&a[0], None, None, 1e-5).unwrap());
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let x = rand_t(&[64, 33, 48], 20, 2.0, DType::F32);
+    let w = rand_t(&[48], 21, 1.0, DType::F32);
+    let run = || {
+        let xv = Var::from_tensor(&x).unwrap();
+        let wv = Var::from_tensor(&w).unwrap();
+        let y = k::layer_norm(xv.as_tensor(), Some(wv.as_tensor()), None, 1e-5).unwrap();
+        let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        g.get(wv.as_tensor()).unwrap().to_vec1::<f32>().unwrap()
+    };
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(run);
+    let three = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(run);
+    assert_eq!(one, three);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let x = rand_t(&[2, 3], 1, 1.0, DType::F32);
+    assert!(k::causal_softmax(&x, 1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("[.., T, T]"));
+    let tg = Tensor::new(&[0u32, 7], &DEV).unwrap();
+    assert!(k::cross_entropy(&x, &tg)
+        .unwrap_err()
+        .to_string()
+        .contains("outside the vocabulary"));
+    let w = rand_t(&[4], 1, 1.0, DType::F32);
+    assert!(k::layer_norm(&x, Some(&w), None, 1e-5).is_err());
+    let xi = Tensor::new(&[1u32, 2], &DEV).unwrap();
+    assert!(k::gelu(&xi)
+        .unwrap_err()
+        .to_string()
+        .contains("unsupported dtype"));
+}
+
+#[test]
+fn fast_f32_tanh_is_accurate_over_the_whole_range() {
+    let mut worst = 0.0f64;
+    for i in -200_000..=200_000 {
+        let x = i as f32 * 1e-4; // -20 .. 20
+        let got = k::tanh_f32(x) as f64;
+        worst = worst.max((got - (x as f64).tanh()).abs());
+    }
+    assert!(worst < 5e-7, "max abs error {worst}");
+    assert!(k::tanh_f32(f32::NAN).is_nan());
+}
