@@ -206,3 +206,38 @@ fn data_verify_passes_on_the_shipped_slice() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("all 4 shards match"), "{}", text(&o));
 }
+
+/// The loss curve does not depend on the thread count: the fused kernels reduce in
+/// fixed chunks, and candle's matmul splits outputs, not reductions.
+#[test]
+fn the_curve_is_the_same_for_one_and_three_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let curve = |threads: &str| {
+        let out = dir.path().join(format!("t{threads}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_speedrun"))
+            .args([
+                "run",
+                "--track",
+                "smoke",
+                "--steps",
+                "40",
+                "--quiet",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["kind"] == "step")
+            .map(|l| l["train_loss"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let one = curve("1");
+    assert_eq!(one.len(), 40);
+    assert_eq!(one, curve("3"));
+}

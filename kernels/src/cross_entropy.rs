@@ -27,14 +27,17 @@ fn targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize, v: usize) -> Result<&'a 
     Ok(t)
 }
 
-/// (max, log-sum-exp) of a row, in f64.
-fn lse<T: Real>(row: &[T]) -> (f64, f64) {
-    let mut m = row[0].f64();
-    for v in row {
-        m = m.max(v.f64());
+/// Log-sum-exp of a row: the max and the exponentials in the row's own type (a
+/// vectorised f32 exp for training), the sum accumulated in f64.
+fn lse<T: Real>(row: &[T]) -> f64 {
+    let mut m = row[0];
+    for &v in row {
+        if v > m {
+            m = v;
+        }
     }
-    let s: f64 = row.iter().map(|v| (v.f64() - m).exp()).sum();
-    (m, m + s.ln())
+    let s: f64 = row.iter().map(|&v| (v - m).exp().f64()).sum();
+    m.f64() + s.ln()
 }
 
 fn fwd<T: Real>(x: &[T], t: &[u32], n: usize, v: usize) -> CpuStorage {
@@ -44,7 +47,7 @@ fn fwd<T: Real>(x: &[T], t: &[u32], n: usize, v: usize) -> CpuStorage {
         .map(|(x, t)| {
             x.chunks(v)
                 .zip(t)
-                .map(|(row, &t)| lse(row).1 - row[t as usize].f64())
+                .map(|(row, &t)| lse(row) - row[t as usize].f64())
                 .sum::<f64>()
         })
         .collect();
@@ -59,9 +62,10 @@ fn bwd<T: Real>(x: &[T], t: &[u32], n: usize, v: usize) -> CpuStorage {
         .zip(x.par_chunks(ROW_CHUNK * v).zip(t.par_chunks(ROW_CHUNK)))
         .for_each(|(o, (x, t))| {
             for ((o, row), &t) in o.chunks_mut(v).zip(x.chunks(v)).zip(t) {
-                let (_, l) = lse(row);
-                for (o, r) in o.iter_mut().zip(row) {
-                    *o = T::of((r.f64() - l).exp() * inv_n);
+                let l = T::of(lse(row));
+                let scale = T::of(inv_n);
+                for (o, &r) in o.iter_mut().zip(row) {
+                    *o = (r - l).exp() * scale;
                 }
                 o[t as usize] = T::of(o[t as usize].f64() - inv_n);
             }

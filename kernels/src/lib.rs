@@ -11,15 +11,17 @@
 //! implementation" error.
 
 mod activation;
+mod bias;
 mod cross_entropy;
 mod norm;
 mod real;
 mod softmax;
 
 pub use activation::{gelu, relu2};
+pub use bias::add_rows;
 pub use cross_entropy::cross_entropy;
 pub use norm::{layer_norm, rms_norm};
-pub use real::tanh_f32;
+pub use real::{exp_f32, tanh_f32};
 pub use softmax::causal_softmax;
 
 /// Rows handled per parallel task; fixed so reductions never depend on the thread count.

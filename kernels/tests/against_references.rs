@@ -165,6 +165,18 @@ fn forward_passes_match_unfused_references_in_f32() {
             ) <= 1e-5
         );
     }
+    for (i, (xs, bs)) in [
+        (vec![5usize, 7], vec![7usize]),
+        (vec![3, 4, 6], vec![4, 6]),
+        (vec![33, 65], vec![65]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = rand_t(&xs, 500 + i as u64, 2.0, DType::F32);
+        let b = rand_t(&bs, 600 + i as u64, 2.0, DType::F32);
+        assert!(max_rel_err(&k::add_rows(&x, &b).unwrap(), &x.broadcast_add(&b).unwrap()) <= 1e-6);
+    }
     for (i, t) in [1usize, 2, 7, 33].into_iter().enumerate() {
         let s = rand_t(&[2, 3, t, t], 300 + i as u64, 4.0, DType::F32);
         assert!(
@@ -289,6 +301,8 @@ fn backward_passes_match_finite_differences_in_f64() {
     check_grad(&[logits], &|a| {
         k::cross_entropy(&a[0], &tg).unwrap().unsqueeze(0).unwrap()
     });
+    let pos = rand_t(&[5, 7], 16, 1.0, DType::F64);
+    check_grad(&[x.clone(), pos], &|a| k::add_rows(&a[0], &a[1]).unwrap());
     // Through a non-contiguous input too.
     let xt = transposed_view(&[4, 6], 15, 1.0, DType::F64);
     check_grad(&[xt], &|a| k::layer_norm(&a[0], None, None, 1e-5).unwrap());
@@ -349,4 +363,17 @@ fn fast_f32_tanh_is_accurate_over_the_whole_range() {
     }
     assert!(worst < 5e-7, "max abs error {worst}");
     assert!(k::tanh_f32(f32::NAN).is_nan());
+}
+
+#[test]
+fn fast_f32_exp_is_accurate_over_the_range_training_uses() {
+    let mut worst = 0.0f64;
+    for i in -870_000..=880_000 {
+        let x = i as f32 * 1e-4; // -87 .. 88
+        let want = (x as f64).exp();
+        worst = worst.max(((k::exp_f32(x) as f64) - want).abs() / want);
+    }
+    assert!(worst < 1e-6, "max relative error {worst}");
+    assert_eq!(k::exp_f32(0.0), 1.0);
+    assert!(k::exp_f32(-1e30) >= 0.0 && k::exp_f32(-1e30) < 1e-37);
 }

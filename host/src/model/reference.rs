@@ -8,7 +8,7 @@ use super::params::{ParamKind, ParamSpec};
 use super::Model;
 use crate::track::ModelSpec;
 use anyhow::Result;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -65,7 +65,7 @@ impl EmbedHook for ReferenceGpt {
         let tok = wte
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, cx.spec.width))?;
-        Ok(tok.broadcast_add(&wpe.narrow(0, 0, t)?)?)
+        Ok(speedrun_kernels::add_rows(&tok, &wpe.narrow(0, 0, t)?)?)
     }
 }
 
@@ -86,13 +86,15 @@ impl AttentionHook for ReferenceGpt {
     fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let (h, hd) = (cx.spec.heads, cx.spec.head_dim());
-        let qkv = ops::linear(
-            x,
-            layer_param(cx, layer, "attn.c_attn.weight")?,
-            Some(layer_param(cx, layer, "attn.c_attn.bias")?),
-        )?;
+        // Slice the weight, not the activations: the gradient of a narrow is a
+        // zero-padded copy of its input's size, small for a [D, 3D] weight and
+        // large for a [B, T, 3D] activation.
+        let w = layer_param(cx, layer, "attn.c_attn.weight")?;
+        let bias = layer_param(cx, layer, "attn.c_attn.bias")?;
         let split = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(D::Minus1, i * d, d)?
+            let wi = w.narrow(1, i * d, d)?.contiguous()?;
+            let bi = bias.narrow(0, i * d, d)?;
+            ops::linear(x, &wi, Some(&bi))?
                 .reshape((b, t, h, hd))?
                 .transpose(1, 2)?
                 .contiguous()
