@@ -26,6 +26,15 @@ fn every_shipped_track_parses() {
         assert_eq!(&lt.track.name, n);
         assert_eq!(lt.sha256.len(), 64);
     }
+    // The cpu target is calibrated, not a placeholder.
+    let cpu = track::load("cpu").unwrap().track;
+    assert!(cpu.target.val_loss.is_some_and(|t| t > 1.0 && t < 3.3));
+    assert!(cpu
+        .target
+        .calibration
+        .as_deref()
+        .unwrap_or("")
+        .contains("median"));
     let fw = track::load("gpt2-fineweb").unwrap().track;
     assert_eq!(fw.model.vocab, 50304);
     assert_eq!(fw.validation.tokens, 10_485_760);

@@ -79,7 +79,7 @@ pub fn throughput(
     let model = Model::build(&track.model, comps.hooks, 0, &dev)?;
     let mut opt = comps.optimizer;
     opt.init(&model.params)?;
-    let mut stream = TrainStream::new(&data.train, track.batch_size(), track.model.seq_len);
+    let mut stream = TrainStream::new(&data.train, track.batch_size(), track.model.seq_len, 0);
     let (mut fwd, mut bwd, mut optim, mut total) = (vec![], vec![], vec![], vec![]);
     for step in 0..warmup + steps {
         let batch = stream.next_batch();

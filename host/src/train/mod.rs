@@ -149,7 +149,9 @@ impl Progress {
                 b.set_position(step as u64 + 1);
                 b.set_message(format!("loss {loss:.4} {tok_s:.0} tok/s"));
             }
-            None if (step + 1) % self.every == 0 || step + 1 == steps => {
+            None if self.every != usize::MAX
+                && ((step + 1) % self.every == 0 || step + 1 == steps) =>
+            {
                 tracing::info!("step {}/{steps} loss {loss:.4} {tok_s:.0} tok/s", step + 1)
             }
             None => {}
@@ -281,7 +283,12 @@ fn train_loop(
     device: &Device,
 ) -> Result<()> {
     let track = &opts.track.track;
-    let mut stream = TrainStream::new(&data.train, track.batch_size(), track.model.seq_len);
+    let mut stream = TrainStream::new(
+        &data.train,
+        track.batch_size(),
+        track.model.seq_len,
+        opts.seed,
+    );
     let mut timer = TrainingTimer::new();
     let progress = Progress::new(opts.progress, steps);
     let val_every = track.validation.every_steps;
