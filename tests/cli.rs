@@ -19,6 +19,18 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Runs `speedrun args` and asserts it fails with `needle` in its output.
+fn fails_saying(args: &[&str], needle: &str) -> String {
+    let o = speedrun(args);
+    let t = text(&o);
+    assert!(!o.status.success(), "speedrun {args:?} succeeded: {t}");
+    assert!(
+        t.contains(needle),
+        "speedrun {args:?} did not say `{needle}`: {t}"
+    );
+    t
+}
+
 #[test]
 fn run_and_eval_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,20 +77,17 @@ fn run_and_eval_end_to_end() {
     );
 
     // The same --out again is refused, and the first run is untouched.
-    let again = speedrun(&[
-        "run",
-        "--track",
-        "smoke",
-        "--steps",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(!again.status.success());
-    assert!(
-        text(&again).contains("already holds a run"),
-        "{}",
-        text(&again)
+    fails_saying(
+        &[
+            "run",
+            "--track",
+            "smoke",
+            "--steps",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "already holds a run",
     );
     let after: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -87,29 +96,21 @@ fn run_and_eval_end_to_end() {
 
 #[test]
 fn unknown_track_bad_flag_and_bad_steps_fail_clearly() {
-    let o = speedrun(&["run", "--track", "nope"]);
-    assert!(!o.status.success());
-    assert!(text(&o).contains("unknown track `nope`"), "{}", text(&o));
-
-    let o = speedrun(&["run", "--bogus-flag"]);
-    assert!(!o.status.success());
-    assert!(text(&o).contains("--bogus-flag"), "{}", text(&o));
-
+    fails_saying(&["run", "--track", "nope"], "unknown track `nope`");
+    fails_saying(&["run", "--bogus-flag"], "--bogus-flag");
     let dir = tempfile::tempdir().unwrap();
-    let o = speedrun(&[
-        "run",
-        "--track",
-        "smoke",
-        "--steps",
-        "100000",
-        "--out",
-        dir.path().join("r").to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        text(&o).contains("exceeds the track's token budget"),
-        "{}",
-        text(&o)
+    let out = dir.path().join("r");
+    fails_saying(
+        &[
+            "run",
+            "--track",
+            "smoke",
+            "--steps",
+            "100000",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "exceeds the track's token budget",
     );
 }
 
@@ -136,24 +137,26 @@ fn corrupt_or_missing_data_is_refused_before_training() {
     let shard = data.join("bytes/shakespeare-milton_train_000000.bin");
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
-    let out = dir.path().join("r1");
-    let o = speedrun(&[
-        "run",
-        "--track",
-        "smoke",
-        "--data-dir",
+    let (data_arg, r1, r2) = (
         data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let t = text(&o);
-    assert!(
-        t.contains("shakespeare-milton_train_000000.bin") && t.contains("truncated"),
-        "{t}"
+        dir.path().join("r1"),
+        dir.path().join("r2"),
     );
+    let t = fails_saying(
+        &[
+            "run",
+            "--track",
+            "smoke",
+            "--data-dir",
+            data_arg,
+            "--out",
+            r1.to_str().unwrap(),
+        ],
+        "shakespeare-milton_train_000000.bin",
+    );
+    assert!(t.contains("truncated"), "{t}");
     assert!(
-        !out.join("metrics.jsonl").exists(),
+        !r1.join("metrics.jsonl").exists(),
         "a run started on corrupt data"
     );
 
@@ -161,43 +164,34 @@ fn corrupt_or_missing_data_is_refused_before_training() {
     let mut changed = bytes.clone();
     changed[5000] ^= 1;
     std::fs::write(&shard, &changed).unwrap();
-    let o = speedrun(&[
-        "run",
-        "--track",
-        "smoke",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--out",
-        dir.path().join("r2").to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        text(&o).contains("does not match the manifest"),
-        "{}",
-        text(&o)
+    fails_saying(
+        &[
+            "run",
+            "--track",
+            "smoke",
+            "--data-dir",
+            data_arg,
+            "--out",
+            r2.to_str().unwrap(),
+        ],
+        "does not match the manifest",
     );
-    let v = speedrun(&[
-        "data",
-        "verify",
-        "--manifest",
-        data.join("manifest.json").to_str().unwrap(),
-    ]);
-    assert!(!v.status.success());
-    assert!(
-        text(&v).contains("FAIL  bytes/shakespeare-milton_train_000000.bin"),
-        "{}",
-        text(&v)
+    let manifest = data.join("manifest.json");
+    fails_saying(
+        &["data", "verify", "--manifest", manifest.to_str().unwrap()],
+        "FAIL  bytes/shakespeare-milton_train_000000.bin",
     );
-
-    let o = speedrun(&[
-        "run",
-        "--track",
-        "smoke",
-        "--data-dir",
-        dir.path().join("nowhere").to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    assert!(text(&o).contains("does not exist"), "{}", text(&o));
+    let nowhere = dir.path().join("nowhere");
+    fails_saying(
+        &[
+            "run",
+            "--track",
+            "smoke",
+            "--data-dir",
+            nowhere.to_str().unwrap(),
+        ],
+        "does not exist",
+    );
 }
 
 #[test]
