@@ -4,12 +4,11 @@
 
 use crate::model::params::ParamStore;
 use crate::model::Model;
-use crate::track::Track;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::Path;
 
-pub fn save(params: &ParamStore, _track: &Track, path: &Path) -> Result<()> {
+pub fn save(params: &ParamStore, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }

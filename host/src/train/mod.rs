@@ -264,7 +264,7 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
     dir.write_json("summary.json", &summary)?;
     outcome?;
     if let Some(path) = &opts.save_checkpoint {
-        crate::checkpoint::save(&model.params, track, path)?;
+        crate::checkpoint::save(&model.params, path)?;
     }
     Ok(summary)
 }
