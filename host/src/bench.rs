@@ -65,6 +65,85 @@ pub struct ThroughputReport {
     pub threads: usize,
 }
 
+/// One training stack stepping on a track, timing each step's parts.
+struct Stepper<'a> {
+    track: &'a crate::track::Track,
+    model: Model,
+    optimizer: Box<dyn crate::optim::Optimizer>,
+    schedule: Box<dyn crate::optim::Schedule>,
+    _plugins: Vec<crate::plugins::LoadedPlugin>,
+    stream: TrainStream<'a>,
+    step: usize,
+    total: usize,
+}
+
+/// Seconds of one step: forward, backward (with the gradient norm), optimizer.
+struct StepTimes {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
+impl<'a> Stepper<'a> {
+    fn new(
+        track: &'a crate::track::Track,
+        data: &'a TrackData,
+        comps: Components,
+        total: usize,
+    ) -> Result<Stepper<'a>> {
+        let Components {
+            hooks,
+            mut optimizer,
+            schedule,
+            plugins,
+        } = comps;
+        let model = Model::build(&track.model, hooks, 0, &Device::Cpu)?;
+        optimizer.init(&model.params)?;
+        let stream = TrainStream::new(&data.train, track.batch_size(), track.model.seq_len, 0);
+        Ok(Stepper {
+            track,
+            model,
+            optimizer,
+            schedule,
+            _plugins: plugins,
+            stream,
+            step: 0,
+            total,
+        })
+    }
+
+    fn step(&mut self) -> Result<StepTimes> {
+        let dev = Device::Cpu;
+        let batch = self.stream.next_batch();
+        let (x, y) = batch_tensors(&batch, &dev)?;
+        let t0 = Instant::now();
+        let loss = batch_loss(&self.model, &x, &y, true)?;
+        let _ = loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = Grads::collect(&self.model.params, &loss.backward()?)?;
+        let grad_norm = grads.global_norm()?;
+        let t2 = Instant::now();
+        let sched = self.schedule.at(self.step, self.total)?;
+        self.optimizer.step(
+            &self.model.params,
+            &grads,
+            &StepInput {
+                step: self.step,
+                lr: self.track.optimizer.lr * sched.lr_mult,
+                momentum_mult: sched.momentum_mult,
+                grad_norm,
+            },
+        )?;
+        let t3 = Instant::now();
+        self.step += 1;
+        Ok(StepTimes {
+            forward: (t1 - t0).as_secs_f64(),
+            backward: (t2 - t1).as_secs_f64(),
+            optimizer: (t3 - t2).as_secs_f64(),
+        })
+    }
+}
+
 /// Times `steps` training steps after `warmup` untimed ones (reference components).
 pub fn throughput(
     lt: &LoadedTrack,
@@ -73,50 +152,26 @@ pub fn throughput(
     steps: usize,
 ) -> Result<ThroughputReport> {
     let track = &lt.track;
-    let dev = Device::Cpu;
     let data = TrackData::open(lt, data_dir)?;
-    let comps = Components::reference(track);
-    let model = Model::build(&track.model, comps.hooks, 0, &dev)?;
-    let mut opt = comps.optimizer;
-    opt.init(&model.params)?;
-    let mut stream = TrainStream::new(&data.train, track.batch_size(), track.model.seq_len, 0);
+    let mut s = Stepper::new(track, &data, Components::reference(track), warmup + steps)?;
     let (mut fwd, mut bwd, mut optim, mut total) = (vec![], vec![], vec![], vec![]);
     for step in 0..warmup + steps {
-        let batch = stream.next_batch();
-        let (x, y) = batch_tensors(&batch, &dev)?;
-        let t0 = Instant::now();
-        let loss = batch_loss(&model, &x, &y, true)?;
-        let _ = loss.to_scalar::<f32>()?;
-        let t1 = Instant::now();
-        let grads = Grads::collect(&model.params, &loss.backward()?)?;
-        let grad_norm = grads.global_norm()?;
-        let t2 = Instant::now();
-        let lr = track.optimizer.lr * comps.schedule.at(step, warmup + steps).lr_mult;
-        opt.step(
-            &model.params,
-            &grads,
-            &StepInput {
-                step,
-                lr,
-                momentum_mult: 1.0,
-                grad_norm,
-            },
-        )?;
-        let t3 = Instant::now();
+        let t = s.step()?;
         if step >= warmup {
-            fwd.push((t1 - t0).as_secs_f64());
-            bwd.push((t2 - t1).as_secs_f64());
-            optim.push((t3 - t2).as_secs_f64());
-            total.push((t3 - t0).as_secs_f64());
+            fwd.push(t.forward);
+            bwd.push(t.backward);
+            optim.push(t.optimizer);
+            total.push(t.forward + t.backward + t.optimizer);
         }
     }
+    let parameters = s.model.params.numel();
     let step_s = median(total);
     let tokens_per_s = track.train.batch_tokens as f64 / step_s;
-    let gflops = flops_per_token(track, model.params.numel()) * tokens_per_s / 1e9;
+    let gflops = flops_per_token(track, parameters) * tokens_per_s / 1e9;
     let peak = matmul_peak_gflops(1024, 10)?;
     Ok(ThroughputReport {
         track: track.name.clone(),
-        parameters: model.params.numel(),
+        parameters,
         batch_tokens: track.train.batch_tokens,
         steps_timed: steps,
         step_ms_median: step_s * 1e3,
@@ -128,5 +183,69 @@ pub fn throughput(
         matmul_peak_gflops: peak,
         fraction_of_peak: gflops / peak,
         threads: candle_core::utils::get_num_threads(),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginOverheadReport {
+    pub track: String,
+    pub plugins: Vec<String>,
+    pub rounds: usize,
+    pub steps_per_round: usize,
+    pub builtin_step_ms: f64,
+    pub plugin_step_ms: f64,
+    /// Plugin step time over built-in step time (medians).
+    pub step_ratio: f64,
+    pub builtin_optimizer_ms: f64,
+    pub plugin_optimizer_ms: f64,
+    pub optimizer_ratio: f64,
+}
+
+/// The built-in stack and the stack with `plugins`, stepping in one process in
+/// alternating rounds (the order flips each round), one warm-up step each.
+pub fn plugin_overhead(
+    lt: &LoadedTrack,
+    data_dir: Option<&Path>,
+    plugins: &[std::path::PathBuf],
+    steps: usize,
+    rounds: usize,
+) -> Result<PluginOverheadReport> {
+    let track = &lt.track;
+    let data = TrackData::open(lt, data_dir)?;
+    let total = 1 + steps * rounds;
+    let with = crate::plugins::stack(track, 0, plugins, &[])?;
+    let names = with.plugins.iter().map(|p| p.record.name.clone()).collect();
+    let mut stacks = [
+        Stepper::new(track, &data, Components::reference(track), total)?,
+        Stepper::new(track, &data, with, total)?,
+    ];
+    let mut step_ms: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut opt_ms: [Vec<f64>; 2] = [vec![], vec![]];
+    for s in stacks.iter_mut() {
+        s.step()?;
+    }
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            for _ in 0..steps {
+                let t = stacks[i].step()?;
+                step_ms[i].push((t.forward + t.backward + t.optimizer) * 1e3);
+                opt_ms[i].push(t.optimizer * 1e3);
+            }
+        }
+    }
+    let [sb, sp] = step_ms.map(median);
+    let [ob, op] = opt_ms.map(median);
+    Ok(PluginOverheadReport {
+        track: track.name.clone(),
+        plugins: names,
+        rounds,
+        steps_per_round: steps,
+        builtin_step_ms: sb,
+        plugin_step_ms: sp,
+        step_ratio: sp / sb,
+        builtin_optimizer_ms: ob,
+        plugin_optimizer_ms: op,
+        optimizer_ratio: op / ob,
     })
 }

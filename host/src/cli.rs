@@ -32,6 +32,33 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write, build and inspect plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Write a ready-to-build plugin crate from a working template.
+    New {
+        /// Hook family: optimizer, schedule or mlp.
+        #[arg(long)]
+        hook: String,
+        /// Crate name (lowercase, digits, '-', '_').
+        name: String,
+        /// Parent folder (default: this workspace's plugins/).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a plugin crate (release, shared target directory) and print its library's path.
+    Build { path: PathBuf },
+    /// Print a plugin's manifest: name, version, API version, hooks, configuration.
+    Inspect {
+        /// A built library or a plugin crate directory (built first).
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +83,12 @@ pub struct RunArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// A plugin: a built library, or a plugin crate directory (built first). Repeat to stack.
+    #[arg(long = "plugin")]
+    pub plugins: Vec<PathBuf>,
+    /// Configuration for a plugin: NAME=JSON, e.g. adamw='{"beta2": 0.99}'. Repeatable.
+    #[arg(long = "plugin-config")]
+    pub plugin_configs: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +129,24 @@ pub enum BenchCommand {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Step time with plugins against the built-in stack, alternating in one process.
+    Plugin {
+        #[arg(long, default_value = "cpu")]
+        track: String,
+        /// The plugins to compare with the built-in stack (as `run --plugin`).
+        #[arg(long = "plugin", required = true)]
+        plugins: Vec<PathBuf>,
+        /// Timed steps per round and stack.
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// Rounds; each times both stacks, in alternating order.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[arg(long)]
         data_dir: Option<PathBuf>,
         #[arg(long)]
@@ -154,6 +205,39 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("all {} shards match {}", results.len(), path.display());
             Ok(())
         }
+        Command::Plugin(c) => cmd_plugin(c),
+        Command::Bench(BenchCommand::Plugin {
+            track,
+            plugins,
+            steps,
+            rounds,
+            data_dir,
+            json,
+        }) => {
+            let lt = track::load(&track)?;
+            let r =
+                crate::bench::plugin_overhead(&lt, data_dir.as_deref(), &plugins, steps, rounds)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "track {}: {} rounds x {} steps per stack, alternating ({})",
+                    r.track,
+                    r.rounds,
+                    r.steps_per_round,
+                    r.plugins.join(" + ")
+                );
+                println!(
+                    "step median: built-in {:.1} ms, plugins {:.1} ms; ratio {:.4}",
+                    r.builtin_step_ms, r.plugin_step_ms, r.step_ratio
+                );
+                println!(
+                    "optimizer median: built-in {:.2} ms, plugins {:.2} ms; ratio {:.3}",
+                    r.builtin_optimizer_ms, r.plugin_optimizer_ms, r.optimizer_ratio
+                );
+            }
+            Ok(())
+        }
         Command::Tracks => {
             for name in track::list_tracks()? {
                 match track::load(&name) {
@@ -190,12 +274,54 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn cmd_plugin(c: PluginCommand) -> Result<()> {
+    use crate::plugins::{build, native::NativeModule, resolve_library, template};
+    match c {
+        PluginCommand::New { hook, name, dir } => {
+            let out = template::new_plugin(&hook, &name, dir.as_deref())?;
+            println!("wrote plugin crate {}", out.display());
+            println!(
+                "run it:  speedrun run --track smoke --plugin {}",
+                out.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Build { path } => {
+            println!("{}", build::build_native(&path)?.display());
+            Ok(())
+        }
+        PluginCommand::Inspect { path, json } => {
+            let lib = resolve_library(&path)?;
+            let m = NativeModule::load(&lib)?.manifest()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                println!("{} {} (plugin API {})", m.name, m.version, m.api_version);
+                if !m.description.is_empty() {
+                    println!("  {}", m.description);
+                }
+                println!("  library  {}", lib.display());
+                println!("  hooks    {}", m.hooks.join(", "));
+                println!("  config   {}", m.config);
+            }
+            Ok(())
+        }
+    }
+}
+
 fn cmd_run(a: RunArgs) -> Result<()> {
     let lt = track::load(&a.track)?;
     let out = a
         .out
         .unwrap_or_else(|| train::telemetry::default_run_dir(&lt.track.name, a.seed));
-    let comps = Components::reference(&lt.track);
+    let comps = if a.plugins.is_empty() {
+        if !a.plugin_configs.is_empty() {
+            bail!("--plugin-config given without any --plugin");
+        }
+        Components::reference(&lt.track)
+    } else {
+        crate::plugins::stack(&lt.track, a.seed, &a.plugins, &a.plugin_configs)?
+    };
     let opts = RunOptions {
         track: lt,
         seed: a.seed,

@@ -10,5 +10,6 @@ pub mod data;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod plugins;
 pub mod track;
 pub mod train;

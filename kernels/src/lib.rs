@@ -11,6 +11,7 @@
 //! implementation" error.
 
 mod activation;
+mod adamw;
 mod bias;
 mod cross_entropy;
 mod norm;
@@ -18,6 +19,7 @@ mod real;
 mod softmax;
 
 pub use activation::{gelu, relu2};
+pub use adamw::{adamw_update, AdamwStep};
 pub use bias::add_rows;
 pub use cross_entropy::cross_entropy;
 pub use norm::{layer_norm, rms_norm};

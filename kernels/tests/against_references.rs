@@ -377,3 +377,88 @@ fn fast_f32_exp_is_accurate_over_the_range_training_uses() {
     assert_eq!(k::exp_f32(0.0), 1.0);
     assert!(k::exp_f32(-1e30) >= 0.0 && k::exp_f32(-1e30) < 1e-37);
 }
+
+/// The fused in-place AdamW against a scalar loop of PyTorch's update written out
+/// by hand (f64, then compared in f32), over three steps on an odd size that
+/// spans several parallel chunks.
+#[test]
+fn adamw_update_matches_a_scalar_reference() {
+    let n = 3 * (1 << 14) + 7;
+    let p = rand_t(&[n], 40, 1.0, DType::F32);
+    let (m, v) = (
+        Tensor::zeros(n, DType::F32, &DEV).unwrap(),
+        Tensor::zeros(n, DType::F32, &DEV).unwrap(),
+    );
+    let mut rp: Vec<f64> = p
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let (mut rm, mut rv) = (vec![0.0f64; n], vec![0.0f64; n]);
+    let (b1, b2, eps, lr, wd) = (0.9f64, 0.95f64, 1e-8f64, 0.01f64, 0.1f64);
+    for t in 1..=3 {
+        let g = rand_t(&[n], 40 + t, 0.5, DType::F32);
+        let clip = 0.7f64;
+        let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+        let h = k::AdamwStep {
+            clip: clip as f32,
+            beta1: b1 as f32,
+            beta2: b2 as f32,
+            eps: eps as f32,
+            step_size: (lr / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            decay: (1.0 - lr * wd) as f32,
+        };
+        k::adamw_update(&p, &g, &m, &v, &h).unwrap();
+        let g = g.to_vec1::<f32>().unwrap();
+        for j in 0..n {
+            let gj = g[j] as f64 * clip;
+            rm[j] = b1 * rm[j] + (1.0 - b1) * gj;
+            rv[j] = b2 * rv[j] + (1.0 - b2) * gj * gj;
+            let mhat = rm[j] / bc1;
+            let vhat = rv[j] / bc2;
+            rp[j] = rp[j] * (1.0 - lr * wd) - lr * mhat / (vhat.sqrt() + eps);
+        }
+    }
+    let got = p.to_vec1::<f32>().unwrap();
+    let worst = got
+        .iter()
+        .zip(&rp)
+        .map(|(&a, &b)| (a as f64 - b).abs())
+        .fold(0.0f64, f64::max);
+    assert!(worst < 1e-5, "max abs error {worst}");
+    let m_got = m.to_vec1::<f32>().unwrap();
+    assert!((m_got[n - 1] as f64 - rm[n - 1]).abs() < 1e-6);
+}
+
+#[test]
+fn adamw_update_refuses_aliasing_and_mismatches() {
+    let p = rand_t(&[64], 50, 1.0, DType::F32);
+    let g = rand_t(&[64], 51, 1.0, DType::F32);
+    let v = Tensor::zeros(64, DType::F32, &DEV).unwrap();
+    let h = k::AdamwStep {
+        clip: 1.0,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        step_size: 0.01,
+        bc2_sqrt: 1.0,
+        decay: 1.0,
+    };
+    // The first moment sharing the gradient's storage: an error, not a deadlock.
+    let err = k::adamw_update(&p, &g, &g.clone(), &v, &h)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shares storage"), "{err}");
+    let short = Tensor::zeros(63, DType::F32, &DEV).unwrap();
+    let err = k::adamw_update(&p, &g, &short, &v, &h)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("first moment has 63 elements"), "{err}");
+    let f64m = Tensor::zeros(64, DType::F64, &DEV).unwrap();
+    let err = k::adamw_update(&p, &g, &f64m, &v, &h)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected f32"), "{err}");
+}

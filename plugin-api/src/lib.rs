@@ -1,107 +1,64 @@
-//! The surface plugin authors depend on.
+//! The surface plugin authors depend on, and the only one.
 //!
-//! Today this crate names the hook points of the reference training loop and
-//! writes down each one's contract; the host's training loop is cut at exactly
-//! these seams. The tensor-handle API, the per-hook traits and the export macro
-//! (native `abi_stable` and wasm from one source) arrive with the plugin issue.
-//! It owns no tensors and no training state: those stay in the host.
+//! A plugin implements one trait per hook point it replaces ([`Optimizer`],
+//! [`Schedule`], [`Mlp`], ...; each trait's doc is its contract), computes with
+//! [`Tensor`] handles whose every method is a host op, and exports itself with
+//! [`export_plugin!`]. Tensors stay in the host: a plugin never sees data, the
+//! clock, the validation set or device memory. The same source builds as a native
+//! `cdylib` (an `abi_stable` root module) or, with the wasm transport, as a
+//! WebAssembly module.
+//!
+//! ```ignore
+//! use speedrun_plugin_api::*;
+//! struct Half;
+//! impl Plugin for Half {
+//!     fn new(_: &serde_json::Value) -> Result<Self> { Ok(Half) }
+//! }
+//! impl Schedule for Half {
+//!     fn at(&mut self, _: usize, _: usize) -> Result<ScheduleOut> {
+//!         Ok(ScheduleOut { lr_mult: 0.5, momentum_mult: 1.0 })
+//!     }
+//! }
+//! export_plugin!(Half, hooks: [schedule]);
+//! ```
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
+pub mod dispatch;
+mod error;
+mod export;
+mod frame;
+mod hooks;
+mod link;
+mod manifest;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+mod ops;
+mod tensor;
+mod traits;
+mod types;
+pub mod wire;
 
-/// Version of the hook vocabulary below. Bumped when a contract changes.
-pub const HOOK_API_VERSION: u32 = 1;
+pub use error::{Error, Result};
+pub use frame::{DType, Frame};
+pub use hooks::HookPoint;
+pub use manifest::Manifest;
+pub use ops::{Op, OpClass};
+pub use serde_json;
+pub use tensor::{AdamwStep, Tensor};
+pub use traits::*;
+pub use types::*;
 
-/// A named point of the reference training loop a plugin may replace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum HookPoint {
-    /// Each step: returns learning-rate and momentum multipliers for the step.
-    /// May read the step index and the run length; may call no tensor op.
-    Schedule,
-    /// Once, before the first step: groups parameters and creates state tensors.
-    OptimizerInit,
-    /// Each step, after the backward pass: updates parameters from their
-    /// gradients. The only hook allowed to write parameters.
-    OptimizerStep,
-    /// Once per parameter at start-up: produces its initial value from the
-    /// host's seeded generator.
-    ModelInit,
-    /// Once at start-up: declares the model's parameters (names, shapes).
-    ModelParams,
-    /// Each forward: token ids to the residual stream `[B, T, D]`.
-    ModelEmbed,
-    /// Each forward, per layer: residual stream in, residual stream out.
-    ModelBlock,
-    /// Each forward, per layer: normalised stream in, attention output out.
-    /// Must be causal: position t may only see positions <= t.
-    ModelAttention,
-    /// Each forward, per layer: normalised stream in, MLP output out.
-    ModelMlp,
-    /// Each forward: a normalisation of the stream (pre-attention, pre-MLP, final).
-    ModelNorm,
-    /// Each forward: final stream to logits `[B, T, V]` over the whole vocabulary.
-    ModelHead,
-    /// Each forward: token ids to logits; replaces everything above.
-    ModelForward,
-}
+/// Version of the plugin API: the hooks, the ops and their frame layouts. A
+/// plugin built against another version is refused at load.
+pub const PLUGIN_API_VERSION: u32 = 1;
 
-impl HookPoint {
-    pub const ALL: [HookPoint; 12] = [
-        HookPoint::Schedule,
-        HookPoint::OptimizerInit,
-        HookPoint::OptimizerStep,
-        HookPoint::ModelInit,
-        HookPoint::ModelParams,
-        HookPoint::ModelEmbed,
-        HookPoint::ModelBlock,
-        HookPoint::ModelAttention,
-        HookPoint::ModelMlp,
-        HookPoint::ModelNorm,
-        HookPoint::ModelHead,
-        HookPoint::ModelForward,
-    ];
-
-    /// The dotted name used in manifests, policies and telemetry.
-    pub fn name(self) -> &'static str {
-        match self {
-            HookPoint::Schedule => "schedule",
-            HookPoint::OptimizerInit => "optimizer.init",
-            HookPoint::OptimizerStep => "optimizer.step",
-            HookPoint::ModelInit => "model.init",
-            HookPoint::ModelParams => "model.params",
-            HookPoint::ModelEmbed => "model.embed",
-            HookPoint::ModelBlock => "model.block",
-            HookPoint::ModelAttention => "model.attention",
-            HookPoint::ModelMlp => "model.mlp",
-            HookPoint::ModelNorm => "model.norm",
-            HookPoint::ModelHead => "model.head",
-            HookPoint::ModelForward => "model.forward",
-        }
-    }
-
-    /// Parses a dotted name; `None` for an unknown hook.
-    pub fn from_name(name: &str) -> Option<HookPoint> {
-        HookPoint::ALL.into_iter().find(|h| h.name() == name)
-    }
-}
-
-impl fmt::Display for HookPoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip_and_are_unique() {
-        let mut seen = std::collections::HashSet::new();
-        for h in HookPoint::ALL {
-            assert!(seen.insert(h.name()), "duplicate hook name {}", h.name());
-            assert_eq!(HookPoint::from_name(h.name()), Some(h));
-        }
-        assert_eq!(HookPoint::from_name("model.nope"), None);
-    }
+/// What [`export_plugin!`] implements for a plugin type; not written by hand.
+#[doc(hidden)]
+pub trait Exported: Plugin {
+    const NAME: &'static str;
+    const VERSION: &'static str;
+    const DESCRIPTION: &'static str;
+    fn hooks() -> Vec<HookPoint>;
+    #[cfg(not(target_arch = "wasm32"))]
+    fn instances() -> &'static native::Instances<Self>;
+    fn dispatch(&mut self, hook: HookPoint, args: &Frame) -> Result<Frame>;
 }

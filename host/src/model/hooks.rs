@@ -17,16 +17,7 @@ pub struct ForwardCtx<'a> {
     pub train: bool,
 }
 
-/// Which normalisation a `model.norm` call is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NormSite {
-    /// Before layer `l`'s attention.
-    Attention(usize),
-    /// Before layer `l`'s MLP.
-    Mlp(usize),
-    /// After the last layer, before the head.
-    Final,
-}
+pub use speedrun_plugin_api::NormSite;
 
 /// `model.params`: receives the declarations so far, returns the model's full list
 /// (may add, remove or reshape). Called once, before initialisation.

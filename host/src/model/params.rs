@@ -7,47 +7,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
 use std::collections::HashMap;
 
-/// What a parameter is for; decides its reference initialisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ParamKind {
-    /// Token embedding (also the tied output head).
-    TokenEmbedding,
-    /// Learned position embedding.
-    PositionEmbedding,
-    /// A hidden weight matrix.
-    Matrix,
-    /// A matrix writing into the residual stream (scaled init).
-    ResidualProjection,
-    Bias,
-    NormGain,
-    NormBias,
-}
-
-/// One declared parameter.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ParamSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub kind: ParamKind,
-}
-
-impl ParamSpec {
-    pub fn new(name: impl Into<String>, shape: &[usize], kind: ParamKind) -> ParamSpec {
-        ParamSpec {
-            name: name.into(),
-            shape: shape.to_vec(),
-            kind,
-        }
-    }
-
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
+/// Parameter declarations are the plugin API's, so a `model.params` plugin and
+/// the host speak of the same thing.
+pub use speedrun_plugin_api::{ParamDecl as ParamSpec, ParamKind};
 
 /// A parameter with its value.
 pub struct Param {

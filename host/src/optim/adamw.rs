@@ -1,11 +1,13 @@
 //! The reference optimizer: AdamW (PyTorch's update, decoupled weight decay on
-//! 2-D weights only) after a global gradient-norm clip. State lives in host
-//! vectors and is updated in place.
+//! 2-D weights only) after a global gradient-norm clip, through the fused
+//! in-place kernel (`speedrun_kernels::adamw_update`) that the plugin op
+//! `adamw_update` also runs.
 
 use super::{Grads, Optimizer, StepInput};
 use crate::model::params::ParamStore;
-use anyhow::{bail, Result};
-use candle_core::Tensor;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use speedrun_kernels::{adamw_update, AdamwStep};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -19,8 +21,8 @@ pub struct AdamWConfig {
 
 pub struct AdamW {
     cfg: AdamWConfig,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
     t: u64,
 }
 
@@ -35,8 +37,11 @@ impl AdamW {
     }
 
     /// First and second moments, for tests and snapshots.
-    pub fn moments(&self, i: usize) -> (&[f32], &[f32]) {
-        (&self.m[i], &self.v[i])
+    pub fn moments(&self, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((
+            self.m[i].flatten_all()?.to_vec1()?,
+            self.v[i].flatten_all()?.to_vec1()?,
+        ))
     }
 }
 
@@ -51,8 +56,17 @@ impl Optimizer for AdamW {
     }
 
     fn init(&mut self, params: &ParamStore) -> Result<()> {
-        self.m = params.iter().map(|p| vec![0.0; p.spec.numel()]).collect();
-        self.v = self.m.clone();
+        let zeros = |p: &crate::model::params::Param| {
+            Tensor::zeros(p.spec.shape.as_slice(), DType::F32, p.var.device())
+        };
+        self.m = params
+            .iter()
+            .map(zeros)
+            .collect::<candle_core::Result<_>>()?;
+        self.v = params
+            .iter()
+            .map(zeros)
+            .collect::<candle_core::Result<_>>()?;
         self.t = 0;
         Ok(())
     }
@@ -73,29 +87,23 @@ impl Optimizer for AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         let step_size = (lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
-        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         for (i, p) in params.iter().enumerate() {
             let wd = if p.spec.shape.len() == 2 {
                 c.weight_decay
             } else {
                 0.0
             };
-            let decay = (1.0 - lr * wd) as f32;
-            let g = grads.0[i].flatten_all()?.to_vec1::<f32>()?;
-            let mut w = p.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            for j in 0..w.len() {
-                let gj = g[j] * clip;
-                m[j] += (1.0 - b1) * (gj - m[j]);
-                v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
-                let denom = v[j].sqrt() / bc2_sqrt + eps;
-                w[j] = w[j] * decay - step_size * m[j] / denom;
-            }
-            p.var.set(&Tensor::from_vec(
-                w,
-                p.spec.shape.as_slice(),
-                p.var.device(),
-            )?)?;
+            let h = AdamwStep {
+                clip,
+                beta1: c.beta1 as f32,
+                beta2: c.beta2 as f32,
+                eps: c.eps as f32,
+                step_size,
+                bc2_sqrt,
+                decay: (1.0 - lr * wd) as f32,
+            };
+            adamw_update(p.var.as_tensor(), &grads.0[i], &self.m[i], &self.v[i], &h)
+                .with_context(|| format!("updating {}", p.spec.name))?;
         }
         Ok(())
     }
@@ -196,7 +204,7 @@ mod tests {
             );
         }
         // The moments after two steps: m = 0.19 g', v = 0.0975 g'^2.
-        let (m, v) = opt.moments(0);
+        let (m, v) = opt.moments(0).unwrap();
         assert!((m[3] as f64 - 0.19 * 1.2 * clip).abs() < 1e-6);
         assert!((v[3] as f64 - 0.0975 * (1.2 * clip).powi(2)).abs() < 1e-6);
     }

@@ -64,15 +64,9 @@ pub trait Optimizer {
     fn step(&mut self, params: &ParamStore, grads: &Grads, input: &StepInput) -> Result<()>;
 }
 
-/// The `schedule` hook's answer for one step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ScheduleOut {
-    /// Multiplier on the track's peak learning rate.
-    pub lr_mult: f64,
-    pub momentum_mult: f64,
-}
+pub use speedrun_plugin_api::ScheduleOut;
 
 /// `schedule`: a pure function of the step and the run length.
 pub trait Schedule {
-    fn at(&self, step: usize, total_steps: usize) -> ScheduleOut;
+    fn at(&self, step: usize, total_steps: usize) -> Result<ScheduleOut>;
 }

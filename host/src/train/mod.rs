@@ -12,6 +12,7 @@ use crate::model::{Model, ModelHooks};
 use crate::optim::adamw::{AdamW, AdamWConfig};
 use crate::optim::schedule::WarmupCosine;
 use crate::optim::{Grads, Optimizer, Schedule, StepInput};
+use crate::plugins::{LoadedPlugin, PluginRecord};
 use crate::track::{LoadedTrack, Track};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -39,6 +40,8 @@ pub struct Components {
     pub hooks: ModelHooks,
     pub optimizer: Box<dyn Optimizer>,
     pub schedule: Box<dyn Schedule>,
+    /// The plugins behind some of the above, for the manifest and telemetry.
+    pub plugins: Vec<LoadedPlugin>,
 }
 
 impl Components {
@@ -57,6 +60,7 @@ impl Components {
                 warmup_steps: o.warmup_steps,
                 min_frac: o.min_lr_frac,
             }),
+            plugins: Vec::new(),
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct RunManifest {
     pub batch_tokens: usize,
     pub parameters: usize,
     pub optimizer: String,
+    /// Every plugin in the stack: name, version, hooks, library hash, configuration.
+    pub plugins: Vec<PluginRecord>,
     pub hardware: Hardware,
     pub started_at: String,
     pub command: Vec<String>,
@@ -193,6 +199,7 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         hooks,
         mut optimizer,
         schedule,
+        plugins,
     } = comps;
     let model = Model::build(&track.model, hooks, opts.seed, &device)?;
     optimizer
@@ -213,6 +220,7 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         batch_tokens: track.train.batch_tokens,
         parameters: model.params.numel(),
         optimizer: optimizer.name().to_string(),
+        plugins: plugins.iter().map(|p| p.record.clone()).collect(),
         hardware: Hardware::detect(),
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         command: std::env::args().collect(),
@@ -246,6 +254,7 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         &model,
         optimizer.as_mut(),
         schedule.as_ref(),
+        &plugins,
         &data,
         &valset,
         steps,
@@ -275,6 +284,7 @@ fn train_loop(
     model: &Model,
     optimizer: &mut dyn Optimizer,
     schedule: &dyn Schedule,
+    plugins: &[LoadedPlugin],
     data: &TrackData,
     valset: &ValidationSet,
     steps: usize,
@@ -338,7 +348,9 @@ fn train_loop(
 
         timer.resume();
         let t0 = std::time::Instant::now();
-        let sched = schedule.at(step, steps);
+        let sched = schedule
+            .at(step, steps)
+            .with_context(|| format!("in hook schedule at step {step}"))?;
         let lr = track.optimizer.lr * sched.lr_mult;
         let loss = validate::batch_loss(model, &x, &y, true)?;
         let store = loss.backward()?;
@@ -383,6 +395,7 @@ fn train_loop(
             step_ms: step_time.as_secs_f64() * 1e3,
             tokens_per_s: tok_s,
             train_time_s: summary.train_time_s,
+            hooks: crate::plugins::take_stats(plugins),
         })?;
         progress.step(step, steps, loss_value, tok_s);
 

@@ -1,0 +1,262 @@
+//! Plugins behind the host's own seams: each adapter implements one host trait
+//! (`Optimizer`, `Schedule`, the model hooks) by calling its plugin through
+//! `PluginSession::call`, so the training loop cannot tell a plugin from the
+//! reference.
+
+use super::handles::Held;
+use super::session::PluginSession;
+use crate::model::hooks::*;
+use crate::model::params::{ParamSpec, ParamStore};
+use crate::model::Model;
+use crate::optim::{Grads, Optimizer, Schedule, ScheduleOut, StepInput};
+use crate::track::ModelSpec;
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use rand_chacha::ChaCha8Rng;
+use speedrun_plugin_api::{wire, HookPoint, ModelShape};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub type Shared = Rc<RefCell<PluginSession>>;
+
+fn shape(spec: &ModelSpec) -> ModelShape {
+    ModelShape {
+        layers: spec.layers,
+        width: spec.width,
+        heads: spec.heads,
+        seq_len: spec.seq_len,
+        vocab: spec.vocab,
+    }
+}
+
+fn session(s: &Shared) -> Result<std::cell::RefMut<'_, PluginSession>> {
+    s.try_borrow_mut()
+        .map_err(|_| anyhow::anyhow!("a plugin hook was re-entered while it was running"))
+}
+
+pub struct PluginOptimizer {
+    pub session: Shared,
+    /// The plugin's name, for the run manifest.
+    pub name: String,
+}
+
+impl Optimizer for PluginOptimizer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn init(&mut self, params: &ParamStore) -> Result<()> {
+        session(&self.session)?.call(
+            HookPoint::OptimizerInit,
+            None,
+            None,
+            |table| {
+                let list: Vec<_> = params
+                    .iter()
+                    .map(|p| {
+                        let h = table.insert(Held::Param {
+                            var: p.var.clone(),
+                            name: p.spec.name.clone(),
+                        });
+                        (p.spec.clone(), h)
+                    })
+                    .collect();
+                Ok(wire::optimizer_init_args(&list)?)
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    fn step(&mut self, params: &ParamStore, grads: &Grads, input: &StepInput) -> Result<()> {
+        session(&self.session)?.call(
+            HookPoint::OptimizerStep,
+            None,
+            None,
+            |table| {
+                let pairs: Vec<(u64, u64)> = params
+                    .iter()
+                    .zip(&grads.0)
+                    .map(|(p, g)| {
+                        let ph = table.insert(Held::Param {
+                            var: p.var.clone(),
+                            name: p.spec.name.clone(),
+                        });
+                        (ph, table.scoped(g.clone()))
+                    })
+                    .collect();
+                Ok(wire::optimizer_step_args(
+                    input.step,
+                    input.lr,
+                    input.momentum_mult,
+                    input.grad_norm,
+                    &pairs,
+                ))
+            },
+            |_, _| Ok(()),
+        )
+    }
+}
+
+pub struct PluginSchedule(pub Shared);
+
+impl Schedule for PluginSchedule {
+    fn at(&self, step: usize, total_steps: usize) -> Result<ScheduleOut> {
+        session(&self.0)?.call(
+            HookPoint::Schedule,
+            None,
+            None,
+            |_| Ok(wire::schedule_args(step, total_steps)),
+            |reply, _| {
+                let out = wire::read_schedule_reply(reply)?;
+                if !(out.lr_mult.is_finite() && out.momentum_mult.is_finite()) || out.lr_mult < 0.0
+                {
+                    bail!(
+                        "the schedule answered lr_mult {} momentum_mult {} at step {step}",
+                        out.lr_mult,
+                        out.momentum_mult
+                    );
+                }
+                Ok(out)
+            },
+        )
+    }
+}
+
+pub struct PluginParams(pub Shared);
+
+impl ParamsHook for PluginParams {
+    fn params(&self, spec: &ModelSpec, declared: Vec<ParamSpec>) -> Result<Vec<ParamSpec>> {
+        session(&self.0)?.call(
+            HookPoint::ModelParams,
+            None,
+            None,
+            |_| Ok(wire::params_args(&shape(spec), &declared)?),
+            |reply, _| Ok(wire::read_params_reply(reply)?),
+        )
+    }
+}
+
+pub struct PluginInit(pub Shared);
+
+impl InitHook for PluginInit {
+    fn init(
+        &self,
+        p: &ParamSpec,
+        spec: &ModelSpec,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Option<Vec<f32>>> {
+        session(&self.0)?.call(
+            HookPoint::ModelInit,
+            None,
+            Some(rng),
+            |_| Ok(wire::init_args(&shape(spec), p)?),
+            |reply, table| {
+                let Some(h) = wire::read_init_reply(reply) else {
+                    return Ok(None);
+                };
+                let t = table.tensor(h)?;
+                if t.dims() != p.shape.as_slice() {
+                    bail!(
+                        "initial value of {} has shape {:?}, the parameter {:?}",
+                        p.name,
+                        t.dims(),
+                        p.shape
+                    );
+                }
+                Ok(Some(
+                    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                ))
+            },
+        )
+    }
+}
+
+/// Calls one forward hook: `input` in, one tensor out.
+fn forward_call(
+    s: &Shared,
+    hook: HookPoint,
+    cx: &ForwardCtx,
+    input: &Tensor,
+    extra: &[i64],
+) -> Result<Tensor> {
+    session(s)?.call(
+        hook,
+        Some(cx.params),
+        None,
+        |table| {
+            let h = table.scoped(input.clone());
+            Ok(wire::forward_args(cx.train, &shape(cx.spec), h, extra))
+        },
+        |reply, table| Ok(table.tensor(wire::read_tensor_reply(reply)?)?.clone()),
+    )
+}
+
+/// Checks a hook's output shape, naming the hook.
+fn expect_dims(hook: HookPoint, t: Tensor, want: &[usize]) -> Result<Tensor> {
+    if t.dims() != want {
+        bail!(
+            "hook {hook} returned shape {:?}, expected {:?}",
+            t.dims(),
+            want
+        );
+    }
+    Ok(t)
+}
+
+pub struct PluginForwardHooks(pub Shared);
+
+impl EmbedHook for PluginForwardHooks {
+    fn embed(&self, cx: &ForwardCtx, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let out = forward_call(&self.0, HookPoint::ModelEmbed, cx, tokens, &[])?;
+        expect_dims(HookPoint::ModelEmbed, out, &[b, t, cx.spec.width])
+    }
+}
+
+impl NormHook for PluginForwardHooks {
+    fn norm(&self, cx: &ForwardCtx, site: NormSite, x: &Tensor) -> Result<Tensor> {
+        let out = forward_call(
+            &self.0,
+            HookPoint::ModelNorm,
+            cx,
+            x,
+            &wire::norm_site_ints(site),
+        )?;
+        expect_dims(HookPoint::ModelNorm, out, x.dims())
+    }
+}
+
+impl AttentionHook for PluginForwardHooks {
+    fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+        let out = forward_call(&self.0, HookPoint::ModelAttention, cx, x, &[layer as i64])?;
+        expect_dims(HookPoint::ModelAttention, out, x.dims())
+    }
+}
+
+impl MlpHook for PluginForwardHooks {
+    fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+        let out = forward_call(&self.0, HookPoint::ModelMlp, cx, x, &[layer as i64])?;
+        expect_dims(HookPoint::ModelMlp, out, x.dims())
+    }
+}
+
+impl BlockHook for PluginForwardHooks {
+    fn block(&self, cx: &ForwardCtx, _model: &Model, layer: usize, x: &Tensor) -> Result<Tensor> {
+        let out = forward_call(&self.0, HookPoint::ModelBlock, cx, x, &[layer as i64])?;
+        expect_dims(HookPoint::ModelBlock, out, x.dims())
+    }
+}
+
+impl HeadHook for PluginForwardHooks {
+    fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let out = forward_call(&self.0, HookPoint::ModelHead, cx, x, &[])?;
+        expect_dims(HookPoint::ModelHead, out, &[b, t, cx.spec.vocab])
+    }
+}
+
+impl ForwardHook for PluginForwardHooks {
+    fn forward(&self, cx: &ForwardCtx, _model: &Model, tokens: &Tensor) -> Result<Tensor> {
+        forward_call(&self.0, HookPoint::ModelForward, cx, tokens, &[])
+    }
+}

@@ -1,0 +1,423 @@
+//! The host side of every plugin op: resolve handles, check the hook's contract,
+//! run the op on candle tensors (the fused kernels where there is one), answer
+//! with new handles. An op never panics on plugin input: every bad argument is
+//! an error naming it.
+
+use super::handles::{HandleTable, Held};
+use crate::model::ops as model_ops;
+use crate::model::params::ParamStore;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal, Uniform};
+use speedrun_plugin_api::{self as api, Frame, HookPoint, Op};
+
+/// The most elements one creation op may make (16 GiB of f32 would end the host).
+const MAX_CREATE_ELEMS: usize = 1 << 28;
+
+/// What an op may touch during one hook call.
+pub struct OpEnv<'a> {
+    pub hook: HookPoint,
+    pub table: &'a mut HandleTable,
+    /// The model's parameters, readable by name in forward hooks.
+    pub params: Option<&'a ParamStore>,
+    /// The seeded stream `randn` / `uniform` draw from.
+    pub rng: &'a mut ChaCha8Rng,
+    pub device: &'a Device,
+}
+
+pub fn to_candle(d: api::DType) -> DType {
+    match d {
+        api::DType::F32 => DType::F32,
+        api::DType::F64 => DType::F64,
+        api::DType::U32 => DType::U32,
+        api::DType::U8 => DType::U8,
+        api::DType::I64 => DType::I64,
+    }
+}
+
+pub fn from_candle(d: DType) -> Result<api::DType> {
+    Ok(match d {
+        DType::F32 => api::DType::F32,
+        DType::F64 => api::DType::F64,
+        DType::U32 => api::DType::U32,
+        DType::U8 => api::DType::U8,
+        DType::I64 => api::DType::I64,
+        other => bail!("the host holds a {other:?} tensor, which the plugin API has no dtype for"),
+    })
+}
+
+fn dims(ints: &[i64]) -> Result<Vec<usize>> {
+    ints.iter()
+        .map(|&d| usize::try_from(d).map_err(|_| anyhow::anyhow!("dimension {d} is negative")))
+        .collect()
+}
+
+/// dtype and dims of a creation op, with the size cap.
+fn creation(f: &Frame) -> Result<(DType, Vec<usize>)> {
+    let dtype = to_candle(api::DType::from_code(f.int(0)?)?);
+    let shape = dims(&f.ints[1..])?;
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    match n {
+        Some(n) if n <= MAX_CREATE_ELEMS => Ok((dtype, shape)),
+        _ => {
+            bail!("shape {shape:?} is larger than one op may create ({MAX_CREATE_ELEMS} elements)")
+        }
+    }
+}
+
+fn floats_to(values: Vec<f64>, shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?)
+}
+
+fn sample(
+    n: usize,
+    rng: &mut ChaCha8Rng,
+    dtype: DType,
+    draw: impl Fn(&mut ChaCha8Rng) -> f64,
+) -> Vec<f64> {
+    let _ = dtype;
+    (0..n).map(|_| draw(rng)).collect()
+}
+
+/// Rotary position embedding, rotate-half form, of `x [B, H, T, hd]`.
+fn rotary(x: &Tensor, base: f64) -> Result<Tensor> {
+    let (_, _, t, hd) = x.dims4().context("rotary expects [B, H, T, hd]")?;
+    if hd % 2 != 0 {
+        bail!("rotary needs an even head dimension, got {hd}");
+    }
+    let half = hd / 2;
+    let inv: Vec<f64> = (0..half)
+        .map(|i| 1.0 / base.powf(2.0 * i as f64 / hd as f64))
+        .collect();
+    let mut angles = Vec::with_capacity(t * half);
+    for pos in 0..t {
+        angles.extend(inv.iter().map(|f| pos as f64 * f));
+    }
+    let dev = x.device();
+    let ang = Tensor::from_vec(angles, (t, half), dev)?.to_dtype(x.dtype())?;
+    let (cos, sin) = (ang.cos()?, ang.sin()?);
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let r2 = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
+    Ok(Tensor::cat(&[r1, r2], D::Minus1)?)
+}
+
+fn same_shape(target: &Tensor, value: &Tensor, what: &str) -> Result<()> {
+    if target.dims() != value.dims() || target.dtype() != value.dtype() {
+        bail!(
+            "{what}: the value is {:?} {:?}, the target {:?} {:?}",
+            value.dtype(),
+            value.dims(),
+            target.dtype(),
+            target.dims()
+        );
+    }
+    Ok(())
+}
+
+/// Runs one op for a plugin. The caller counts it and names plugin and hook in errors.
+pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
+    if !op.allowed_in(env.hook) {
+        bail!(
+            "op {} is not allowed in hook {} (the hook's contract)",
+            op.name(),
+            env.hook
+        );
+    }
+    let dev = env.device;
+    let t = |i: usize| -> Result<&Tensor> { env.table.tensor(f.tensor(i)?) };
+    let float = |i: usize| f.float(i).map_err(anyhow::Error::from);
+    let int = |i: usize| f.usize(i).map_err(anyhow::Error::from);
+
+    let out: Tensor = match op {
+        Op::Zeros => {
+            let (dtype, shape) = creation(f)?;
+            Tensor::zeros(shape, dtype, dev)?
+        }
+        Op::Ones => {
+            let (dtype, shape) = creation(f)?;
+            Tensor::ones(shape, dtype, dev)?
+        }
+        Op::Full => {
+            let (dtype, shape) = creation(f)?;
+            let n = shape.iter().product();
+            floats_to(vec![float(0)?; n], &shape, dtype, dev)?
+        }
+        Op::Randn => {
+            let (dtype, shape) = creation(f)?;
+            let (mean, std) = (float(0)?, float(1)?);
+            let n: usize = shape.iter().product();
+            if dtype == DType::F32 {
+                // f32 samples, as the reference initialisation draws them.
+                let dist = Normal::new(mean as f32, std as f32)
+                    .map_err(|e| anyhow::anyhow!("randn(mean {mean}, std {std}): {e}"))?;
+                let v: Vec<f32> = (0..n).map(|_| dist.sample(env.rng)).collect();
+                Tensor::from_vec(v, shape, dev)?
+            } else {
+                let dist = Normal::new(mean, std)
+                    .map_err(|e| anyhow::anyhow!("randn(mean {mean}, std {std}): {e}"))?;
+                floats_to(
+                    sample(n, env.rng, dtype, |r| dist.sample(r)),
+                    &shape,
+                    dtype,
+                    dev,
+                )?
+            }
+        }
+        Op::Uniform => {
+            let (dtype, shape) = creation(f)?;
+            let (lo, hi) = (float(0)?, float(1)?);
+            let dist =
+                Uniform::new(lo, hi).map_err(|e| anyhow::anyhow!("uniform({lo}, {hi}): {e}"))?;
+            let n = shape.iter().product();
+            floats_to(
+                sample(n, env.rng, dtype, |r| dist.sample(r)),
+                &shape,
+                dtype,
+                dev,
+            )?
+        }
+        Op::FromValues => {
+            let (dtype, shape) = creation(f)?;
+            let n: usize = shape.iter().product();
+            if n != f.floats.len() {
+                bail!(
+                    "from_values: {} values for shape {shape:?} ({n} elements)",
+                    f.floats.len()
+                );
+            }
+            floats_to(f.floats.clone(), &shape, dtype, dev)?
+        }
+        Op::Arange => {
+            let dtype = to_candle(api::DType::from_code(f.int(0)?)?);
+            let n = int(1)?;
+            if n > MAX_CREATE_ELEMS {
+                bail!("arange({n}) is larger than one op may create");
+            }
+            Tensor::arange(0u32, n as u32, dev)?.to_dtype(dtype)?
+        }
+        Op::Neg => t(0)?.neg()?,
+        Op::Abs => t(0)?.abs()?,
+        Op::Exp => t(0)?.exp()?,
+        Op::Log => t(0)?.log()?,
+        Op::Sqrt => t(0)?.sqrt()?,
+        Op::Sqr => t(0)?.sqr()?,
+        Op::Recip => t(0)?.recip()?,
+        Op::Tanh => t(0)?.tanh()?,
+        Op::Sigmoid => (t(0)?.neg()?.exp()? + 1.0)?.recip()?,
+        Op::Relu => t(0)?.relu()?,
+        Op::Gelu => speedrun_kernels::gelu(t(0)?)?,
+        Op::Relu2 => speedrun_kernels::relu2(t(0)?)?,
+        Op::Silu => t(0)?.silu()?,
+        Op::Sin => t(0)?.sin()?,
+        Op::Cos => t(0)?.cos()?,
+        Op::Detach => t(0)?.detach(),
+        Op::Contiguous => t(0)?.contiguous()?,
+        Op::Add => t(0)?.broadcast_add(t(1)?)?,
+        Op::Sub => t(0)?.broadcast_sub(t(1)?)?,
+        Op::Mul => t(0)?.broadcast_mul(t(1)?)?,
+        Op::Div => t(0)?.broadcast_div(t(1)?)?,
+        Op::Maximum => t(0)?.broadcast_maximum(t(1)?)?,
+        Op::Minimum => t(0)?.broadcast_minimum(t(1)?)?,
+        Op::Affine => t(0)?.affine(float(0)?, float(1)?)?,
+        Op::DivScalar => {
+            let x = t(0)?;
+            let s = Tensor::new(float(0)?, dev)?.to_dtype(x.dtype())?;
+            x.broadcast_div(&s)?
+        }
+        Op::PowScalar => t(0)?.powf(float(0)?)?,
+        Op::Clamp => t(0)?.clamp(float(0)?, float(1)?)?,
+        Op::Sum | Op::Mean | Op::Norm => {
+            let x = t(0)?;
+            let keep = f.int(0)? != 0;
+            let mut ds = dims(&f.ints[1..])?;
+            if ds.is_empty() {
+                ds = (0..x.rank()).collect();
+            }
+            let x2;
+            let src = if op == Op::Norm {
+                x2 = x.sqr()?;
+                &x2
+            } else {
+                x
+            };
+            let r = match (op, keep) {
+                (Op::Mean, true) => src.mean_keepdim(ds)?,
+                (Op::Mean, false) => src.mean(ds)?,
+                (_, true) => src.sum_keepdim(ds)?,
+                (_, false) => src.sum(ds)?,
+            };
+            if op == Op::Norm {
+                r.sqrt()?
+            } else {
+                r
+            }
+        }
+        Op::Max | Op::Min => {
+            let x = t(0)?;
+            let keep = f.int(0)? != 0;
+            let d = int(1)?;
+            match (op, keep) {
+                (Op::Max, true) => x.max_keepdim(d)?,
+                (Op::Max, false) => x.max(d)?,
+                (_, true) => x.min_keepdim(d)?,
+                (_, false) => x.min(d)?,
+            }
+        }
+        Op::Reshape => t(0)?.reshape(dims(&f.ints)?)?,
+        Op::Transpose => t(0)?.transpose(int(0)?, int(1)?)?,
+        Op::Permute => t(0)?.permute(dims(&f.ints)?)?,
+        Op::Narrow => t(0)?.narrow(int(0)?, int(1)?, int(2)?)?,
+        Op::Cat => {
+            if f.tensors.is_empty() {
+                bail!("cat of no tensors");
+            }
+            let xs = (0..f.tensors.len())
+                .map(|i| t(i).cloned())
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&xs, int(0)?)?
+        }
+        Op::BroadcastAs => t(0)?.broadcast_as(dims(&f.ints)?)?,
+        Op::Unsqueeze => t(0)?.unsqueeze(int(0)?)?,
+        Op::Squeeze => t(0)?.squeeze(int(0)?)?,
+        Op::Matmul => t(0)?.broadcast_matmul(t(1)?)?,
+        Op::IndexSelect => t(0)?.index_select(t(1)?, int(0)?)?,
+        Op::Embedding => {
+            let (table, ids) = (t(0)?, t(1)?);
+            let (_, d) = table.dims2().context("embedding expects a [N, D] table")?;
+            let mut shape = ids.dims().to_vec();
+            shape.push(d);
+            table.index_select(&ids.flatten_all()?, 0)?.reshape(shape)?
+        }
+        Op::Softmax => model_ops::softmax_last_dim(t(0)?)?,
+        Op::LogSoftmax => model_ops::log_softmax_last_dim(t(0)?)?,
+        Op::LayerNorm => {
+            let (has_gain, has_bias) = (f.int(0)? != 0, f.int(1)? != 0);
+            let gain = if has_gain { Some(t(1)?) } else { None };
+            let bias = if has_bias {
+                Some(t(1 + has_gain as usize)?)
+            } else {
+                None
+            };
+            speedrun_kernels::layer_norm(t(0)?, gain, bias, float(0)?)?
+        }
+        Op::RmsNorm => {
+            let gain = if f.int(0)? != 0 { Some(t(1)?) } else { None };
+            speedrun_kernels::rms_norm(t(0)?, gain, float(0)?)?
+        }
+        Op::CausalAttention => {
+            let (q, k, v) = (t(0)?, t(1)?, t(2)?);
+            match f.floats.first() {
+                None => model_ops::causal_attention(q, k, v)?,
+                Some(&scale) => {
+                    speedrun_kernels::causal_softmax(&q.matmul(&k.t()?)?, scale)?.matmul(v)?
+                }
+            }
+        }
+        Op::Rotary => rotary(t(0)?, float(0)?)?,
+        Op::WhereCond => t(0)?.where_cond(t(1)?, t(2)?)?,
+        Op::MaskedFill => {
+            let (x, mask) = (t(0)?, t(1)?);
+            let fill = Tensor::new(float(0)?, dev)?
+                .to_dtype(x.dtype())?
+                .broadcast_as(x.dims())?;
+            mask.broadcast_as(x.dims())?.where_cond(&fill, x)?
+        }
+        Op::ToDtype => t(0)?.to_dtype(to_candle(api::DType::from_code(f.int(0)?)?))?,
+
+        // Ops that answer without a new tensor.
+        Op::ToScalar => {
+            let x = t(0)?;
+            if x.elem_count() != 1 {
+                bail!(
+                    "to_scalar of a tensor with {} elements (shape {:?})",
+                    x.elem_count(),
+                    x.dims()
+                );
+            }
+            let v = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0];
+            return Ok(Frame {
+                floats: vec![v],
+                ..Frame::default()
+            });
+        }
+        Op::Shape => {
+            return Ok(Frame {
+                ints: t(0)?.dims().iter().map(|&d| d as i64).collect(),
+                ..Frame::default()
+            })
+        }
+        Op::DTypeOf => {
+            return Ok(Frame {
+                ints: vec![from_candle(t(0)?.dtype())?.code()],
+                ..Frame::default()
+            })
+        }
+        Op::Keep => {
+            env.table.keep(f.tensor(0)?)?;
+            return Ok(Frame::default());
+        }
+        Op::Release => {
+            env.table.release(f.tensor(0)?)?;
+            return Ok(Frame::default());
+        }
+        Op::Param => {
+            let Some(params) = env.params else {
+                bail!("no model parameters are readable in hook {}", env.hook);
+            };
+            params.get(&f.text)?.clone()
+        }
+        Op::Assign => {
+            let (target, value) = (f.tensor(0)?, f.tensor(1)?);
+            let value = env.table.tensor(value)?.clone();
+            match env.table.get(target)?.clone() {
+                Held::Param { var, name } => {
+                    same_shape(var.as_tensor(), &value, &format!("assign to {name}"))?;
+                    var.set(&value.detach())?;
+                }
+                Held::State(old) => {
+                    same_shape(&old, &value, "assign to state")?;
+                    env.table
+                        .replace(target, Held::State(value.detach().copy()?))?;
+                }
+                Held::Scoped(_) => {
+                    bail!("assign: the target {target:#x} is neither a parameter nor kept state")
+                }
+            }
+            return Ok(Frame::default());
+        }
+        Op::AdamwUpdate => {
+            let Held::Param { var, name } = env.table.get(f.tensor(0)?)?.clone() else {
+                bail!("adamw_update: the first tensor must be a parameter handed to the optimizer");
+            };
+            let grad = t(1)?.clone();
+            let state = |i: usize| -> Result<Tensor> {
+                match env.table.get(f.tensor(i)?)? {
+                    Held::State(s) => Ok(s.clone()),
+                    _ => bail!(
+                        "adamw_update: moment #{} must be kept state (Tensor::keep)",
+                        i - 1
+                    ),
+                }
+            };
+            let (m, v) = (state(2)?, state(3)?);
+            let h = speedrun_kernels::AdamwStep {
+                clip: float(0)? as f32,
+                beta1: float(1)? as f32,
+                beta2: float(2)? as f32,
+                eps: float(3)? as f32,
+                step_size: float(4)? as f32,
+                bc2_sqrt: float(5)? as f32,
+                decay: float(6)? as f32,
+            };
+            speedrun_kernels::adamw_update(var.as_tensor(), &grad, &m, &v, &h)
+                .with_context(|| format!("updating {name}"))?;
+            return Ok(Frame::default());
+        }
+    };
+    Ok(Frame::with_tensors(&[api::Tensor::from_id(
+        env.table.scoped(out),
+    )]))
+}

@@ -1,0 +1,264 @@
+//! Plugins: loading (native libraries, or crate directories built first),
+//! configuring, and composing them into the training loop's components.
+//!
+//! A plugin replaces hooks of the reference stack. `model.params` and
+//! `model.init` chain (each plugin sees the previous answer); every other hook
+//! is exclusive, and two plugins claiming one is an error naming both.
+
+pub mod adapters;
+pub mod build;
+pub mod handles;
+pub mod host_ops;
+pub mod native;
+pub mod session;
+pub mod template;
+
+use crate::track::Track;
+use crate::train::Components;
+use adapters::*;
+use anyhow::{bail, Context, Result};
+use native::NativeModule;
+use serde::Serialize;
+use session::{HookLine, PluginSession};
+use sha2::{Digest, Sha256};
+use speedrun_plugin_api::{HookPoint, Manifest};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// What the run manifest records of each plugin.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PluginRecord {
+    pub name: String,
+    pub version: String,
+    pub api_version: u32,
+    pub hooks: Vec<String>,
+    pub transport: String,
+    pub path: String,
+    /// SHA-256 of the library file.
+    pub sha256: String,
+    pub config: serde_json::Value,
+}
+
+/// A plugin ready to run: its session and what to record of it.
+pub struct LoadedPlugin {
+    pub session: Shared,
+    pub record: PluginRecord,
+}
+
+impl LoadedPlugin {
+    pub fn manifest(&self) -> Manifest {
+        self.session.borrow().manifest.clone()
+    }
+}
+
+/// A plugin's library: `spec` is a built library, or a crate directory to build.
+pub fn resolve_library(spec: &Path) -> Result<PathBuf> {
+    if build::is_crate_dir(spec) {
+        build::build_native(spec)
+    } else if spec.is_file() {
+        Ok(spec.to_path_buf())
+    } else {
+        bail!(
+            "--plugin {}: no such library or plugin crate directory",
+            spec.display()
+        )
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// The configuration a plugin runs with: its declared defaults, then the track's
+/// `[optimizer]` values for keys of the same name, then the user's overrides.
+/// A key the plugin does not declare is an error.
+pub fn resolve_config(
+    manifest: &Manifest,
+    track: &Track,
+    overrides: Option<&serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let mut config = match &manifest.config {
+        serde_json::Value::Object(m) => m.clone(),
+        serde_json::Value::Null => serde_json::Map::new(),
+        other => bail!(
+            "plugin {}: its default configuration must be a JSON object, not {other}",
+            manifest.name
+        ),
+    };
+    let track_opt = serde_json::to_value(track.optimizer)?;
+    for (k, v) in config.iter_mut() {
+        if let Some(tv) = track_opt.get(k) {
+            *v = tv.clone();
+        }
+    }
+    if let Some(o) = overrides {
+        let Some(o) = o.as_object() else {
+            bail!(
+                "configuration for plugin {} must be a JSON object",
+                manifest.name
+            );
+        };
+        for (k, v) in o {
+            if !config.contains_key(k) {
+                let known: Vec<&String> = config.keys().collect();
+                bail!(
+                    "plugin {} has no configuration key {k:?} (it accepts {known:?})",
+                    manifest.name
+                );
+            }
+            config.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(serde_json::Value::Object(config))
+}
+
+/// Starts an instance of a loaded module as a session of this run.
+pub fn start(
+    module: NativeModule,
+    path: &Path,
+    track: &Track,
+    seed: u64,
+    overrides: Option<&serde_json::Value>,
+) -> Result<LoadedPlugin> {
+    let where_ = || format!("plugin {}", path.display());
+    let manifest = module.manifest().with_context(where_)?;
+    let config = resolve_config(&manifest, track, overrides)?;
+    let instance = module
+        .create(&config)
+        .with_context(|| format!("plugin {}: creating it", manifest.name))?;
+    let rng = crate::model::params::param_rng(seed, &format!("plugin:{}", manifest.name));
+    let record = PluginRecord {
+        name: manifest.name.clone(),
+        version: manifest.version.clone(),
+        api_version: manifest.api_version,
+        hooks: manifest.hooks.clone(),
+        transport: "native".into(),
+        path: path.display().to_string(),
+        sha256: if path.is_file() {
+            sha256_file(path)?
+        } else {
+            String::new()
+        },
+        config,
+    };
+    let session = PluginSession::new(manifest, Box::new(module), instance, rng);
+    Ok(LoadedPlugin {
+        session: Rc::new(RefCell::new(session)),
+        record,
+    })
+}
+
+/// The hooks that chain instead of being replaced.
+fn chains(h: HookPoint) -> bool {
+    matches!(h, HookPoint::ModelParams | HookPoint::ModelInit)
+}
+
+/// Puts plugins into the reference stack, in order.
+pub fn compose(track: &Track, plugins: Vec<LoadedPlugin>) -> Result<Components> {
+    let mut comps = Components::reference(track);
+    let mut owner: BTreeMap<HookPoint, String> = BTreeMap::new();
+    for p in plugins {
+        let manifest = p.manifest();
+        let hooks: Vec<HookPoint> = manifest
+            .hooks
+            .iter()
+            .filter_map(|h| HookPoint::from_name(h))
+            .collect();
+        for &h in &hooks {
+            if chains(h) {
+                continue;
+            }
+            if let Some(other) = owner.insert(h, manifest.name.clone()) {
+                bail!(
+                    "plugins {other} and {} both provide hook {h}: only one plugin may replace it",
+                    manifest.name
+                );
+            }
+        }
+        let s = &p.session;
+        let fwd = || Box::new(PluginForwardHooks(s.clone()));
+        for &h in &hooks {
+            match h {
+                HookPoint::Schedule => comps.schedule = Box::new(PluginSchedule(s.clone())),
+                HookPoint::OptimizerInit => {
+                    comps.optimizer = Box::new(PluginOptimizer {
+                        session: s.clone(),
+                        name: manifest.name.clone(),
+                    })
+                }
+                HookPoint::OptimizerStep => {
+                    if !hooks.contains(&HookPoint::OptimizerInit) {
+                        bail!(
+                            "plugin {} provides optimizer.step without optimizer.init",
+                            manifest.name
+                        );
+                    }
+                }
+                HookPoint::ModelParams => {
+                    comps.hooks.params.push(Box::new(PluginParams(s.clone())))
+                }
+                HookPoint::ModelInit => comps.hooks.init.insert(0, Box::new(PluginInit(s.clone()))),
+                HookPoint::ModelEmbed => comps.hooks.embed = fwd(),
+                HookPoint::ModelNorm => comps.hooks.norm = fwd(),
+                HookPoint::ModelAttention => comps.hooks.attention = fwd(),
+                HookPoint::ModelMlp => comps.hooks.mlp = fwd(),
+                HookPoint::ModelBlock => comps.hooks.block = fwd(),
+                HookPoint::ModelHead => comps.hooks.head = fwd(),
+                HookPoint::ModelForward => comps.hooks.forward = fwd(),
+            }
+        }
+        comps.plugins.push(p);
+    }
+    Ok(comps)
+}
+
+/// Per-hook accounting of every plugin since the last call.
+pub fn take_stats(plugins: &[LoadedPlugin]) -> Vec<HookLine> {
+    plugins
+        .iter()
+        .flat_map(|p| p.session.borrow_mut().take_stats())
+        .collect()
+}
+
+/// Reads a `--plugin-config NAME=JSON` argument.
+pub fn parse_config_arg(arg: &str) -> Result<(String, serde_json::Value)> {
+    let Some((name, json)) = arg.split_once('=') else {
+        bail!("--plugin-config {arg:?}: expected NAME=JSON, e.g. adamw='{{\"beta2\": 0.99}}'");
+    };
+    let v: serde_json::Value = serde_json::from_str(json)
+        .with_context(|| format!("--plugin-config {name}: not valid JSON"))?;
+    Ok((name.to_string(), v))
+}
+
+/// Loads `--plugin` specs with their `--plugin-config` overrides and composes them
+/// into the reference stack. An override for a plugin not in the stack is an error.
+pub fn stack(
+    track: &Track,
+    seed: u64,
+    specs: &[PathBuf],
+    configs: &[String],
+) -> Result<Components> {
+    let mut overrides: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for c in configs {
+        let (name, v) = parse_config_arg(c)?;
+        overrides.insert(name, v);
+    }
+    let mut loaded = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let lib = resolve_library(spec)?;
+        let module = NativeModule::load(&lib)?;
+        let name = module
+            .manifest()
+            .with_context(|| format!("plugin {}", lib.display()))?
+            .name;
+        let p = start(module, &lib, track, seed, overrides.remove(&name).as_ref())?;
+        loaded.push(p);
+    }
+    if let Some(name) = overrides.keys().next() {
+        bail!("--plugin-config names plugin {name}, which is not among the --plugin list");
+    }
+    compose(track, loaded)
+}

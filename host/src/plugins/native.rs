@@ -1,0 +1,112 @@
+//! The native transport: a `cdylib` exporting the plugin API's `abi_stable` root
+//! module. Loaded through `lib_header_from_path(..).init_root_module()`, not
+//! `RootModule::load_from_file`, which caches one library per root-module type
+//! and so could load only one plugin per process.
+
+use super::session::{host_ffi, Transport};
+use anyhow::{anyhow, bail, Context, Result};
+use speedrun_plugin_api::native::{FfiResult, PluginModRef};
+use speedrun_plugin_api::{Frame, HookPoint, Manifest, PLUGIN_API_VERSION};
+use std::path::Path;
+
+/// How many of the loader's last lines to show: its layout-mismatch report runs
+/// to hundreds of lines and the verdict is at the end.
+const VERDICT_LINES: usize = 12;
+
+pub struct NativeModule {
+    module: PluginModRef,
+}
+
+fn ffi<T>(r: FfiResult<T>) -> std::result::Result<T, String> {
+    r.into_result().map_err(|e| e.into_string())
+}
+
+/// The last lines of a long loader message.
+fn verdict(msg: &str) -> String {
+    let lines: Vec<&str> = msg.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(VERDICT_LINES);
+    let mut out = String::new();
+    if start > 0 {
+        out.push_str(&format!(
+            "[... {start} lines of abi_stable's report cut ...]\n"
+        ));
+    }
+    out.push_str(&lines[start..].join("\n"));
+    out
+}
+
+impl NativeModule {
+    /// Loads the library at `path` and checks its root module's layout and version
+    /// against this host's plugin API.
+    pub fn load(path: &Path) -> Result<NativeModule> {
+        let header = speedrun_plugin_api::native::__abi::library::lib_header_from_path(path)
+            .map_err(|e| {
+                anyhow!(
+                    "cannot load plugin {}: {}",
+                    path.display(),
+                    verdict(&e.to_string())
+                )
+            })?;
+        let module = header.init_root_module::<PluginModRef>().map_err(|e| {
+            anyhow!(
+                "plugin {} was built against an incompatible plugin API and is refused:\n{}",
+                path.display(),
+                verdict(&e.to_string())
+            )
+        })?;
+        Ok(NativeModule { module })
+    }
+
+    /// A plugin linked into this process (tests, and built-in plugins).
+    pub fn in_process(module: PluginModRef) -> NativeModule {
+        NativeModule { module }
+    }
+
+    pub fn manifest(&self) -> Result<Manifest> {
+        let json =
+            ffi((self.module.manifest())()).map_err(|e| anyhow!("reading its manifest: {e}"))?;
+        let m: Manifest = serde_json::from_str(&json).context("parsing its manifest")?;
+        if m.api_version != PLUGIN_API_VERSION {
+            bail!(
+                "plugin {} speaks plugin API version {}, this host version {PLUGIN_API_VERSION}",
+                m.name,
+                m.api_version
+            );
+        }
+        for h in &m.hooks {
+            if HookPoint::from_name(h).is_none() {
+                bail!("plugin {} declares an unknown hook {h:?}", m.name);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Builds an instance from its JSON configuration.
+    pub fn create(&self, config: &serde_json::Value) -> Result<u64> {
+        ffi((self.module.create())(
+            host_ffi(),
+            config.to_string().into(),
+        ))
+        .map_err(|e| anyhow!(e))
+    }
+}
+
+impl Transport for NativeModule {
+    fn call(
+        &self,
+        instance: u64,
+        hook: HookPoint,
+        args: Frame,
+    ) -> std::result::Result<Frame, String> {
+        ffi((self.module.call())(
+            instance,
+            hook.name().into(),
+            args.into(),
+        ))
+        .map(Frame::from)
+    }
+
+    fn destroy(&self, instance: u64) {
+        (self.module.destroy())(instance)
+    }
+}

@@ -1,0 +1,221 @@
+//! One loaded plugin instance during a run: its transport, its handle table, its
+//! seeded generator and its per-hook accounting. `PluginSession::call` is the
+//! only way the host calls into a plugin; while it runs, the plugin's op calls
+//! reach `host_call_op` through a thread-local pointer to the call's context.
+
+use super::handles::HandleTable;
+use super::host_ops::{self, OpEnv};
+use crate::model::params::ParamStore;
+use anyhow::{anyhow, Result};
+use candle_core::Device;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use speedrun_plugin_api::native::{FfiResult, FrameFfi, HostFfi};
+use speedrun_plugin_api::{Frame, HookPoint, Manifest, Op};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+/// How the host reaches a plugin instance (native library, or in #5, wasm).
+pub trait Transport {
+    /// Calls one hook; an `Err` is the plugin's error text (a panic included).
+    fn call(
+        &self,
+        instance: u64,
+        hook: HookPoint,
+        args: Frame,
+    ) -> std::result::Result<Frame, String>;
+    fn destroy(&self, instance: u64);
+}
+
+/// Time, calls and ops inside one hook of one plugin.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct HookStats {
+    pub calls: u64,
+    pub ops: u64,
+    pub ms: f64,
+}
+
+/// Per-step telemetry line for one plugin hook.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HookLine {
+    pub plugin: String,
+    pub hook: String,
+    pub calls: u64,
+    pub ops: u64,
+    pub ms: f64,
+    /// Handles alive after the step (state kept across calls).
+    pub live_handles: usize,
+    /// Bytes those handles name.
+    pub bytes: usize,
+}
+
+pub struct PluginSession {
+    pub manifest: Manifest,
+    transport: Box<dyn Transport>,
+    instance: u64,
+    table: HandleTable,
+    rng: ChaCha8Rng,
+    device: Device,
+    stats: BTreeMap<HookPoint, HookStats>,
+}
+
+/// The context of the hook call in progress on this thread, for `host_call_op`.
+struct Active<'a> {
+    env: OpEnv<'a>,
+    ops: u64,
+}
+
+thread_local! {
+    static ACTIVE: Cell<*mut Active<'static>> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Installs `active` for the duration of `f`, restoring the previous one after
+/// (also on unwind).
+fn with_active<R>(active: &mut Active<'_>, f: impl FnOnce() -> R) -> R {
+    struct Restore(*mut Active<'static>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTIVE.with(|a| a.set(self.0));
+        }
+    }
+    // The pointer only lives while `active` is borrowed here.
+    let ptr = active as *mut Active<'_> as *mut Active<'static>;
+    let _restore = Restore(ACTIVE.with(|a| a.replace(ptr)));
+    f()
+}
+
+/// The one function every plugin op reaches the host through.
+pub extern "C" fn host_call_op(op: u32, args: FrameFfi) -> FfiResult<FrameFfi> {
+    let result = catch_unwind(AssertUnwindSafe(
+        || -> std::result::Result<Frame, String> {
+            let op = Op::from_code(op).map_err(|e| e.to_string())?;
+            let ptr = ACTIVE.with(|a| a.get());
+            if ptr.is_null() {
+                return Err(format!(
+                    "op {} called outside a hook call (from another thread?)",
+                    op.name()
+                ));
+            }
+            // SAFETY: set by `with_active` on this thread for the duration of the
+            // hook call that is running this op; cleared when it returns.
+            let active = unsafe { &mut *ptr };
+            active.ops += 1;
+            host_ops::execute(&mut active.env, op, &args.into())
+                .map_err(|e| format!("op {}: {e:#}", op.name()))
+        },
+    ));
+    match result {
+        Ok(Ok(f)) => FfiResult::ROk(f.into()),
+        Ok(Err(e)) => FfiResult::RErr(e.into()),
+        Err(_) => FfiResult::RErr("the host panicked running this op (a host bug)".into()),
+    }
+}
+
+pub fn host_ffi() -> HostFfi {
+    HostFfi {
+        call_op: host_call_op,
+    }
+}
+
+impl PluginSession {
+    pub fn new(
+        manifest: Manifest,
+        transport: Box<dyn Transport>,
+        instance: u64,
+        rng: ChaCha8Rng,
+    ) -> PluginSession {
+        PluginSession {
+            manifest,
+            transport,
+            instance,
+            table: HandleTable::new(),
+            rng,
+            device: Device::Cpu,
+            stats: BTreeMap::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// Calls `hook`: `make_args` may put handles into the table for the call,
+    /// `read` turns the reply into a host value while the call's handles are
+    /// still alive. Every handle the call made is released after, unless kept.
+    pub fn call<R>(
+        &mut self,
+        hook: HookPoint,
+        params: Option<&ParamStore>,
+        rng: Option<&mut ChaCha8Rng>,
+        make_args: impl FnOnce(&mut HandleTable) -> Result<Frame>,
+        read: impl FnOnce(&Frame, &HandleTable) -> Result<R>,
+    ) -> Result<R> {
+        let started = Instant::now();
+        let mut ops = 0;
+        let out = self.call_inner(hook, params, rng, make_args, read, &mut ops);
+        self.table.end_call();
+        let s = self.stats.entry(hook).or_default();
+        s.calls += 1;
+        s.ops += ops;
+        s.ms += started.elapsed().as_secs_f64() * 1e3;
+        out.map_err(|e| anyhow!("plugin {}, hook {hook}: {e:#}", self.manifest.name))
+    }
+
+    fn call_inner<R>(
+        &mut self,
+        hook: HookPoint,
+        params: Option<&ParamStore>,
+        rng: Option<&mut ChaCha8Rng>,
+        make_args: impl FnOnce(&mut HandleTable) -> Result<Frame>,
+        read: impl FnOnce(&Frame, &HandleTable) -> Result<R>,
+        ops: &mut u64,
+    ) -> Result<R> {
+        let args = make_args(&mut self.table)?;
+        let mut active = Active {
+            env: OpEnv {
+                hook,
+                table: &mut self.table,
+                params,
+                rng: match rng {
+                    Some(r) => r,
+                    None => &mut self.rng,
+                },
+                device: &self.device,
+            },
+            ops: 0,
+        };
+        let (transport, instance) = (&self.transport, self.instance);
+        let reply = with_active(&mut active, || transport.call(instance, hook, args));
+        *ops = active.ops;
+        read(&reply.map_err(|e| anyhow!(e))?, &self.table)
+    }
+
+    /// The accounting since the last call of this, one line per hook used.
+    pub fn take_stats(&mut self) -> Vec<HookLine> {
+        let (live, bytes) = (self.table.live(), self.table.bytes());
+        std::mem::take(&mut self.stats)
+            .into_iter()
+            .map(|(hook, s)| HookLine {
+                plugin: self.manifest.name.clone(),
+                hook: hook.name().to_string(),
+                calls: s.calls,
+                ops: s.ops,
+                ms: s.ms,
+                live_handles: live,
+                bytes,
+            })
+            .collect()
+    }
+
+    pub fn live_handles(&self) -> usize {
+        self.table.live()
+    }
+}
+
+impl Drop for PluginSession {
+    fn drop(&mut self) {
+        self.transport.destroy(self.instance);
+    }
+}

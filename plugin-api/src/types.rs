@@ -1,0 +1,171 @@
+//! The values hooks receive and return.
+
+use crate::{bail, Op, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The reference model's shape, as the track gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelShape {
+    pub layers: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub seq_len: usize,
+    pub vocab: usize,
+}
+
+impl ModelShape {
+    pub fn head_dim(&self) -> usize {
+        self.width / self.heads.max(1)
+    }
+}
+
+/// What a parameter is for; decides its reference initialisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    /// Token embedding (also the tied output head).
+    TokenEmbedding,
+    /// Learned position embedding.
+    PositionEmbedding,
+    /// A hidden weight matrix.
+    Matrix,
+    /// A matrix writing into the residual stream (scaled init).
+    ResidualProjection,
+    Bias,
+    NormGain,
+    NormBias,
+}
+
+impl ParamKind {
+    pub const ALL: [ParamKind; 7] = [
+        ParamKind::TokenEmbedding,
+        ParamKind::PositionEmbedding,
+        ParamKind::Matrix,
+        ParamKind::ResidualProjection,
+        ParamKind::Bias,
+        ParamKind::NormGain,
+        ParamKind::NormBias,
+    ];
+
+    pub fn code(self) -> i64 {
+        ParamKind::ALL.iter().position(|&k| k == self).unwrap_or(0) as i64
+    }
+
+    pub fn from_code(code: i64) -> Result<ParamKind> {
+        match usize::try_from(code)
+            .ok()
+            .and_then(|i| ParamKind::ALL.get(i))
+        {
+            Some(&k) => Ok(k),
+            None => bail!("unknown parameter kind code {code}"),
+        }
+    }
+}
+
+/// One declared parameter (`model.params`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamDecl {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+}
+
+impl ParamDecl {
+    pub fn new(name: impl Into<String>, shape: &[usize], kind: ParamKind) -> ParamDecl {
+        ParamDecl {
+            name: name.into(),
+            shape: shape.to_vec(),
+            kind,
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Which normalisation a `model.norm` call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormSite {
+    /// Before layer `l`'s attention.
+    Attention(usize),
+    /// Before layer `l`'s MLP.
+    Mlp(usize),
+    /// After the last layer, before the head.
+    Final,
+}
+
+/// The `schedule` hook's answer for one step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleOut {
+    /// Multiplier on the track's peak learning rate.
+    pub lr_mult: f64,
+    pub momentum_mult: f64,
+}
+
+/// A parameter as `optimizer.init` sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamRef {
+    pub name: String,
+    pub kind: ParamKind,
+    pub dims: Vec<usize>,
+    /// Valid during the `optimizer.init` call only.
+    pub tensor: Tensor,
+}
+
+/// One parameter and its gradient, as `optimizer.step` sees them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ParamGrad {
+    pub param: Tensor,
+    pub grad: Tensor,
+}
+
+/// What `optimizer.step` receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerStep {
+    /// 0-based step index.
+    pub step: usize,
+    /// Learning rate for this step: the track's peak times the schedule's multiplier.
+    pub lr: f64,
+    pub momentum_mult: f64,
+    /// Global gradient L2 norm, before any clipping, measured by the host.
+    pub grad_norm: f64,
+    /// Every parameter, in the order `optimizer.init` saw them. Handles are new
+    /// each step: key state by position, never by handle.
+    pub params: Vec<ParamGrad>,
+}
+
+/// What a forward hook may know besides its inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ForwardCtx {
+    /// False while the host validates (eval mode).
+    pub train: bool,
+    pub model: ModelShape,
+}
+
+impl ForwardCtx {
+    /// A model parameter by name (e.g. `transformer.h.0.mlp.c_fc.weight`).
+    pub fn param(&self, name: &str) -> Result<Tensor> {
+        Tensor::param(name)
+    }
+
+    /// A parameter of layer `layer`: `transformer.h.{layer}.{name}`.
+    pub fn layer_param(&self, layer: usize, name: &str) -> Result<Tensor> {
+        Tensor::param(&format!("transformer.h.{layer}.{name}"))
+    }
+}
+
+/// `x @ w + b` for `x [..., in]` and `w [in, out]` (GPT-2's Conv1D layout), the
+/// building block of most model hooks.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(w)?;
+    match b {
+        Some(b) => y.add(b),
+        None => Ok(y),
+    }
+}
+
+// Keeps `Op` referenced for rustdoc links above.
+#[allow(dead_code)]
+const _OP: Option<Op> = None;
