@@ -4,12 +4,16 @@
 /// hook families it provides (`schedule`, `optimizer`, `params`, `init`,
 /// `embed`, `norm`, `attention`, `mlp`, `block`, `head`, `forward`). Each family
 /// requires the matching trait. [`export_plugin!`] calls this; use it directly
-/// only to link a plugin into the host's own process (tests).
+/// only to link a plugin into the host's own process (tests), where
+/// `name: "..."` sets the name the crate's would otherwise give.
 #[macro_export]
 macro_rules! impl_plugin {
     ($ty:ty, hooks: [$($family:ident),* $(,)?]) => {
+        $crate::impl_plugin!($ty, name: env!("CARGO_PKG_NAME"), hooks: [$($family),*]);
+    };
+    ($ty:ty, name: $name:expr, hooks: [$($family:ident),* $(,)?]) => {
         impl $crate::Exported for $ty {
-            const NAME: &'static str = env!("CARGO_PKG_NAME");
+            const NAME: &'static str = $name;
             const VERSION: &'static str = env!("CARGO_PKG_VERSION");
             const DESCRIPTION: &'static str = env!("CARGO_PKG_DESCRIPTION");
 

@@ -24,7 +24,14 @@ fn ffi<T>(r: FfiResult<T>) -> std::result::Result<T, String> {
 /// The last lines of a long loader message.
 fn verdict(msg: &str) -> String {
     let lines: Vec<&str> = msg.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(VERDICT_LINES);
+    // abi_stable's verdict is its last "Error:" block; else the last lines.
+    let start = match lines
+        .iter()
+        .rposition(|l| l.trim_start().starts_with("Error:"))
+    {
+        Some(i) if lines.len() - i <= VERDICT_LINES => i,
+        _ => lines.len().saturating_sub(VERDICT_LINES),
+    };
     let mut out = String::new();
     if start > 0 {
         out.push_str(&format!(

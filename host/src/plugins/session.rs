@@ -81,7 +81,7 @@ fn with_active<R>(active: &mut Active<'_>, f: impl FnOnce() -> R) -> R {
         }
     }
     // The pointer only lives while `active` is borrowed here.
-    let ptr = active as *mut Active<'_> as *mut Active<'static>;
+    let ptr: *mut Active<'static> = std::ptr::from_mut(active).cast();
     let _restore = Restore(ACTIVE.with(|a| a.replace(ptr)));
     f()
 }
