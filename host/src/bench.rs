@@ -190,62 +190,80 @@ pub fn throughput(
 pub struct PluginOverheadReport {
     pub track: String,
     pub plugins: Vec<String>,
-    pub rounds: usize,
-    pub steps_per_round: usize,
+    /// Pairs of steps timed: one built-in, one with plugins, in alternating order.
+    pub pairs: usize,
     pub builtin_step_ms: f64,
     pub plugin_step_ms: f64,
-    /// Plugin step time over built-in step time (medians).
+    /// Median over pairs of (plugin step / built-in step).
     pub step_ratio: f64,
     pub builtin_optimizer_ms: f64,
     pub plugin_optimizer_ms: f64,
+    /// Median over pairs of (plugin optimizer / built-in optimizer).
     pub optimizer_ratio: f64,
+    /// Forward + backward medians: code the plugins do not touch when they replace
+    /// only the optimizer and schedule, so their gap is this machine's noise.
+    pub builtin_fwd_bwd_ms: f64,
+    pub plugin_fwd_bwd_ms: f64,
+    /// (built-in forward+backward + plugin optimizer) / (built-in forward+backward
+    /// + built-in optimizer), medians: the step ratio with the noise of the
+    /// untouched part taken out.
+    pub isolated_step_ratio: f64,
 }
 
-/// The built-in stack and the stack with `plugins`, stepping in one process in
-/// alternating rounds (the order flips each round), one warm-up step each.
+/// The built-in stack and the stack with `plugins`, each on its own model built
+/// from the same seed, stepping in one process: `pairs` pairs of one step each,
+/// the order flipping every pair, after one warm-up step each.
 pub fn plugin_overhead(
     lt: &LoadedTrack,
     data_dir: Option<&Path>,
     plugins: &[std::path::PathBuf],
-    steps: usize,
-    rounds: usize,
+    pairs: usize,
 ) -> Result<PluginOverheadReport> {
     let track = &lt.track;
     let data = TrackData::open(lt, data_dir)?;
-    let total = 1 + steps * rounds;
+    let total = 1 + pairs;
     let with = crate::plugins::stack(track, 0, plugins, &[])?;
     let names = with.plugins.iter().map(|p| p.record.name.clone()).collect();
     let mut stacks = [
         Stepper::new(track, &data, Components::reference(track), total)?,
         Stepper::new(track, &data, with, total)?,
     ];
-    let mut step_ms: [Vec<f64>; 2] = [vec![], vec![]];
-    let mut opt_ms: [Vec<f64>; 2] = [vec![], vec![]];
     for s in stacks.iter_mut() {
         s.step()?;
     }
-    for round in 0..rounds {
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+    let mut times: [Vec<StepTimes>; 2] = [vec![], vec![]];
+    for pair in 0..pairs {
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            for _ in 0..steps {
-                let t = stacks[i].step()?;
-                step_ms[i].push((t.forward + t.backward + t.optimizer) * 1e3);
-                opt_ms[i].push(t.optimizer * 1e3);
-            }
+            times[i].push(stacks[i].step()?);
         }
     }
-    let [sb, sp] = step_ms.map(median);
-    let [ob, op] = opt_ms.map(median);
+    let total_ms = |t: &StepTimes| (t.forward + t.backward + t.optimizer) * 1e3;
+    let ratios = |f: &dyn Fn(&StepTimes) -> f64| -> f64 {
+        median(
+            times[0]
+                .iter()
+                .zip(&times[1])
+                .map(|(b, p)| f(p) / f(b))
+                .collect(),
+        )
+    };
+    let med = |i: usize, f: &dyn Fn(&StepTimes) -> f64| median(times[i].iter().map(f).collect());
+    let opt = |t: &StepTimes| t.optimizer * 1e3;
+    let fb = |t: &StepTimes| (t.forward + t.backward) * 1e3;
+    let (fb_b, opt_b, opt_p) = (med(0, &fb), med(0, &opt), med(1, &opt));
     Ok(PluginOverheadReport {
         track: track.name.clone(),
         plugins: names,
-        rounds,
-        steps_per_round: steps,
-        builtin_step_ms: sb,
-        plugin_step_ms: sp,
-        step_ratio: sp / sb,
-        builtin_optimizer_ms: ob,
-        plugin_optimizer_ms: op,
-        optimizer_ratio: op / ob,
+        pairs,
+        builtin_step_ms: med(0, &total_ms),
+        plugin_step_ms: med(1, &total_ms),
+        step_ratio: ratios(&total_ms),
+        builtin_optimizer_ms: opt_b,
+        plugin_optimizer_ms: opt_p,
+        optimizer_ratio: ratios(&opt),
+        builtin_fwd_bwd_ms: fb_b,
+        plugin_fwd_bwd_ms: med(1, &fb),
+        isolated_step_ratio: (fb_b + opt_p) / (fb_b + opt_b),
     })
 }

@@ -141,12 +141,9 @@ pub enum BenchCommand {
         /// The plugins to compare with the built-in stack (as `run --plugin`).
         #[arg(long = "plugin", required = true)]
         plugins: Vec<PathBuf>,
-        /// Timed steps per round and stack.
-        #[arg(long, default_value_t = 4)]
-        steps: usize,
-        /// Rounds; each times both stacks, in alternating order.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
+        /// Pairs of timed steps (one each stack, the order alternating).
+        #[arg(long, default_value_t = 12)]
+        pairs: usize,
         #[arg(long)]
         data_dir: Option<PathBuf>,
         #[arg(long)]
@@ -209,31 +206,39 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Plugin {
             track,
             plugins,
-            steps,
-            rounds,
+            pairs,
             data_dir,
             json,
         }) => {
+            if pairs == 0 {
+                bail!("--pairs must be at least 1");
+            }
             let lt = track::load(&track)?;
-            let r =
-                crate::bench::plugin_overhead(&lt, data_dir.as_deref(), &plugins, steps, rounds)?;
+            let r = crate::bench::plugin_overhead(&lt, data_dir.as_deref(), &plugins, pairs)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "track {}: {} rounds x {} steps per stack, alternating ({})",
+                    "track {}: {} pairs of steps, alternating order ({} against the built-in stack)",
                     r.track,
-                    r.rounds,
-                    r.steps_per_round,
+                    r.pairs,
                     r.plugins.join(" + ")
                 );
                 println!(
-                    "step median: built-in {:.1} ms, plugins {:.1} ms; ratio {:.4}",
-                    r.builtin_step_ms, r.plugin_step_ms, r.step_ratio
+                    "step:              built-in {:.1} ms, plugins {:.1} ms; ratio of medians {:.4}, median pair ratio {:.4}",
+                    r.builtin_step_ms, r.plugin_step_ms, r.plugin_step_ms / r.builtin_step_ms, r.step_ratio
                 );
                 println!(
-                    "optimizer median: built-in {:.2} ms, plugins {:.2} ms; ratio {:.3}",
+                    "optimizer:         built-in {:.2} ms, plugins {:.2} ms; median pair ratio {:.3}",
                     r.builtin_optimizer_ms, r.plugin_optimizer_ms, r.optimizer_ratio
+                );
+                println!(
+                    "forward+backward:  built-in {:.1} ms, plugins {:.1} ms (untouched code: the gap is noise)",
+                    r.builtin_fwd_bwd_ms, r.plugin_fwd_bwd_ms
+                );
+                println!(
+                    "step ratio with the untouched part's noise removed: {:.4}",
+                    r.isolated_step_ratio
                 );
             }
             Ok(())
