@@ -204,9 +204,8 @@ pub struct PluginOverheadReport {
     /// only the optimizer and schedule, so their gap is this machine's noise.
     pub builtin_fwd_bwd_ms: f64,
     pub plugin_fwd_bwd_ms: f64,
-    /// (built-in forward+backward + plugin optimizer) / (built-in forward+backward
-    /// + built-in optimizer), medians: the step ratio with the noise of the
-    /// untouched part taken out.
+    /// The step ratio with the untouched part's noise taken out, from medians:
+    /// (built-in fwd+bwd + plugin optimizer) / (built-in fwd+bwd + built-in optimizer).
     pub isolated_step_ratio: f64,
 }
 
