@@ -37,7 +37,7 @@ fn smoke_track() -> track::Track {
 /// Builds (once per target dir) and stacks native plugins from crate directories.
 fn native_stack(dirs: &[&str]) -> Components {
     let specs: Vec<PathBuf> = dirs.iter().map(|d| root().join(d)).collect();
-    plugins::stack(&smoke_track(), 0, &specs, &[]).unwrap()
+    plugins::stack(&smoke_track(), 0, &specs, &[], false).unwrap()
 }
 
 fn metric_lines(dir: &Path) -> Vec<serde_json::Value> {
@@ -284,7 +284,7 @@ fn probe_stack(mode: &str) -> Components {
     let module = NativeModule::in_process(speedrun_plugin_api::native::module::<Probe>());
     let cfg = serde_json::json!({ "mode": mode });
     let p = plugins::start(
-        module,
+        plugins::PluginModule::Native(module),
         Path::new("in-process:probe"),
         &smoke_track(),
         0,
@@ -382,7 +382,14 @@ speedrun_plugin_api::impl_plugin!(ConstLr, name: "const-lr", hooks: [schedule]);
 fn two_plugins_claiming_one_hook_is_an_error_naming_both() {
     let track = smoke_track();
     let start = |m: speedrun_plugin_api::native::PluginModRef, n: &str| {
-        plugins::start(NativeModule::in_process(m), Path::new(n), &track, 0, None).unwrap()
+        plugins::start(
+            plugins::PluginModule::Native(NativeModule::in_process(m)),
+            Path::new(n),
+            &track,
+            0,
+            None,
+        )
+        .unwrap()
     };
     let a = start(speedrun_plugin_api::native::module::<HalfLr>(), "a");
     let b = start(speedrun_plugin_api::native::module::<ConstLr>(), "b");
@@ -398,7 +405,7 @@ fn two_plugins_claiming_one_hook_is_an_error_naming_both() {
     // A configuration key the plugin does not declare is refused, naming it.
     let m = NativeModule::in_process(speedrun_plugin_api::native::module::<Probe>());
     let err = plugins::start(
-        m,
+        plugins::PluginModule::Native(m),
         Path::new("p"),
         &track,
         0,
@@ -474,7 +481,14 @@ fn adamw_from_elementary_ops_matches_the_fused_builtin_bit_for_bit() {
     )
     .unwrap();
     let m = NativeModule::in_process(speedrun_plugin_api::native::module::<OpsAdamW>());
-    let p = plugins::start(m, Path::new("in-process"), &track, 0, None).unwrap();
+    let p = plugins::start(
+        plugins::PluginModule::Native(m),
+        Path::new("in-process"),
+        &track,
+        0,
+        None,
+    )
+    .unwrap();
     let ops: RunSummary = train::run(
         &smoke_options(&tmp.path().join("b"), steps),
         plugins::compose(&track, vec![p]).unwrap(),

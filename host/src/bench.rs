@@ -216,12 +216,13 @@ pub fn plugin_overhead(
     lt: &LoadedTrack,
     data_dir: Option<&Path>,
     plugins: &[std::path::PathBuf],
+    wasm: bool,
     pairs: usize,
 ) -> Result<PluginOverheadReport> {
     let track = &lt.track;
     let data = TrackData::open(lt, data_dir)?;
     let total = 1 + pairs;
-    let with = crate::plugins::stack(track, 0, plugins, &[])?;
+    let with = crate::plugins::stack(track, 0, plugins, &[], wasm)?;
     let names = with.plugins.iter().map(|p| p.record.name.clone()).collect();
     let mut stacks = [
         Stepper::new(track, &data, Components::reference(track), total)?,

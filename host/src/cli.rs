@@ -51,11 +51,19 @@ pub enum PluginCommand {
         dir: Option<PathBuf>,
     },
     /// Build a plugin crate (release, shared target directory) and print its library's path.
-    Build { path: PathBuf },
+    Build {
+        path: PathBuf,
+        /// Build a WebAssembly module instead of a native library.
+        #[arg(long)]
+        wasm: bool,
+    },
     /// Print a plugin's manifest: name, version, API version, hooks, configuration.
     Inspect {
-        /// A built library or a plugin crate directory (built first).
+        /// A native library, a .wasm module, or a plugin crate directory (built first).
         path: PathBuf,
+        /// Build a crate directory to wasm.
+        #[arg(long)]
+        wasm: bool,
         #[arg(long)]
         json: bool,
     },
@@ -89,6 +97,9 @@ pub struct RunArgs {
     /// Configuration for a plugin: NAME=JSON, e.g. adamw='{"beta2": 0.99}'. Repeatable.
     #[arg(long = "plugin-config")]
     pub plugin_configs: Vec<String>,
+    /// Build plugin crate directories to WebAssembly and run them sandboxed.
+    #[arg(long)]
+    pub wasm: bool,
 }
 
 #[derive(Args, Debug)]
@@ -141,6 +152,9 @@ pub enum BenchCommand {
         /// The plugins to compare with the built-in stack (as `run --plugin`).
         #[arg(long = "plugin", required = true)]
         plugins: Vec<PathBuf>,
+        /// Build plugin crate directories to wasm.
+        #[arg(long)]
+        wasm: bool,
         /// Pairs of timed steps (one each stack, the order alternating).
         #[arg(long, default_value_t = 12)]
         pairs: usize,
@@ -206,6 +220,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Plugin {
             track,
             plugins,
+            wasm,
             pairs,
             data_dir,
             json,
@@ -214,7 +229,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("--pairs must be at least 1");
             }
             let lt = track::load(&track)?;
-            let r = crate::bench::plugin_overhead(&lt, data_dir.as_deref(), &plugins, pairs)?;
+            let r = crate::bench::plugin_overhead(&lt, data_dir.as_deref(), &plugins, wasm, pairs)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -280,7 +295,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn cmd_plugin(c: PluginCommand) -> Result<()> {
-    use crate::plugins::{build, native::NativeModule, resolve_library, template};
+    use crate::plugins::{build, open, template};
     match c {
         PluginCommand::New { hook, name, dir } => {
             let out = template::new_plugin(&hook, &name, dir.as_deref())?;
@@ -291,13 +306,18 @@ fn cmd_plugin(c: PluginCommand) -> Result<()> {
             );
             Ok(())
         }
-        PluginCommand::Build { path } => {
-            println!("{}", build::build_native(&path)?.display());
+        PluginCommand::Build { path, wasm } => {
+            let lib = if wasm {
+                build::build_wasm(&path)?
+            } else {
+                build::build_native(&path)?
+            };
+            println!("{}", lib.display());
             Ok(())
         }
-        PluginCommand::Inspect { path, json } => {
-            let lib = resolve_library(&path)?;
-            let m = NativeModule::load(&lib)?.manifest()?;
+        PluginCommand::Inspect { path, wasm, json } => {
+            let (module, lib) = open(&path, wasm)?;
+            let m = module.manifest()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
@@ -305,7 +325,7 @@ fn cmd_plugin(c: PluginCommand) -> Result<()> {
                 if !m.description.is_empty() {
                     println!("  {}", m.description);
                 }
-                println!("  library  {}", lib.display());
+                println!("  library  {} ({})", lib.display(), module.transport_name());
                 println!("  hooks    {}", m.hooks.join(", "));
                 println!("  config   {}", m.config);
             }
@@ -325,7 +345,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         }
         Components::reference(&lt.track)
     } else {
-        crate::plugins::stack(&lt.track, a.seed, &a.plugins, &a.plugin_configs)?
+        crate::plugins::stack(&lt.track, a.seed, &a.plugins, &a.plugin_configs, a.wasm)?
     };
     let opts = RunOptions {
         track: lt,

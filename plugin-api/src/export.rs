@@ -23,8 +23,8 @@ macro_rules! impl_plugin {
                 out
             }
 
-            fn instances() -> &'static $crate::native::Instances<Self> {
-                static INSTANCES: $crate::native::Instances<$ty> = $crate::native::Instances::new();
+            fn instances() -> &'static $crate::registry::Instances<Self> {
+                static INSTANCES: $crate::registry::Instances<$ty> = $crate::registry::Instances::new();
                 &INSTANCES
             }
 
@@ -37,7 +37,8 @@ macro_rules! impl_plugin {
 }
 
 /// Exports a plugin type: `export_plugin!(MyOptimizer, hooks: [optimizer]);`.
-/// Natively this is an `abi_stable` root module (build the crate as a `cdylib`).
+/// Natively this is an `abi_stable` root module; on `wasm32` it is the wasm
+/// transport's exports (`speedrun_*`). Build the crate as a `cdylib` either way.
 #[macro_export]
 macro_rules! export_plugin {
     ($ty:ty, hooks: [$($family:ident),* $(,)?]) => {
@@ -59,6 +60,38 @@ macro_rules! export_plugin {
                     __speedrun_root_module,
                     $crate::native::__abi::library::CheckTypeLayout::Yes,
                 )
+            }
+        };
+
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            #[no_mangle]
+            pub extern "C" fn speedrun_alloc(len: u32) -> u32 {
+                $crate::wasm::alloc(len)
+            }
+            #[no_mangle]
+            pub extern "C" fn speedrun_free(ptr: u32, len: u32) {
+                $crate::wasm::free(ptr, len)
+            }
+            #[no_mangle]
+            pub extern "C" fn speedrun_manifest() -> i64 {
+                $crate::wasm::manifest::<$ty>()
+            }
+            #[no_mangle]
+            pub extern "C" fn speedrun_panic_message() -> i64 {
+                $crate::wasm::panic_message()
+            }
+            #[no_mangle]
+            pub extern "C" fn speedrun_create(ptr: u32, len: u32) -> i64 {
+                $crate::wasm::create::<$ty>(ptr, len)
+            }
+            #[no_mangle]
+            pub extern "C" fn speedrun_call(instance: u64, hook_ptr: u32, hook_len: u32, args_ptr: u32, args_len: u32) -> i64 {
+                $crate::wasm::call::<$ty>(instance, hook_ptr, hook_len, args_ptr, args_len)
+            }
+            #[no_mangle]
+            pub extern "C" fn speedrun_destroy(instance: u64) {
+                $crate::wasm::destroy::<$ty>(instance)
             }
         };
     };

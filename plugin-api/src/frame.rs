@@ -84,3 +84,117 @@ impl DType {
         }
     }
 }
+
+/// Frames as bytes, for transports that share memory rather than types (wasm):
+/// four little-endian u32 counts (tensors, ints, floats, text bytes), then the
+/// values, little-endian, then the UTF-8 text.
+impl Frame {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            16 + 8 * (self.tensors.len() + self.ints.len() + self.floats.len()) + self.text.len(),
+        );
+        for n in [
+            self.tensors.len(),
+            self.ints.len(),
+            self.floats.len(),
+            self.text.len(),
+        ] {
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+        }
+        for t in &self.tensors {
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+        for i in &self.ints {
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        for f in &self.floats {
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        out.extend_from_slice(self.text.as_bytes());
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Frame> {
+        let word = |at: usize| -> Result<u64> {
+            match b.get(at..at + 8) {
+                Some(s) => Ok(u64::from_le_bytes(s.try_into().expect("8 bytes"))),
+                None => bail!(
+                    "frame of {} bytes ends inside a value at byte {at}",
+                    b.len()
+                ),
+            }
+        };
+        if b.len() < 16 {
+            bail!(
+                "frame of {} bytes is shorter than its 16-byte header",
+                b.len()
+            );
+        }
+        let count = |i: usize| {
+            u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().expect("4 bytes")) as usize
+        };
+        let (nt, ni, nf, ns) = (count(0), count(1), count(2), count(3));
+        let values = nt
+            .checked_add(ni)
+            .and_then(|n| n.checked_add(nf))
+            .and_then(|n| n.checked_mul(8));
+        let need = values.and_then(|v| v.checked_add(16 + ns));
+        if need != Some(b.len()) {
+            bail!(
+                "frame header announces {nt} tensors, {ni} integers, {nf} floats and {ns} text bytes, but the frame has {} bytes",
+                b.len()
+            );
+        }
+        let mut at = 16;
+        let mut next = || {
+            let w = word(at);
+            at += 8;
+            w
+        };
+        let tensors = (0..nt).map(|_| next()).collect::<Result<Vec<u64>>>()?;
+        let ints = (0..ni)
+            .map(|_| next().map(|w| w as i64))
+            .collect::<Result<Vec<i64>>>()?;
+        let floats = (0..nf)
+            .map(|_| next().map(f64::from_bits))
+            .collect::<Result<Vec<f64>>>()?;
+        let start = 16 + 8 * (nt + ni + nf);
+        let text = match std::str::from_utf8(&b[start..]) {
+            Ok(s) => s.to_string(),
+            Err(e) => bail!("frame text is not UTF-8: {e}"),
+        };
+        Ok(Frame {
+            tensors,
+            ints,
+            floats,
+            text,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_and_lies_are_refused() {
+        let f = Frame {
+            tensors: vec![1, u64::MAX],
+            ints: vec![-3, 7],
+            floats: vec![0.5, f64::NEG_INFINITY],
+            text: "é name".into(),
+        };
+        let b = f.to_bytes();
+        assert_eq!(Frame::from_bytes(&b).unwrap(), f);
+        assert!(Frame::from_bytes(&b[..b.len() - 1]).is_err());
+        assert!(Frame::from_bytes(&b[..10]).is_err());
+        // A header that announces more values than the frame holds.
+        let mut lie = b.clone();
+        lie[0] = 200;
+        let err = Frame::from_bytes(&lie).unwrap_err();
+        assert!(err.message().contains("announces 200 tensors"), "{err}");
+        let mut huge = b.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Frame::from_bytes(&huge).is_err());
+    }
+}

@@ -32,9 +32,14 @@ mod manifest;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 mod ops;
+#[doc(hidden)]
+pub mod registry;
 mod tensor;
 mod traits;
 mod types;
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod wasm;
 pub mod wire;
 
 pub use error::{Error, Result};
@@ -58,7 +63,6 @@ pub trait Exported: Plugin {
     const VERSION: &'static str;
     const DESCRIPTION: &'static str;
     fn hooks() -> Vec<HookPoint>;
-    #[cfg(not(target_arch = "wasm32"))]
-    fn instances() -> &'static native::Instances<Self>;
+    fn instances() -> &'static registry::Instances<Self>;
     fn dispatch(&mut self, hook: HookPoint, args: &Frame) -> Result<Frame>;
 }

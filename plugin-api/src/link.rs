@@ -10,7 +10,6 @@ pub(crate) fn call(op: Op, args: Frame) -> Result<Frame> {
     }
     #[cfg(target_arch = "wasm32")]
     {
-        let _ = (op, args);
-        Err(crate::Error::new("the wasm transport is not built yet"))
+        crate::wasm::call_host(op, args)
     }
 }

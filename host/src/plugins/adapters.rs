@@ -51,16 +51,16 @@ impl Optimizer for PluginOptimizer {
             None,
             None,
             |table| {
-                let list: Vec<_> = params
+                let list = params
                     .iter()
                     .map(|p| {
                         let h = table.insert(Held::Param {
                             var: p.var.clone(),
                             name: p.spec.name.clone(),
-                        });
-                        (p.spec.clone(), h)
+                        })?;
+                        Ok((p.spec.clone(), h))
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>>>()?;
                 Ok(wire::optimizer_init_args(&list)?)
             },
             |_, _| Ok(()),
@@ -73,17 +73,17 @@ impl Optimizer for PluginOptimizer {
             None,
             None,
             |table| {
-                let pairs: Vec<(u64, u64)> = params
+                let pairs = params
                     .iter()
                     .zip(&grads.0)
                     .map(|(p, g)| {
                         let ph = table.insert(Held::Param {
                             var: p.var.clone(),
                             name: p.spec.name.clone(),
-                        });
-                        (ph, table.scoped(g.clone()))
+                        })?;
+                        Ok((ph, table.scoped(g.clone())?))
                     })
-                    .collect();
+                    .collect::<Result<Vec<(u64, u64)>>>()?;
                 Ok(wire::optimizer_step_args(
                     input.step,
                     input.lr,
@@ -184,7 +184,7 @@ fn forward_call(
         Some(cx.params),
         None,
         |table| {
-            let h = table.scoped(input.clone());
+            let h = table.scoped(input.clone())?;
             Ok(wire::forward_args(cx.train, &shape(cx.spec), h, extra))
         },
         |reply, table| Ok(table.tensor(wire::read_tensor_reply(reply)?)?.clone()),

@@ -30,6 +30,104 @@ pub fn is_crate_dir(path: &Path) -> bool {
 
 /// Builds the plugin crate at `dir` (release) and answers its library's path.
 pub fn build_native(dir: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--lib"])
+        .arg("--target-dir")
+        .arg(shared_target_dir());
+    cargo_artifact(dir, cmd, std::env::consts::DLL_SUFFIX)
+}
+
+/// How this machine builds wasm32-unknown-unknown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WasmRoute {
+    /// rustup's toolchain has the target installed.
+    Rustup,
+    /// Debian's `rustc-web` + `cargo-web` + `rust-web-src` + `lld`: std is
+    /// built from source (`-Zbuild-std`), linked with this `wasm-ld`.
+    DebianBuildStd { linker: PathBuf },
+}
+
+fn find_in_path(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for n in names {
+            let p = dir.join(n);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Picks the route: rustup's target when installed, else Debian's packages.
+pub fn wasm_route() -> Result<WasmRoute> {
+    let rustup = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if let Ok(o) = rustup {
+        if String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.trim() == "wasm32-unknown-unknown")
+        {
+            return Ok(WasmRoute::Rustup);
+        }
+    }
+    let std_src = Path::new("/usr/lib/rustlib/src/rust/library/std");
+    let linker = find_in_path(&["wasm-ld", "wasm-ld-19", "wasm-ld-16", "wasm-ld-14"]);
+    match linker {
+        Some(linker) if std_src.is_dir() && Path::new("/usr/bin/cargo").is_file() => {
+            Ok(WasmRoute::DebianBuildStd { linker })
+        }
+        _ => bail!(
+            "no way to build wasm32-unknown-unknown here: install rustup's target \
+             (`rustup target add wasm32-unknown-unknown`) or Debian's packages \
+             (`apt-get install rustc-web cargo-web rust-web-src lld`)"
+        ),
+    }
+}
+
+/// Where wasm plugin builds go (another toolchain may build them: its own directory).
+pub fn wasm_target_dir() -> PathBuf {
+    shared_target_dir().with_file_name("plugins-wasm")
+}
+
+/// Builds the plugin crate at `dir` to a `.wasm` module (release) and answers its path.
+pub fn build_wasm(dir: &Path) -> Result<PathBuf> {
+    let route = wasm_route()?;
+    let mut cmd = match &route {
+        WasmRoute::Rustup => {
+            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        }
+        WasmRoute::DebianBuildStd { linker } => {
+            let mut c = Command::new("/usr/bin/cargo");
+            c.env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", linker)
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("RUSTC_WRAPPER");
+            c
+        }
+    };
+    cmd.args([
+        "build",
+        "--release",
+        "--lib",
+        "--target",
+        "wasm32-unknown-unknown",
+    ])
+    .arg("--target-dir")
+    .arg(wasm_target_dir());
+    if matches!(route, WasmRoute::DebianBuildStd { .. }) {
+        cmd.arg("-Zbuild-std=std,panic_abort");
+    }
+    cargo_artifact(dir, cmd, ".wasm")
+}
+
+/// Runs a prepared `cargo build` on the crate at `dir` and answers the path of
+/// its library artifact ending in `suffix`.
+fn cargo_artifact(dir: &Path, mut cmd: Command, suffix: &str) -> Result<PathBuf> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(
@@ -40,19 +138,11 @@ pub fn build_native(dir: &Path) -> Result<PathBuf> {
     let manifest = manifest
         .canonicalize()
         .with_context(|| format!("resolving {}", manifest.display()))?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    tracing::info!("building plugin {}", dir.display());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--lib",
-            "--message-format=json-render-diagnostics",
-        ])
+    tracing::info!("building plugin {} ({suffix})", dir.display());
+    let out = cmd
+        .arg("--message-format=json-render-diagnostics")
         .arg("--manifest-path")
         .arg(&manifest)
-        .arg("--target-dir")
-        .arg(shared_target_dir())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
@@ -94,13 +184,13 @@ pub fn build_native(dir: &Path) -> Result<PathBuf> {
         if let Some(lib) = files
             .iter()
             .filter_map(|f| f.as_str())
-            .find(|f| f.ends_with(std::env::consts::DLL_SUFFIX))
+            .find(|f| f.ends_with(suffix))
         {
             return Ok(PathBuf::from(lib));
         }
     }
     bail!(
-        "cargo built {} but produced no native library: set `crate-type = [\"cdylib\"]` under [lib] in its Cargo.toml",
+        "cargo built {} but produced no {suffix} library: set `crate-type = [\"cdylib\"]` under [lib] in its Cargo.toml",
         dir.display()
     )
 }

@@ -35,7 +35,6 @@ fn bytes_of(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
 }
 
-#[derive(Default)]
 pub struct HandleTable {
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -43,11 +42,47 @@ pub struct HandleTable {
     scoped: Vec<u32>,
     live: usize,
     bytes: usize,
+    max_live: usize,
+    max_bytes: usize,
+}
+
+impl Default for HandleTable {
+    fn default() -> HandleTable {
+        HandleTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            scoped: Vec::new(),
+            live: 0,
+            bytes: 0,
+            max_live: usize::MAX,
+            max_bytes: usize::MAX,
+        }
+    }
 }
 
 impl HandleTable {
     pub fn new() -> HandleTable {
         HandleTable::default()
+    }
+
+    /// Caps on live handles and on the bytes they name (a sandboxed plugin's).
+    pub fn with_caps(max_live: usize, max_bytes: usize) -> HandleTable {
+        HandleTable {
+            max_live,
+            max_bytes,
+            ..HandleTable::default()
+        }
+    }
+
+    fn check_bytes(&self, more: usize) -> Result<()> {
+        if self.bytes.saturating_add(more) > self.max_bytes {
+            bail!(
+                "the plugin would hold {} bytes of tensors, over its cap of {} bytes",
+                self.bytes.saturating_add(more),
+                self.max_bytes
+            );
+        }
+        Ok(())
     }
 
     pub fn live(&self) -> usize {
@@ -58,7 +93,14 @@ impl HandleTable {
         self.bytes
     }
 
-    pub fn insert(&mut self, held: Held) -> u64 {
+    pub fn insert(&mut self, held: Held) -> Result<u64> {
+        if self.live >= self.max_live {
+            bail!(
+                "the plugin holds {} live tensor handles, its cap",
+                self.max_live
+            );
+        }
+        self.check_bytes(bytes_of(held.tensor()))?;
         self.bytes += bytes_of(held.tensor());
         self.live += 1;
         let slot = match self.free.pop() {
@@ -78,11 +120,11 @@ impl HandleTable {
             self.scoped.push(slot);
         }
         s.held = Some(held);
-        ((s.generation as u64) << 32) | slot as u64
+        Ok(((s.generation as u64) << 32) | slot as u64)
     }
 
     /// A scoped value made during this call.
-    pub fn scoped(&mut self, t: Tensor) -> u64 {
+    pub fn scoped(&mut self, t: Tensor) -> Result<u64> {
         self.insert(Held::Scoped(t))
     }
 
@@ -108,6 +150,14 @@ impl HandleTable {
     /// Replaces what a handle names (same handle), keeping the byte count right.
     pub fn replace(&mut self, handle: u64, held: Held) -> Result<()> {
         let slot = self.slot_of(handle)?;
+        let old_bytes = bytes_of(
+            self.slots[slot]
+                .held
+                .as_ref()
+                .expect("checked live")
+                .tensor(),
+        );
+        self.check_bytes(bytes_of(held.tensor()).saturating_sub(old_bytes))?;
         let s = &mut self.slots[slot];
         let old = s.held.replace(held).expect("checked live");
         self.bytes = self.bytes + bytes_of(s.held.as_ref().expect("just set").tensor())
@@ -171,8 +221,8 @@ mod tests {
     #[test]
     fn scoped_handles_die_with_the_call_and_kept_ones_live_on() {
         let mut table = HandleTable::new();
-        let a = table.scoped(t(4));
-        let b = table.scoped(t(8));
+        let a = table.scoped(t(4)).unwrap();
+        let b = table.scoped(t(8)).unwrap();
         table.keep(b).unwrap();
         assert_eq!((table.live(), table.bytes()), (2, 48));
         table.end_call();
@@ -181,7 +231,7 @@ mod tests {
         assert!(err.contains("not a live tensor"), "{err}");
         assert_eq!(table.tensor(b).unwrap().dims(), &[8]);
         // The freed slot is reused with a new generation: the old handle stays dead.
-        let c = table.scoped(t(2));
+        let c = table.scoped(t(2)).unwrap();
         assert_eq!(c & 0xffff_ffff, a & 0xffff_ffff);
         assert_ne!(c, a);
         assert!(table.tensor(a).is_err());
@@ -189,5 +239,21 @@ mod tests {
         assert!(table.tensor(0xdead_beef_0000_0001).is_err());
         table.release(b).unwrap();
         assert!(table.tensor(b).is_err());
+    }
+
+    #[test]
+    fn caps_on_handles_and_bytes_are_errors() {
+        let mut table = HandleTable::with_caps(2, 40);
+        table.scoped(t(4)).unwrap();
+        table.scoped(t(4)).unwrap();
+        let err = table.scoped(t(1)).unwrap_err().to_string();
+        assert!(err.contains("2 live tensor handles"), "{err}");
+        table.end_call();
+        let err = table.scoped(t(11)).unwrap_err().to_string();
+        assert!(
+            err.contains("44 bytes") && err.contains("cap of 40"),
+            "{err}"
+        );
+        assert_eq!(table.live(), 0);
     }
 }

@@ -418,6 +418,6 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
         }
     };
     Ok(Frame::with_tensors(&[api::Tensor::from_id(
-        env.table.scoped(out),
+        env.table.scoped(out)?,
     )]))
 }

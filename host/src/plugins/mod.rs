@@ -12,20 +12,23 @@ pub mod host_ops;
 pub mod native;
 pub mod session;
 pub mod template;
+pub mod wasm;
 
 use crate::track::Track;
 use crate::train::Components;
 use adapters::*;
 use anyhow::{bail, Context, Result};
+use handles::HandleTable;
 use native::NativeModule;
 use serde::Serialize;
-use session::{HookLine, PluginSession};
+use session::{HookLine, PluginSession, Transport};
 use sha2::{Digest, Sha256};
 use speedrun_plugin_api::{HookPoint, Manifest};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use wasm::{WasmLimits, WasmModule};
 
 /// What the run manifest records of each plugin.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -53,15 +56,85 @@ impl LoadedPlugin {
     }
 }
 
-/// A plugin's library: `spec` is a built library, or a crate directory to build.
-pub fn resolve_library(spec: &Path) -> Result<PathBuf> {
+/// A loaded plugin module, before it has an instance.
+pub enum PluginModule {
+    Native(NativeModule),
+    Wasm(Box<WasmModule>),
+}
+
+impl PluginModule {
+    pub fn manifest(&self) -> Result<Manifest> {
+        match self {
+            PluginModule::Native(m) => m.manifest(),
+            PluginModule::Wasm(m) => m.manifest(),
+        }
+    }
+
+    fn create(&self, config: &serde_json::Value) -> Result<u64> {
+        match self {
+            PluginModule::Native(m) => m.create(config),
+            PluginModule::Wasm(m) => m.create(config),
+        }
+    }
+
+    pub fn transport_name(&self) -> &'static str {
+        match self {
+            PluginModule::Native(_) => "native",
+            PluginModule::Wasm(_) => "wasm",
+        }
+    }
+
+    /// A native plugin is trusted code; a wasm plugin's handles and bytes are capped.
+    fn handle_table(&self) -> HandleTable {
+        match self {
+            PluginModule::Native(_) => HandleTable::new(),
+            PluginModule::Wasm(m) => {
+                let l = m.limits();
+                HandleTable::with_caps(l.max_live_handles, l.max_tensor_bytes)
+            }
+        }
+    }
+
+    fn into_transport(self) -> Box<dyn Transport> {
+        match self {
+            PluginModule::Native(m) => Box::new(m),
+            PluginModule::Wasm(m) => m,
+        }
+    }
+}
+
+/// Opens `--plugin SPEC`: a `.wasm` module, a native library, or a plugin crate
+/// directory (built first; to wasm when `wasm`). Answers the module and the
+/// file it came from.
+pub fn open(spec: &Path, wasm: bool) -> Result<(PluginModule, PathBuf)> {
+    let is_wasm_file = spec.extension().is_some_and(|e| e == "wasm");
     if build::is_crate_dir(spec) {
-        build::build_native(spec)
+        if wasm {
+            let lib = build::build_wasm(spec)?;
+            Ok((
+                PluginModule::Wasm(Box::new(WasmModule::load(&lib, WasmLimits::default())?)),
+                lib,
+            ))
+        } else {
+            let lib = build::build_native(spec)?;
+            Ok((PluginModule::Native(NativeModule::load(&lib)?), lib))
+        }
+    } else if spec.is_file() && is_wasm_file {
+        Ok((
+            PluginModule::Wasm(Box::new(WasmModule::load(spec, WasmLimits::default())?)),
+            spec.to_path_buf(),
+        ))
     } else if spec.is_file() {
-        Ok(spec.to_path_buf())
+        if wasm {
+            bail!("--wasm with {}: a native library cannot run as wasm; pass the plugin's crate directory or a .wasm file", spec.display());
+        }
+        Ok((
+            PluginModule::Native(NativeModule::load(spec)?),
+            spec.to_path_buf(),
+        ))
     } else {
         bail!(
-            "--plugin {}: no such library or plugin crate directory",
+            "--plugin {}: no such library, .wasm module or plugin crate directory",
             spec.display()
         )
     }
@@ -117,7 +190,7 @@ pub fn resolve_config(
 
 /// Starts an instance of a loaded module as a session of this run.
 pub fn start(
-    module: NativeModule,
+    module: PluginModule,
     path: &Path,
     track: &Track,
     seed: u64,
@@ -135,7 +208,7 @@ pub fn start(
         version: manifest.version.clone(),
         api_version: manifest.api_version,
         hooks: manifest.hooks.clone(),
-        transport: "native".into(),
+        transport: module.transport_name().into(),
         path: path.display().to_string(),
         sha256: if path.is_file() {
             sha256_file(path)?
@@ -144,7 +217,8 @@ pub fn start(
         },
         config,
     };
-    let session = PluginSession::new(manifest, Box::new(module), instance, rng);
+    let table = module.handle_table();
+    let session = PluginSession::new(manifest, module.into_transport(), instance, rng, table);
     Ok(LoadedPlugin {
         session: Rc::new(RefCell::new(session)),
         record,
@@ -240,6 +314,7 @@ pub fn stack(
     seed: u64,
     specs: &[PathBuf],
     configs: &[String],
+    wasm: bool,
 ) -> Result<Components> {
     let mut overrides: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for c in configs {
@@ -248,8 +323,7 @@ pub fn stack(
     }
     let mut loaded = Vec::with_capacity(specs.len());
     for spec in specs {
-        let lib = resolve_library(spec)?;
-        let module = NativeModule::load(&lib)?;
+        let (module, lib) = open(spec, wasm)?;
         let name = module
             .manifest()
             .with_context(|| format!("plugin {}", lib.display()))?

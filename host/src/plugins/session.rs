@@ -86,8 +86,9 @@ fn with_active<R>(active: &mut Active<'_>, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// The one function every plugin op reaches the host through.
-pub extern "C" fn host_call_op(op: u32, args: FrameFfi) -> FfiResult<FrameFfi> {
+/// Runs one op for the plugin whose hook call is in progress on this thread;
+/// every transport's op entry point comes here. Never panics.
+pub fn dispatch_op(op: u32, args: Frame) -> std::result::Result<Frame, String> {
     let result = catch_unwind(AssertUnwindSafe(
         || -> std::result::Result<Frame, String> {
             let op = Op::from_code(op).map_err(|e| e.to_string())?;
@@ -102,14 +103,18 @@ pub extern "C" fn host_call_op(op: u32, args: FrameFfi) -> FfiResult<FrameFfi> {
             // hook call that is running this op; cleared when it returns.
             let active = unsafe { &mut *ptr };
             active.ops += 1;
-            host_ops::execute(&mut active.env, op, &args.into())
+            host_ops::execute(&mut active.env, op, &args)
                 .map_err(|e| format!("op {}: {e:#}", op.name()))
         },
     ));
-    match result {
-        Ok(Ok(f)) => FfiResult::ROk(f.into()),
-        Ok(Err(e)) => FfiResult::RErr(e.into()),
-        Err(_) => FfiResult::RErr("the host panicked running this op (a host bug)".into()),
+    result.unwrap_or_else(|_| Err("the host panicked running this op (a host bug)".into()))
+}
+
+/// The native transport's op entry point.
+pub extern "C" fn host_call_op(op: u32, args: FrameFfi) -> FfiResult<FrameFfi> {
+    match dispatch_op(op, args.into()) {
+        Ok(f) => FfiResult::ROk(f.into()),
+        Err(e) => FfiResult::RErr(e.into()),
     }
 }
 
@@ -125,12 +130,13 @@ impl PluginSession {
         transport: Box<dyn Transport>,
         instance: u64,
         rng: ChaCha8Rng,
+        table: HandleTable,
     ) -> PluginSession {
         PluginSession {
             manifest,
             transport,
             instance,
-            table: HandleTable::new(),
+            table,
             rng,
             device: Device::Cpu,
             stats: BTreeMap::new(),
