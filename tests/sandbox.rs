@@ -79,7 +79,7 @@ fn start(wat: &str, limits: WasmLimits) -> anyhow::Result<plugins::LoadedPlugin>
     let bytes = wat::parse_str(wat).unwrap();
     let module = WasmModule::from_bytes(&bytes, limits)?;
     plugins::start(
-        PluginModule::Wasm(module),
+        PluginModule::Wasm(Box::new(module)),
         Path::new("hostile.wasm"),
         &smoke_track(),
         0,
