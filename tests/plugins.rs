@@ -37,7 +37,7 @@ fn smoke_track() -> track::Track {
 /// Builds (once per target dir) and stacks native plugins from crate directories.
 fn native_stack(dirs: &[&str]) -> Components {
     let specs: Vec<PathBuf> = dirs.iter().map(|d| root().join(d)).collect();
-    plugins::stack(&smoke_track(), 0, &specs, &[], false).unwrap()
+    plugins::stack(&smoke_track(), 0, &specs, &[], false, &default_policy()).unwrap()
 }
 
 fn metric_lines(dir: &Path) -> Vec<serde_json::Value> {
@@ -289,6 +289,7 @@ fn probe_stack(mode: &str) -> Components {
         &smoke_track(),
         0,
         Some(&cfg),
+        &default_policy(),
     )
     .unwrap();
     plugins::compose(&smoke_track(), vec![p]).unwrap()
@@ -388,6 +389,7 @@ fn two_plugins_claiming_one_hook_is_an_error_naming_both() {
             &track,
             0,
             None,
+            &default_policy(),
         )
         .unwrap()
     };
@@ -410,6 +412,7 @@ fn two_plugins_claiming_one_hook_is_an_error_naming_both() {
         &track,
         0,
         Some(&serde_json::json!({"nope": 1})),
+        &default_policy(),
     )
     .err()
     .unwrap()
@@ -487,6 +490,7 @@ fn adamw_from_elementary_ops_matches_the_fused_builtin_bit_for_bit() {
         &track,
         0,
         None,
+        &default_policy(),
     )
     .unwrap();
     let ops: RunSummary = train::run(
@@ -568,4 +572,9 @@ fn plugin_new_writes_a_crate_that_builds_inspects_and_trains() {
             "{built}"
         );
     }
+}
+
+fn default_policy() -> speedrun_sandbox_policy::LoadedPolicy {
+    speedrun_sandbox_policy::LoadedPolicy::load(&root().join("sandbox-policy/default.toml"))
+        .unwrap()
 }

@@ -84,6 +84,7 @@ fn start(wat: &str, limits: WasmLimits) -> anyhow::Result<plugins::LoadedPlugin>
         &smoke_track(),
         0,
         None,
+        &default_policy(),
     )
 }
 
@@ -266,7 +267,7 @@ fn a_module_that_lies_about_its_result_buffer_is_refused() {
 
 fn wasm_stack(dirs: &[&str]) -> Components {
     let specs: Vec<PathBuf> = dirs.iter().map(|d| root().join(d)).collect();
-    plugins::stack(&smoke_track(), 0, &specs, &[], true).unwrap()
+    plugins::stack(&smoke_track(), 0, &specs, &[], true, &default_policy()).unwrap()
 }
 
 #[test]
@@ -345,4 +346,9 @@ fn a_panicking_wasm_plugin_is_reported_with_its_message() {
             && text.contains("hooks    schedule"),
         "{text}"
     );
+}
+
+fn default_policy() -> speedrun_sandbox_policy::LoadedPolicy {
+    speedrun_sandbox_policy::LoadedPolicy::load(&root().join("sandbox-policy/default.toml"))
+        .unwrap()
 }

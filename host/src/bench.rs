@@ -96,6 +96,7 @@ impl<'a> Stepper<'a> {
             mut optimizer,
             schedule,
             plugins,
+            ..
         } = comps;
         let model = Model::build(&track.model, hooks, 0, &Device::Cpu)?;
         optimizer.init(&model.params)?;
@@ -217,12 +218,13 @@ pub fn plugin_overhead(
     data_dir: Option<&Path>,
     plugins: &[std::path::PathBuf],
     wasm: bool,
+    policy: &speedrun_sandbox_policy::LoadedPolicy,
     pairs: usize,
 ) -> Result<PluginOverheadReport> {
     let track = &lt.track;
     let data = TrackData::open(lt, data_dir)?;
     let total = 1 + pairs;
-    let with = crate::plugins::stack(track, 0, plugins, &[], wasm)?;
+    let with = crate::plugins::stack(track, 0, plugins, &[], wasm, policy)?;
     let names = with.plugins.iter().map(|p| p.record.name.clone()).collect();
     let mut stacks = [
         Stepper::new(track, &data, Components::reference(track), total)?,

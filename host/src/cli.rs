@@ -2,9 +2,10 @@
 
 use crate::data::{corpus, manifest};
 use crate::track;
-use crate::train::{self, Components, RunOptions};
-use anyhow::{bail, Result};
+use crate::train::{self, RunOptions};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use speedrun_sandbox_policy::LoadedPolicy;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -35,6 +36,41 @@ pub enum Command {
     /// Write, build and inspect plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The maintainers' sandbox policy: show it, check a plugin, approve or revoke one.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+        /// Policy file (default: sandbox-policy/default.toml).
+        #[arg(long, global = true)]
+        policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Print the policy: mode, wasm limits, approved hooks, native allow-list.
+    Show,
+    /// What the policy would refuse of a plugin, and why (exits non-zero if anything).
+    Check {
+        /// A library, a .wasm module or a plugin crate directory (built first).
+        plugin: PathBuf,
+        /// Build a crate directory to wasm.
+        #[arg(long)]
+        wasm: bool,
+    },
+    /// Add a native plugin to the allow-list, with its library's SHA-256.
+    Approve {
+        /// A native library or a plugin crate directory (built first).
+        plugin: PathBuf,
+        /// Hooks it may use, comma-separated (default: every hook it provides).
+        #[arg(long, value_delimiter = ',')]
+        hooks: Vec<String>,
+        /// Who approves it.
+        #[arg(long)]
+        by: String,
+    },
+    /// Remove every allow-list entry of a plugin (by name, or by library / crate path).
+    Revoke { plugin: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +136,9 @@ pub struct RunArgs {
     /// Build plugin crate directories to WebAssembly and run them sandboxed.
     #[arg(long)]
     pub wasm: bool,
+    /// Sandbox policy file (default: sandbox-policy/default.toml).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +194,9 @@ pub enum BenchCommand {
         /// Build plugin crate directories to wasm.
         #[arg(long)]
         wasm: bool,
+        /// Sandbox policy file (default: sandbox-policy/default.toml).
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// Pairs of timed steps (one each stack, the order alternating).
         #[arg(long, default_value_t = 12)]
         pairs: usize,
@@ -217,19 +259,29 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plugin(c) => cmd_plugin(c),
+        Command::Policy { command, policy } => cmd_policy(command, policy.as_deref()),
         Command::Bench(BenchCommand::Plugin {
             track,
             plugins,
             wasm,
+            policy,
             pairs,
             data_dir,
             json,
         }) => {
+            let policy = load_policy(policy.as_deref())?;
             if pairs == 0 {
                 bail!("--pairs must be at least 1");
             }
             let lt = track::load(&track)?;
-            let r = crate::bench::plugin_overhead(&lt, data_dir.as_deref(), &plugins, wasm, pairs)?;
+            let r = crate::bench::plugin_overhead(
+                &lt,
+                data_dir.as_deref(),
+                &plugins,
+                wasm,
+                &policy,
+                pairs,
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -294,8 +346,149 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn load_policy(path: Option<&std::path::Path>) -> Result<LoadedPolicy> {
+    let path = path
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(crate::plugins::default_policy_path);
+    LoadedPolicy::load(&path)
+}
+
+fn cmd_policy(c: PolicyCommand, path: Option<&std::path::Path>) -> Result<()> {
+    use crate::plugins::{admit, open, wasm_limits};
+    let lp = load_policy(path)?;
+    let file = lp.path.display().to_string();
+    match c {
+        PolicyCommand::Show => {
+            let p = &lp.policy;
+            println!("policy {file} (sha256 {})", lp.sha256);
+            println!("  mode   {:?}", p.mode);
+            let w = p.wasm;
+            println!(
+                "  wasm   fuel/call {}, memory {} pages ({} MiB), live handles {}, tensor bytes {}",
+                w.fuel_per_call,
+                w.memory_pages,
+                w.memory_pages * 64 / 1024,
+                w.max_live_handles,
+                w.max_tensor_bytes
+            );
+            for (hook, rule) in &p.hooks {
+                let t: Vec<&str> = rule.transports.iter().map(|t| t.name()).collect();
+                println!(
+                    "  hook   {hook:<16} {:<12} ops {}",
+                    t.join(","),
+                    rule.ops.join(",")
+                );
+            }
+            for n in &p.native {
+                println!(
+                    "  native {} {} sha256 {} hooks {} (approved by {} at {})",
+                    n.name,
+                    n.version,
+                    n.sha256,
+                    n.hooks.join(","),
+                    n.approved_by,
+                    n.approved_at
+                );
+            }
+            Ok(())
+        }
+        PolicyCommand::Check { plugin, wasm } => {
+            let (module, lib) = open(&plugin, wasm, wasm_limits(&lp))?;
+            let m = module.manifest()?;
+            // Judge as an official run would: anything refused or merely warned about counts.
+            let strict = LoadedPolicy {
+                policy: speedrun_sandbox_policy::Policy {
+                    mode: speedrun_sandbox_policy::Mode::Official,
+                    ..lp.policy.clone()
+                },
+                ..lp.clone()
+            };
+            match admit(&strict, &m, &module, &lib) {
+                Ok(_) => {
+                    println!(
+                        "{} {} ({}): admitted by {file} ({} hooks: {})",
+                        m.name,
+                        m.version,
+                        module.transport_name(),
+                        m.hooks.len(),
+                        m.hooks.join(", ")
+                    );
+                    Ok(())
+                }
+                Err(e) => bail!("{e:#}"),
+            }
+        }
+        PolicyCommand::Approve { plugin, hooks, by } => {
+            let (module, lib) = open(&plugin, false, wasm_limits(&lp))?;
+            let m = module.manifest()?;
+            let hooks = if hooks.is_empty() {
+                m.hooks.clone()
+            } else {
+                hooks
+            };
+            for h in &m.hooks {
+                if !hooks.contains(h) {
+                    bail!(
+                        "plugin {} provides hook {h}, which --hooks leaves out",
+                        m.name
+                    );
+                }
+            }
+            for h in &hooks {
+                let hook = speedrun_plugin_api::HookPoint::from_name(h)
+                    .with_context(|| format!("--hooks: no such hook {h:?}"))?;
+                lp.policy
+                    .check_hook(hook, speedrun_sandbox_policy::Transport::Native)
+                    .map_err(|e| {
+                        anyhow::anyhow!("refusing to approve {}: {e} in {file}", m.name)
+                    })?;
+            }
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&lib)?));
+            let approval = speedrun_sandbox_policy::NativeApproval {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                sha256: sha.clone(),
+                hooks,
+                approved_by: by,
+                approved_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string(),
+            };
+            let text = std::fs::read_to_string(&lp.path)?;
+            std::fs::write(
+                &lp.path,
+                speedrun_sandbox_policy::with_approval(&text, &approval)?,
+            )?;
+            println!("approved {} {} (sha256 {sha}) in {file}", m.name, m.version);
+            Ok(())
+        }
+        PolicyCommand::Revoke { plugin } => {
+            let as_path = std::path::Path::new(&plugin);
+            let name = if as_path.exists() {
+                open(
+                    as_path,
+                    as_path.extension().is_some_and(|e| e == "wasm"),
+                    wasm_limits(&lp),
+                )?
+                .0
+                .manifest()?
+                .name
+            } else {
+                plugin.clone()
+            };
+            let text = std::fs::read_to_string(&lp.path)?;
+            let (new, removed) = speedrun_sandbox_policy::without_approval(&text, &name)?;
+            if removed == 0 {
+                bail!("{file} has no approval of plugin {name}");
+            }
+            std::fs::write(&lp.path, new)?;
+            println!("revoked {removed} approval(s) of {name} in {file}");
+            Ok(())
+        }
+    }
+}
+
 fn cmd_plugin(c: PluginCommand) -> Result<()> {
-    use crate::plugins::{build, open, template};
+    use crate::plugins::{build, open, template, wasm::WasmLimits};
     match c {
         PluginCommand::New { hook, name, dir } => {
             let out = template::new_plugin(&hook, &name, dir.as_deref())?;
@@ -316,7 +509,7 @@ fn cmd_plugin(c: PluginCommand) -> Result<()> {
             Ok(())
         }
         PluginCommand::Inspect { path, wasm, json } => {
-            let (module, lib) = open(&path, wasm)?;
+            let (module, lib) = open(&path, wasm, WasmLimits::default())?;
             let m = module.manifest()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
@@ -339,14 +532,18 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let out = a
         .out
         .unwrap_or_else(|| train::telemetry::default_run_dir(&lt.track.name, a.seed));
-    let comps = if a.plugins.is_empty() {
-        if !a.plugin_configs.is_empty() {
-            bail!("--plugin-config given without any --plugin");
-        }
-        Components::reference(&lt.track)
-    } else {
-        crate::plugins::stack(&lt.track, a.seed, &a.plugins, &a.plugin_configs, a.wasm)?
-    };
+    if a.plugins.is_empty() && !a.plugin_configs.is_empty() {
+        bail!("--plugin-config given without any --plugin");
+    }
+    let policy = load_policy(a.policy.as_deref())?;
+    let comps = crate::plugins::stack(
+        &lt.track,
+        a.seed,
+        &a.plugins,
+        &a.plugin_configs,
+        a.wasm,
+        &policy,
+    )?;
     let opts = RunOptions {
         track: lt,
         seed: a.seed,
@@ -381,6 +578,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             s.step_of_target.unwrap_or(0)
         ),
         (Some(t), None) => println!("  target {t:.4}    not reached"),
+    }
+    if !s.unofficial_reasons.is_empty() {
+        println!("  UNOFFICIAL run: {}", s.unofficial_reasons.join("; "));
     }
     Ok(())
 }

@@ -34,8 +34,25 @@ pub fn build_native(dir: &Path) -> Result<PathBuf> {
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--release", "--lib"])
         .arg("--target-dir")
-        .arg(shared_target_dir());
+        .arg(shared_target_dir())
+        .env("RUSTFLAGS", reproducible_rustflags());
     cargo_artifact(dir, cmd, std::env::consts::DLL_SUFFIX)
+}
+
+/// Path remapping, so a library's bytes (and the SHA-256 a maintainer approves)
+/// do not depend on where the checkout or the cargo home lies.
+fn reproducible_rustflags() -> String {
+    let mut flags = format!(
+        "--remap-path-prefix={}=/speedrun",
+        workspace_root().display()
+    );
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(h) = cargo_home {
+        flags.push_str(&format!(" --remap-path-prefix={}=/cargo", h.display()));
+    }
+    flags
 }
 
 /// How this machine builds wasm32-unknown-unknown.

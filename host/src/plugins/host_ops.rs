@@ -18,6 +18,8 @@ const MAX_CREATE_ELEMS: usize = 1 << 28;
 /// What an op may touch during one hook call.
 pub struct OpEnv<'a> {
     pub hook: HookPoint,
+    /// The policy's allow-list for this hook and the file it comes from, if it narrows the contract.
+    pub allow: Option<(&'a [Op], &'a str)>,
     pub table: &'a mut HandleTable,
     /// The model's parameters, readable by name in forward hooks.
     pub params: Option<&'a ParamStore>,
@@ -125,6 +127,16 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
             op.name(),
             env.hook
         );
+    }
+    if let Some((ops, file)) = env.allow {
+        if !ops.contains(&op) {
+            bail!(
+                "op {} is not in hook {}'s allow-list (policy {file}, rule hooks.\"{}\".ops)",
+                op.name(),
+                env.hook,
+                env.hook
+            );
+        }
     }
     let dev = env.device;
     let t = |i: usize| -> Result<&Tensor> { env.table.tensor(f.tensor(i)?) };

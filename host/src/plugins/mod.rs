@@ -24,6 +24,7 @@ use serde::Serialize;
 use session::{HookLine, PluginSession, Transport};
 use sha2::{Digest, Sha256};
 use speedrun_plugin_api::{HookPoint, Manifest};
+use speedrun_sandbox_policy::{LoadedPolicy, NativeVerdict, Transport as PolicyTransport};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,10 +45,85 @@ pub struct PluginRecord {
     pub config: serde_json::Value,
 }
 
+/// What the run manifest records of the policy a run ran under.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PolicyRecord {
+    pub path: String,
+    pub sha256: String,
+    pub mode: String,
+    /// Why the run is unofficial (unapproved plugins in dev mode); empty if official.
+    pub warnings: Vec<String>,
+}
+
+/// The wasm limits a policy sets.
+pub fn wasm_limits(policy: &LoadedPolicy) -> WasmLimits {
+    let w = policy.policy.wasm;
+    WasmLimits {
+        fuel_per_call: w.fuel_per_call,
+        memory_bytes: (w.memory_pages * 65536) as usize,
+        max_live_handles: w.max_live_handles as usize,
+        max_tensor_bytes: w.max_tensor_bytes as usize,
+    }
+}
+
+/// Checks a plugin against the policy at load: every hook it provides must be
+/// approved for its transport (in any mode), and a native plugin must be on the
+/// allow-list (refused in official mode, a warning in dev mode). Answers the
+/// dev-mode warnings.
+pub fn admit(
+    policy: &LoadedPolicy,
+    manifest: &Manifest,
+    module: &PluginModule,
+    library: &Path,
+) -> Result<Vec<String>> {
+    let file = policy.path.display();
+    let transport = match module {
+        PluginModule::Native(_) => PolicyTransport::Native,
+        PluginModule::Wasm(_) => PolicyTransport::Wasm,
+    };
+    for h in &manifest.hooks {
+        let hook = HookPoint::from_name(h).with_context(|| format!("unknown hook {h}"))?;
+        policy.policy.check_hook(hook, transport).map_err(|e| {
+            anyhow::anyhow!("plugin {} refused by policy {file}: {e}", manifest.name)
+        })?;
+    }
+    let mut warnings = Vec::new();
+    if transport == PolicyTransport::Native {
+        let sha = if library.is_file() {
+            sha256_file(library)?
+        } else {
+            String::new()
+        };
+        if let NativeVerdict::Unapproved(why) =
+            policy
+                .policy
+                .native_verdict(&manifest.name, &manifest.version, &sha, &manifest.hooks)
+        {
+            match policy.policy.mode {
+                speedrun_sandbox_policy::Mode::Official => {
+                    bail!(
+                        "plugin {} refused by policy {file} (official mode): {why}",
+                        manifest.name
+                    )
+                }
+                speedrun_sandbox_policy::Mode::Dev => {
+                    tracing::warn!(
+                        "UNOFFICIAL RUN: {why}; policy {file} is in dev mode, so it runs anyway"
+                    );
+                    warnings.push(why);
+                }
+            }
+        }
+    }
+    Ok(warnings)
+}
+
 /// A plugin ready to run: its session and what to record of it.
 pub struct LoadedPlugin {
     pub session: Shared,
     pub record: PluginRecord,
+    /// Why the policy did not approve it (dev mode); empty when approved.
+    pub warnings: Vec<String>,
 }
 
 impl LoadedPlugin {
@@ -106,13 +182,13 @@ impl PluginModule {
 /// Opens `--plugin SPEC`: a `.wasm` module, a native library, or a plugin crate
 /// directory (built first; to wasm when `wasm`). Answers the module and the
 /// file it came from.
-pub fn open(spec: &Path, wasm: bool) -> Result<(PluginModule, PathBuf)> {
+pub fn open(spec: &Path, wasm: bool, limits: WasmLimits) -> Result<(PluginModule, PathBuf)> {
     let is_wasm_file = spec.extension().is_some_and(|e| e == "wasm");
     if build::is_crate_dir(spec) {
         if wasm {
             let lib = build::build_wasm(spec)?;
             Ok((
-                PluginModule::Wasm(Box::new(WasmModule::load(&lib, WasmLimits::default())?)),
+                PluginModule::Wasm(Box::new(WasmModule::load(&lib, limits)?)),
                 lib,
             ))
         } else {
@@ -121,7 +197,7 @@ pub fn open(spec: &Path, wasm: bool) -> Result<(PluginModule, PathBuf)> {
         }
     } else if spec.is_file() && is_wasm_file {
         Ok((
-            PluginModule::Wasm(Box::new(WasmModule::load(spec, WasmLimits::default())?)),
+            PluginModule::Wasm(Box::new(WasmModule::load(spec, limits)?)),
             spec.to_path_buf(),
         ))
     } else if spec.is_file() {
@@ -195,9 +271,11 @@ pub fn start(
     track: &Track,
     seed: u64,
     overrides: Option<&serde_json::Value>,
+    policy: &LoadedPolicy,
 ) -> Result<LoadedPlugin> {
     let where_ = || format!("plugin {}", path.display());
     let manifest = module.manifest().with_context(where_)?;
+    let warnings = admit(policy, &manifest, &module, path)?;
     let config = resolve_config(&manifest, track, overrides)?;
     let instance = module
         .create(&config)
@@ -218,10 +296,16 @@ pub fn start(
         config,
     };
     let table = module.handle_table();
-    let session = PluginSession::new(manifest, module.into_transport(), instance, rng, table);
+    let mut session = PluginSession::new(manifest, module.into_transport(), instance, rng, table);
+    for hook in HookPoint::ALL {
+        if let Some(ops) = policy.policy.op_allow_list(hook) {
+            session.restrict(hook, ops, policy.path.display().to_string());
+        }
+    }
     Ok(LoadedPlugin {
         session: Rc::new(RefCell::new(session)),
         record,
+        warnings,
     })
 }
 
@@ -315,6 +399,7 @@ pub fn stack(
     specs: &[PathBuf],
     configs: &[String],
     wasm: bool,
+    policy: &LoadedPolicy,
 ) -> Result<Components> {
     let mut overrides: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for c in configs {
@@ -323,16 +408,41 @@ pub fn stack(
     }
     let mut loaded = Vec::with_capacity(specs.len());
     for spec in specs {
-        let (module, lib) = open(spec, wasm)?;
+        let (module, lib) = open(spec, wasm, wasm_limits(policy))?;
         let name = module
             .manifest()
             .with_context(|| format!("plugin {}", lib.display()))?
             .name;
-        let p = start(module, &lib, track, seed, overrides.remove(&name).as_ref())?;
+        let p = start(
+            module,
+            &lib,
+            track,
+            seed,
+            overrides.remove(&name).as_ref(),
+            policy,
+        )?;
         loaded.push(p);
     }
     if let Some(name) = overrides.keys().next() {
         bail!("--plugin-config names plugin {name}, which is not among the --plugin list");
     }
-    compose(track, loaded)
+    let mut comps = compose(track, loaded)?;
+    comps.policy = Some(PolicyRecord {
+        path: policy.path.display().to_string(),
+        sha256: policy.sha256.clone(),
+        mode: format!("{:?}", policy.policy.mode).to_lowercase(),
+        warnings: comps
+            .plugins
+            .iter()
+            .flat_map(|p| p.warnings.clone())
+            .collect(),
+    });
+    Ok(comps)
+}
+
+/// The policy file used when none is given.
+pub fn default_policy_path() -> PathBuf {
+    crate::track::project_root()
+        .join("sandbox-policy")
+        .join("default.toml")
 }

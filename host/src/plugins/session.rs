@@ -59,6 +59,9 @@ pub struct PluginSession {
     rng: ChaCha8Rng,
     device: Device,
     stats: BTreeMap<HookPoint, HookStats>,
+    /// Per hook, the ops the policy allows (absent: the hook's whole contract),
+    /// and the policy file that says so.
+    allow: BTreeMap<HookPoint, (Vec<Op>, String)>,
 }
 
 /// The context of the hook call in progress on this thread, for `host_call_op`.
@@ -140,7 +143,13 @@ impl PluginSession {
             rng,
             device: Device::Cpu,
             stats: BTreeMap::new(),
+            allow: BTreeMap::new(),
         }
+    }
+
+    /// Narrows the ops `hook` may call to `ops` (a policy's allow-list).
+    pub fn restrict(&mut self, hook: HookPoint, ops: Vec<Op>, policy_file: String) {
+        self.allow.insert(hook, (ops, policy_file));
     }
 
     pub fn name(&self) -> &str {
@@ -182,6 +191,10 @@ impl PluginSession {
         let mut active = Active {
             env: OpEnv {
                 hook,
+                allow: self
+                    .allow
+                    .get(&hook)
+                    .map(|(ops, file)| (ops.as_slice(), file.as_str())),
                 table: &mut self.table,
                 params,
                 rng: match rng {

@@ -12,7 +12,7 @@ use crate::model::{Model, ModelHooks};
 use crate::optim::adamw::{AdamW, AdamWConfig};
 use crate::optim::schedule::WarmupCosine;
 use crate::optim::{Grads, Optimizer, Schedule, StepInput};
-use crate::plugins::{LoadedPlugin, PluginRecord};
+use crate::plugins::{LoadedPlugin, PluginRecord, PolicyRecord};
 use crate::track::{LoadedTrack, Track};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -42,6 +42,8 @@ pub struct Components {
     pub schedule: Box<dyn Schedule>,
     /// The plugins behind some of the above, for the manifest and telemetry.
     pub plugins: Vec<LoadedPlugin>,
+    /// The sandbox policy the stack was admitted under (none: built in code).
+    pub policy: Option<PolicyRecord>,
 }
 
 impl Components {
@@ -61,6 +63,7 @@ impl Components {
                 min_frac: o.min_lr_frac,
             }),
             plugins: Vec::new(),
+            policy: None,
         }
     }
 }
@@ -81,6 +84,10 @@ pub struct RunManifest {
     pub optimizer: String,
     /// Every plugin in the stack: name, version, hooks, library hash, configuration.
     pub plugins: Vec<PluginRecord>,
+    /// The sandbox policy's file, hash and mode, and why the run is unofficial if it is.
+    pub policy: Option<PolicyRecord>,
+    /// Admitted under a policy with every plugin approved.
+    pub official: bool,
     pub hardware: Hardware,
     pub started_at: String,
     pub command: Vec<String>,
@@ -106,6 +113,9 @@ pub struct RunSummary {
     pub time_to_target_s: Option<f64>,
     pub tokens_to_target: Option<u64>,
     pub step_of_target: Option<usize>,
+    /// Why the run is not official (unapproved plugins under a dev-mode policy).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unofficial_reasons: Vec<String>,
     /// Every training loss, in order (the curve determinism is checked on).
     #[serde(skip)]
     pub train_losses: Vec<f32>,
@@ -200,6 +210,7 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         mut optimizer,
         schedule,
         plugins,
+        policy,
     } = comps;
     let model = Model::build(&track.model, hooks, opts.seed, &device)?;
     optimizer
@@ -221,6 +232,8 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         parameters: model.params.numel(),
         optimizer: optimizer.name().to_string(),
         plugins: plugins.iter().map(|p| p.record.clone()).collect(),
+        official: policy.as_ref().is_some_and(|p| p.warnings.is_empty()),
+        policy,
         hardware: Hardware::detect(),
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         command: std::env::args().collect(),
@@ -246,6 +259,11 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         time_to_target_s: None,
         tokens_to_target: None,
         step_of_target: None,
+        unofficial_reasons: manifest
+            .policy
+            .as_ref()
+            .map(|p| p.warnings.clone())
+            .unwrap_or_default(),
         train_losses: Vec::with_capacity(steps),
         run_dir: opts.out.clone(),
     };
