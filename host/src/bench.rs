@@ -269,3 +269,37 @@ pub fn plugin_overhead(
         isolated_step_ratio: (fb_b + opt_p) / (fb_b + opt_b),
     })
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WasmLoadReport {
+    pub module: String,
+    pub bytes: usize,
+    /// Compile (cranelift) + instantiate, first load in the process.
+    pub cold_ms: f64,
+    /// Instantiate from the in-process compiled-module cache: median of `reps`.
+    pub cached_ms_median: f64,
+    pub reps: usize,
+}
+
+/// Load time of a wasm plugin module: cold (compile + instantiate), then from
+/// the content-hash cache.
+pub fn wasm_load(path: &Path, reps: usize) -> Result<WasmLoadReport> {
+    use crate::plugins::wasm::{WasmLimits, WasmModule};
+    let bytes = std::fs::read(path)?;
+    let t = Instant::now();
+    WasmModule::from_bytes(&bytes, WasmLimits::default())?;
+    let cold = t.elapsed().as_secs_f64();
+    let mut cached = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        WasmModule::from_bytes(&bytes, WasmLimits::default())?;
+        cached.push(t.elapsed().as_secs_f64());
+    }
+    Ok(WasmLoadReport {
+        module: path.display().to_string(),
+        bytes: bytes.len(),
+        cold_ms: cold * 1e3,
+        cached_ms_median: median(cached) * 1e3,
+        reps,
+    })
+}

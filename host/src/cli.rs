@@ -184,6 +184,13 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Load time of a wasm plugin module: compile + instantiate, then from the cache.
+    WasmLoad {
+        /// A .wasm module.
+        module: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
     /// Step time with plugins against the built-in stack, alternating in one process.
     Plugin {
         #[arg(long, default_value = "cpu")]
@@ -259,6 +266,17 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plugin(c) => cmd_plugin(c),
+        Command::Bench(BenchCommand::WasmLoad { module, reps }) => {
+            if reps == 0 {
+                bail!("--reps must be at least 1");
+            }
+            let r = crate::bench::wasm_load(&module, reps)?;
+            println!(
+                "{} ({} bytes): compile + instantiate {:.1} ms; from the cache, median of {}: {:.2} ms",
+                r.module, r.bytes, r.cold_ms, r.reps, r.cached_ms_median
+            );
+            Ok(())
+        }
         Command::Policy { command, policy } => cmd_policy(command, policy.as_deref()),
         Command::Bench(BenchCommand::Plugin {
             track,

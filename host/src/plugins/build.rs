@@ -134,6 +134,13 @@ pub fn build_wasm(dir: &Path) -> Result<PathBuf> {
         "--target",
         "wasm32-unknown-unknown",
     ])
+    // No debug info in the module: 15x smaller, and quicker for the host to compile.
+    .args([
+        "--config",
+        "profile.release.debug=false",
+        "--config",
+        "profile.release.strip=true",
+    ])
     .arg("--target-dir")
     .arg(wasm_target_dir());
     if matches!(route, WasmRoute::DebianBuildStd { .. }) {
