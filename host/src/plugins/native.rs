@@ -73,18 +73,7 @@ impl NativeModule {
         let json =
             ffi((self.module.manifest())()).map_err(|e| anyhow!("reading its manifest: {e}"))?;
         let m: Manifest = serde_json::from_str(&json).context("parsing its manifest")?;
-        if m.api_version != PLUGIN_API_VERSION {
-            bail!(
-                "plugin {} speaks plugin API version {}, this host version {PLUGIN_API_VERSION}",
-                m.name,
-                m.api_version
-            );
-        }
-        for h in &m.hooks {
-            if HookPoint::from_name(h).is_none() {
-                bail!("plugin {} declares an unknown hook {h:?}", m.name);
-            }
-        }
+        check_manifest(&m)?;
         Ok(m)
     }
 
@@ -96,6 +85,23 @@ impl NativeModule {
         ))
         .map_err(|e| anyhow!(e))
     }
+}
+
+/// What every transport checks of a manifest: the API version and hook names.
+pub fn check_manifest(m: &Manifest) -> Result<()> {
+    if m.api_version != PLUGIN_API_VERSION {
+        bail!(
+            "plugin {} speaks plugin API version {}, this host version {PLUGIN_API_VERSION}",
+            m.name,
+            m.api_version
+        );
+    }
+    for h in &m.hooks {
+        if HookPoint::from_name(h).is_none() {
+            bail!("plugin {} declares an unknown hook {h:?}", m.name);
+        }
+    }
+    Ok(())
 }
 
 impl Transport for NativeModule {

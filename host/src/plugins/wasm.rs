@@ -7,7 +7,7 @@
 use super::session::{dispatch_op, Transport};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
-use speedrun_plugin_api::{Frame, HookPoint, Manifest, PLUGIN_API_VERSION};
+use speedrun_plugin_api::{Frame, HookPoint, Manifest};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
@@ -352,13 +352,7 @@ impl WasmModule {
                 |b| serde_json::from_slice(&b).map_err(|e| e.to_string()),
             )
             .map_err(|e| anyhow!("reading its manifest: {e}"))?;
-        if m.api_version != PLUGIN_API_VERSION {
-            bail!(
-                "plugin {} speaks plugin API version {}, this host version {PLUGIN_API_VERSION}",
-                m.name,
-                m.api_version
-            );
-        }
+        super::native::check_manifest(&m)?;
         Ok(m)
     }
 
