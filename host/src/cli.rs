@@ -372,7 +372,7 @@ fn load_policy(path: Option<&std::path::Path>) -> Result<LoadedPolicy> {
 }
 
 fn cmd_policy(c: PolicyCommand, path: Option<&std::path::Path>) -> Result<()> {
-    use crate::plugins::{admit, open, wasm_limits};
+    use crate::plugins::{open, wasm_limits};
     let lp = load_policy(path)?;
     let file = lp.path.display().to_string();
     match c {
@@ -413,28 +413,63 @@ fn cmd_policy(c: PolicyCommand, path: Option<&std::path::Path>) -> Result<()> {
         PolicyCommand::Check { plugin, wasm } => {
             let (module, lib) = open(&plugin, wasm, wasm_limits(&lp))?;
             let m = module.manifest()?;
-            // Judge as an official run would: anything refused or merely warned about counts.
-            let strict = LoadedPolicy {
-                policy: speedrun_sandbox_policy::Policy {
-                    mode: speedrun_sandbox_policy::Mode::Official,
-                    ..lp.policy.clone()
-                },
-                ..lp.clone()
-            };
-            match admit(&strict, &m, &module, &lib) {
-                Ok(_) => {
-                    println!(
-                        "{} {} ({}): admitted by {file} ({} hooks: {})",
-                        m.name,
-                        m.version,
-                        module.transport_name(),
-                        m.hooks.len(),
-                        m.hooks.join(", ")
-                    );
-                    Ok(())
+            // Judge as an official run would, and list every finding, not just the first.
+            let transport = match module {
+                crate::plugins::PluginModule::Native(_) => {
+                    speedrun_sandbox_policy::Transport::Native
                 }
-                Err(e) => bail!("{e:#}"),
+                crate::plugins::PluginModule::Wasm(_) => speedrun_sandbox_policy::Transport::Wasm,
+            };
+            println!(
+                "{} {} ({}, {}) against {file}:",
+                m.name,
+                m.version,
+                module.transport_name(),
+                lib.display()
+            );
+            let mut refused = 0;
+            for h in &m.hooks {
+                let hook = speedrun_plugin_api::HookPoint::from_name(h)
+                    .with_context(|| format!("unknown hook {h}"))?;
+                match lp.policy.check_hook(hook, transport) {
+                    Ok(()) => {
+                        let ops = match lp.policy.op_allow_list(hook) {
+                            None => "the hook's whole contract".to_string(),
+                            Some(ops) => {
+                                ops.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ")
+                            }
+                        };
+                        println!("  ok       hook {h} (ops: {ops})");
+                    }
+                    Err(e) => {
+                        refused += 1;
+                        println!("  REFUSED  {e}");
+                    }
+                }
             }
+            if transport == speedrun_sandbox_policy::Transport::Native {
+                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&lib)?));
+                match lp
+                    .policy
+                    .native_verdict(&m.name, &m.version, &sha, &m.hooks)
+                {
+                    speedrun_sandbox_policy::NativeVerdict::Approved => {
+                        println!("  ok       on the native allow-list (sha256 {sha})")
+                    }
+                    speedrun_sandbox_policy::NativeVerdict::Unapproved(why) => {
+                        refused += 1;
+                        println!("  REFUSED  {why}");
+                    }
+                }
+            }
+            if refused > 0 {
+                bail!(
+                    "{refused} finding(s): an official run would refuse {}",
+                    m.name
+                );
+            }
+            println!("  an official run admits it");
+            Ok(())
         }
         PolicyCommand::Approve { plugin, hooks, by } => {
             let (module, lib) = open(&plugin, false, wasm_limits(&lp))?;
