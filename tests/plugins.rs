@@ -3,36 +3,14 @@
 //! contained), the handle and contract checks on in-process plugins, hook
 //! collisions, telemetry, and `plugin new` / `plugin inspect`.
 
+mod common;
+use common::*;
+
 use speedrun::plugins::native::NativeModule;
 use speedrun::plugins::{self, build};
-use speedrun::track;
-use speedrun::train::{self, Components, RunOptions, RunSummary};
+use speedrun::train::{self, Components, RunSummary};
 use speedrun_plugin_api::{self as api, *};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
-    RunOptions {
-        track: track::load("smoke").unwrap(),
-        seed: 0,
-        steps,
-        out: out.to_path_buf(),
-        data_dir: None,
-        save_checkpoint: None,
-        progress: false,
-    }
-}
-
-fn smoke_track() -> track::Track {
-    track::load("smoke").unwrap().track
-}
 
 /// Builds (once per target dir) and stacks native plugins from crate directories.
 fn native_stack(dirs: &[&str]) -> Components {
@@ -178,21 +156,20 @@ fn a_plugin_built_against_another_api_is_refused_with_the_layout_verdict() {
 fn a_panicking_plugin_ends_the_run_cleanly_and_keeps_the_telemetry() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let o = Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args([
-            "run", "--track", "smoke", "--steps", "5", "--quiet", "--out",
-        ])
-        .arg(&out)
-        .arg("--plugin")
-        .arg(root().join("tests/fixtures/panicking-plugin"))
-        .env("SPEEDRUN_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let plugin = root().join("tests/fixtures/panicking-plugin");
+    let o = speedrun(&[
+        "run",
+        "--track",
+        "smoke",
+        "--steps",
+        "5",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+        "--plugin",
+        plugin.to_str().unwrap(),
+    ]);
+    let text = text(&o);
     // An error exit, not an abort (134) or a signal.
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(
@@ -505,16 +482,8 @@ fn adamw_from_elementary_ops_matches_the_fused_builtin_bit_for_bit() {
 fn plugin_new_writes_a_crate_that_builds_inspects_and_trains() {
     let tmp = tempfile::tempdir().unwrap();
     let speedrun = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_speedrun"))
-            .args(args)
-            .env("SPEEDRUN_LOG", "warn")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let o = speedrun(args);
+        let text = text(&o);
         assert!(o.status.success(), "speedrun {args:?}: {text}");
         text
     };
@@ -572,9 +541,4 @@ fn plugin_new_writes_a_crate_that_builds_inspects_and_trains() {
             "{built}"
         );
     }
-}
-
-fn default_policy() -> speedrun_sandbox_policy::LoadedPolicy {
-    speedrun_sandbox_policy::LoadedPolicy::load(&root().join("sandbox-policy/default.toml"))
-        .unwrap()
 }

@@ -4,19 +4,14 @@
 //! refused mid-run, malformed files refused naming the field, and the
 //! maintainer's CLI (show, check, approve, revoke).
 
+mod common;
+use common::*;
+
 use speedrun::plugins;
 use speedrun::track;
-use speedrun::train::{self, RunOptions};
+use speedrun::train::{self};
 use speedrun_sandbox_policy::LoadedPolicy;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn default_text() -> String {
     std::fs::read_to_string(root().join("sandbox-policy/default.toml")).unwrap()
@@ -38,34 +33,6 @@ fn no_natives(text: String) -> String {
     match text.find("\n[[native]]") {
         Some(i) => text[..i + 1].to_string(),
         None => text,
-    }
-}
-
-fn speedrun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(args)
-        .env("SPEEDRUN_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn smoke_options(out: &Path, steps: usize) -> RunOptions {
-    RunOptions {
-        track: track::load("smoke").unwrap(),
-        seed: 0,
-        steps: Some(steps),
-        out: out.to_path_buf(),
-        data_dir: None,
-        save_checkpoint: None,
-        progress: false,
     }
 }
 
@@ -273,7 +240,7 @@ fn an_op_outside_the_hooks_allow_list_is_refused_mid_run() {
     let out = tmp.path().join("run");
     let err = format!(
         "{:#}",
-        train::run(&smoke_options(&out, 3), comps).unwrap_err()
+        train::run(&smoke_options(&out, Some(3)), comps).unwrap_err()
     );
     assert!(err.contains("plugin adamw, hook optimizer.step"), "{err}");
     assert!(

@@ -3,35 +3,13 @@
 //! express the attack) end the run with an error naming plugin, hook and
 //! reason while the host keeps running.
 
+mod common;
+use common::*;
+
 use speedrun::plugins::wasm::{WasmLimits, WasmModule};
 use speedrun::plugins::{self, PluginModule};
-use speedrun::track;
-use speedrun::train::{self, Components, RunOptions};
+use speedrun::train::{self, Components};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn smoke_track() -> track::Track {
-    track::load("smoke").unwrap().track
-}
-
-fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
-    RunOptions {
-        track: track::load("smoke").unwrap(),
-        seed: 0,
-        steps,
-        out: out.to_path_buf(),
-        data_dir: None,
-        save_checkpoint: None,
-        progress: false,
-    }
-}
 
 const MANIFEST: &str = r#"{\"name\":\"hostile\",\"version\":\"0.0.0\",\"api_version\":1,\"hooks\":[\"optimizer.init\",\"optimizer.step\"],\"config\":{}}"#;
 
@@ -302,21 +280,21 @@ fn wasm_adamw_and_cosine_match_the_builtin_curve_bit_for_bit() {
 fn a_panicking_wasm_plugin_is_reported_with_its_message() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let o = Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args([
-            "run", "--track", "smoke", "--steps", "5", "--quiet", "--wasm", "--out",
-        ])
-        .arg(&out)
-        .arg("--plugin")
-        .arg(root().join("tests/fixtures/panicking-plugin"))
-        .env("SPEEDRUN_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let plugin = root().join("tests/fixtures/panicking-plugin");
+    let o = speedrun(&[
+        "run",
+        "--track",
+        "smoke",
+        "--steps",
+        "5",
+        "--quiet",
+        "--wasm",
+        "--out",
+        out.to_str().unwrap(),
+        "--plugin",
+        plugin.to_str().unwrap(),
+    ]);
+    let text = text(&o);
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(
         text.contains("plugin panicking-plugin, hook optimizer.step"),
@@ -328,17 +306,15 @@ fn a_panicking_wasm_plugin_is_reported_with_its_message() {
     );
 
     // `plugin build --wasm` prints the module; `plugin inspect` reads it.
-    let built = Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(["plugin", "build", "--wasm"])
-        .arg(root().join("plugins/cosine-schedule"))
-        .output()
-        .unwrap();
+    let built = speedrun(&[
+        "plugin",
+        "build",
+        "--wasm",
+        root().join("plugins/cosine-schedule").to_str().unwrap(),
+    ]);
     let path = String::from_utf8_lossy(&built.stdout).trim().to_string();
     assert!(path.ends_with(".wasm"), "{path}");
-    let inspect = Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(["plugin", "inspect", &path])
-        .output()
-        .unwrap();
+    let inspect = speedrun(&["plugin", "inspect", &path]);
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(
         text.contains("cosine-schedule 0.1.0")
@@ -346,9 +322,4 @@ fn a_panicking_wasm_plugin_is_reported_with_its_message() {
             && text.contains("hooks    schedule"),
         "{text}"
     );
-}
-
-fn default_policy() -> speedrun_sandbox_policy::LoadedPolicy {
-    speedrun_sandbox_policy::LoadedPolicy::load(&root().join("sandbox-policy/default.toml"))
-        .unwrap()
 }

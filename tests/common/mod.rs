@@ -1,0 +1,55 @@
+//! Helpers the plugin, sandbox and policy tests share.
+#![allow(dead_code)]
+
+use speedrun::track;
+use speedrun::train::RunOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn smoke_track() -> track::Track {
+    track::load("smoke").unwrap().track
+}
+
+/// Options for a quiet smoke run of `steps` (the track's budget when `None`).
+pub fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
+    RunOptions {
+        track: track::load("smoke").unwrap(),
+        seed: 0,
+        steps,
+        out: out.to_path_buf(),
+        data_dir: None,
+        save_checkpoint: None,
+        progress: false,
+    }
+}
+
+pub fn default_policy() -> speedrun_sandbox_policy::LoadedPolicy {
+    speedrun_sandbox_policy::LoadedPolicy::load(&root().join("sandbox-policy/default.toml"))
+        .unwrap()
+}
+
+/// Runs the `speedrun` binary with warnings-only logging.
+pub fn speedrun(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args(args)
+        .env("SPEEDRUN_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// stdout and stderr together.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
