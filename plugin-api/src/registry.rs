@@ -44,7 +44,7 @@ impl<T> Instances<T> {
     /// Runs `f` on instance `id`, taken out of the table for the call so a
     /// re-entrant call is an error rather than a deadlock.
     pub(crate) fn with<R>(&self, id: u64, f: impl FnOnce(&mut T) -> Result<R>) -> Result<R> {
-        let mut inst = {
+        let inst = {
             let mut slots = self.lock();
             let slot = slots.get_mut(id as usize);
             match slot.map(|s| std::mem::replace(s, Slot::Busy)) {
@@ -61,7 +61,8 @@ impl<T> Instances<T> {
                 None => return Err(Error::new(format!("plugin instance {id} does not exist"))),
             }
         };
-        // Put the instance back unless `f` panics; then the slot stays Lost.
+        // Put the instance back when `f` returns; if `f` panics, the guard's drop
+        // during unwinding marks the slot Lost (the instance may be half-updated).
         struct Restore<'a, T> {
             table: &'a Instances<T>,
             id: usize,
@@ -76,13 +77,12 @@ impl<T> Instances<T> {
                 self.table.lock()[self.id] = slot;
             }
         }
-        let out = f(&mut inst);
-        let _restore = Restore {
+        let mut restore = Restore {
             table: self,
             id: id as usize,
             inst: Some(inst),
         };
-        out
+        f(restore.inst.as_mut().expect("just set"))
     }
 
     pub(crate) fn remove(&self, id: u64) {
@@ -106,5 +106,32 @@ pub fn manifest_of<T: Exported>() -> Manifest {
         api_version: PLUGIN_API_VERSION,
         hooks: T::hooks().iter().map(|h| h.name().to_string()).collect(),
         config: T::default_config(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_lost_to_a_panic_says_so_and_a_busy_one_refuses_reentry() {
+        let table: Instances<u32> = Instances::new();
+        let id = table.insert(7);
+        assert_eq!(table.with(id, |v| Ok(*v + 1)).unwrap(), 8);
+        // Re-entering the same instance from inside a call is an error, not a deadlock.
+        let inner = table.with(id, |_| Ok(table.with(id, |_| Ok(())).unwrap_err()));
+        assert!(inner.unwrap().message().contains("re-entered"));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = table.with(id, |_| -> Result<()> { panic!("boom") });
+        }));
+        assert!(panicked.is_err());
+        let err = table.with(id, |_| Ok(())).unwrap_err();
+        assert!(err.message().contains("lost to an earlier panic"), "{err}");
+        table.remove(id);
+        assert!(table
+            .with(id, |_| Ok(()))
+            .unwrap_err()
+            .message()
+            .contains("does not exist"));
     }
 }
