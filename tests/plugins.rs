@@ -156,20 +156,7 @@ fn a_plugin_built_against_another_api_is_refused_with_the_layout_verdict() {
 fn a_panicking_plugin_ends_the_run_cleanly_and_keeps_the_telemetry() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let plugin = root().join("tests/fixtures/panicking-plugin");
-    let o = speedrun(&[
-        "run",
-        "--track",
-        "smoke",
-        "--steps",
-        "5",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-        "--plugin",
-        plugin.to_str().unwrap(),
-    ]);
-    let text = text(&o);
+    let (o, text) = run_panicking_plugin(&out, false);
     // An error exit, not an abort (134) or a signal.
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(

@@ -280,21 +280,7 @@ fn wasm_adamw_and_cosine_match_the_builtin_curve_bit_for_bit() {
 fn a_panicking_wasm_plugin_is_reported_with_its_message() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let plugin = root().join("tests/fixtures/panicking-plugin");
-    let o = speedrun(&[
-        "run",
-        "--track",
-        "smoke",
-        "--steps",
-        "5",
-        "--quiet",
-        "--wasm",
-        "--out",
-        out.to_str().unwrap(),
-        "--plugin",
-        plugin.to_str().unwrap(),
-    ]);
-    let text = text(&o);
+    let (o, text) = run_panicking_plugin(&out, true);
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(
         text.contains("plugin panicking-plugin, hook optimizer.step"),

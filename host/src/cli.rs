@@ -414,12 +414,7 @@ fn cmd_policy(c: PolicyCommand, path: Option<&std::path::Path>) -> Result<()> {
             let (module, lib) = open(&plugin, wasm, wasm_limits(&lp))?;
             let m = module.manifest()?;
             // Judge as an official run would, and list every finding, not just the first.
-            let transport = match module {
-                crate::plugins::PluginModule::Native(_) => {
-                    speedrun_sandbox_policy::Transport::Native
-                }
-                crate::plugins::PluginModule::Wasm(_) => speedrun_sandbox_policy::Transport::Wasm,
-            };
+            let transport = module.policy_transport();
             println!(
                 "{} {} ({}, {}) against {file}:",
                 m.name,
@@ -448,7 +443,7 @@ fn cmd_policy(c: PolicyCommand, path: Option<&std::path::Path>) -> Result<()> {
                 }
             }
             if transport == speedrun_sandbox_policy::Transport::Native {
-                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&lib)?));
+                let sha = crate::plugins::sha256_file(&lib)?;
                 match lp
                     .policy
                     .native_verdict(&m.name, &m.version, &sha, &m.hooks)
@@ -496,7 +491,7 @@ fn cmd_policy(c: PolicyCommand, path: Option<&std::path::Path>) -> Result<()> {
                         anyhow::anyhow!("refusing to approve {}: {e} in {file}", m.name)
                     })?;
             }
-            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&lib)?));
+            let sha = crate::plugins::sha256_file(&lib)?;
             let approval = speedrun_sandbox_policy::NativeApproval {
                 name: m.name.clone(),
                 version: m.version.clone(),

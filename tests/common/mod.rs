@@ -53,3 +53,20 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Runs five smoke steps with the fixture whose optimizer panics at step 1
+/// (natively, or built to wasm); answers the process and its output.
+pub fn run_panicking_plugin(out: &Path, wasm: bool) -> (Output, String) {
+    let plugin = root().join("tests/fixtures/panicking-plugin");
+    let mut args = vec![
+        "run", "--track", "smoke", "--steps", "5", "--quiet", "--out",
+    ];
+    args.push(out.to_str().unwrap());
+    args.extend(["--plugin", plugin.to_str().unwrap()]);
+    if wasm {
+        args.push("--wasm");
+    }
+    let o = speedrun(&args);
+    let t = text(&o);
+    (o, t)
+}

@@ -77,10 +77,7 @@ pub fn admit(
     library: &Path,
 ) -> Result<Vec<String>> {
     let file = policy.path.display();
-    let transport = match module {
-        PluginModule::Native(_) => PolicyTransport::Native,
-        PluginModule::Wasm(_) => PolicyTransport::Wasm,
-    };
+    let transport = module.policy_transport();
     for h in &manifest.hooks {
         let hook = HookPoint::from_name(h).with_context(|| format!("unknown hook {h}"))?;
         policy.policy.check_hook(hook, transport).map_err(|e| {
@@ -153,6 +150,14 @@ impl PluginModule {
         }
     }
 
+    /// The transport as the sandbox policy names it.
+    pub fn policy_transport(&self) -> PolicyTransport {
+        match self {
+            PluginModule::Native(_) => PolicyTransport::Native,
+            PluginModule::Wasm(_) => PolicyTransport::Wasm,
+        }
+    }
+
     pub fn transport_name(&self) -> &'static str {
         match self {
             PluginModule::Native(_) => "native",
@@ -216,7 +221,8 @@ pub fn open(spec: &Path, wasm: bool, limits: WasmLimits) -> Result<(PluginModule
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+/// SHA-256 of a library file, hex (what the native allow-list records).
+pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
