@@ -326,18 +326,12 @@ impl Plugin for ConstLr {
 }
 impl Schedule for HalfLr {
     fn at(&mut self, _: usize, _: usize) -> api::Result<ScheduleOut> {
-        Ok(ScheduleOut {
-            lr_mult: 0.5,
-            momentum_mult: 1.0,
-        })
+        Ok(ScheduleOut::new(0.5, 1.0))
     }
 }
 impl Schedule for ConstLr {
     fn at(&mut self, _: usize, _: usize) -> api::Result<ScheduleOut> {
-        Ok(ScheduleOut {
-            lr_mult: 1.0,
-            momentum_mult: 1.0,
-        })
+        Ok(ScheduleOut::new(1.0, 1.0))
     }
 }
 speedrun_plugin_api::impl_plugin!(HalfLr, name: "half-lr", hooks: [schedule]);

@@ -254,6 +254,7 @@ fn smoke_options(out: &Path, seed: u64) -> RunOptions {
         data_dir: None,
         save_checkpoint: None,
         progress: false,
+        store: None,
     }
 }
 

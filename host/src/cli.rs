@@ -139,6 +139,9 @@ pub struct RunArgs {
     /// Sandbox policy file (default: sandbox-policy/default.toml).
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// The run store (default: $SPEEDRUN_DB, else runs/speedrun.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -584,14 +587,6 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         bail!("--plugin-config given without any --plugin");
     }
     let policy = load_policy(a.policy.as_deref())?;
-    let comps = crate::plugins::stack(
-        &lt.track,
-        a.seed,
-        &a.plugins,
-        &a.plugin_configs,
-        a.wasm,
-        &policy,
-    )?;
     let opts = RunOptions {
         track: lt,
         seed: a.seed,
@@ -600,8 +595,23 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         data_dir: a.data_dir,
         save_checkpoint: a.save_checkpoint,
         progress: !a.quiet,
+        store: Some(a.db.clone().unwrap_or_else(crate::store::default_path)),
     };
-    let s = train::run(&opts, comps)?;
+    let track = opts.track.track.clone();
+    let finished = train::execute(&opts, &mut || {
+        crate::plugins::stack(
+            &track,
+            a.seed,
+            &a.plugins,
+            &a.plugin_configs,
+            a.wasm,
+            &policy,
+        )
+    })?;
+    let s = finished.summary;
+    if let Some(e) = finished.error {
+        return Err(invalid_if_caught(e, &s.verdict));
+    }
     let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
     println!(
         "run {} (track {}, seed {})",
@@ -630,7 +640,51 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     if !s.unofficial_reasons.is_empty() {
         println!("  UNOFFICIAL run: {}", s.unofficial_reasons.join("; "));
     }
+    if !s.verdict.valid {
+        let failed: Vec<String> = s.verdict.failed().iter().map(|c| c.to_string()).collect();
+        return Err(Invalid(format!(
+            "the run is INVALID: failed checks {} (see {}/summary.json)",
+            failed.join(", "),
+            s.run_dir.display()
+        ))
+        .into());
+    }
+    println!(
+        "  verdict          valid ({} checks)",
+        s.verdict.checks.len()
+    );
     Ok(())
+}
+
+/// An error that means "the run ran, and is invalid": exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// A run stopped by a failed check (other than "it did not complete") is
+/// invalid, not merely failed.
+fn invalid_if_caught(e: anyhow::Error, v: &crate::verify::Verdict) -> anyhow::Error {
+    let caught: Vec<String> = v
+        .failed()
+        .into_iter()
+        .filter(|c| *c != crate::verify::Check::Completed)
+        .map(|c| c.to_string())
+        .collect();
+    if caught.is_empty() {
+        e
+    } else {
+        let msg = format!("the run is INVALID: failed checks {}", caught.join(", "));
+        e.context(Invalid(msg))
+    }
+}
+
+/// The exit status for an error: 2 for an invalid run, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<Invalid>()) {
+        2
+    } else {
+        1
+    }
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {

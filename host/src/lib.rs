@@ -11,5 +11,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod plugins;
+pub mod store;
 pub mod track;
 pub mod train;
+pub mod verify;

@@ -58,6 +58,10 @@ pub struct TrainSpec {
     pub batch_tokens: usize,
     /// Training tokens the run may consume; the number of steps follows from it.
     pub token_budget: usize,
+    /// Untimed warm-up steps (compilation, caches) on a throwaway copy of the
+    /// stack; the timed run then starts from the same initial state.
+    #[serde(default)]
+    pub warmup_steps: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@
 //! }
 //! impl Schedule for Half {
 //!     fn at(&mut self, _: usize, _: usize) -> Result<ScheduleOut> {
-//!         Ok(ScheduleOut { lr_mult: 0.5, momentum_mult: 1.0 })
+//!         Ok(ScheduleOut::new(0.5, 1.0))
 //!     }
 //! }
 //! export_plugin!(Half, hooks: [schedule]);

@@ -102,6 +102,22 @@ pub struct ScheduleOut {
     /// Multiplier on the track's peak learning rate.
     pub lr_mult: f64,
     pub momentum_mult: f64,
+    /// Training tokens for this step (a positive multiple of the sequence length);
+    /// `None` keeps the track's `batch_tokens`. The host refuses a step that would
+    /// take the run past the track's token budget.
+    #[serde(default)]
+    pub batch_tokens: Option<usize>,
+}
+
+impl ScheduleOut {
+    /// Multipliers only, at the track's batch size.
+    pub fn new(lr_mult: f64, momentum_mult: f64) -> ScheduleOut {
+        ScheduleOut {
+            lr_mult,
+            momentum_mult,
+            batch_tokens: None,
+        }
+    }
 }
 
 /// A parameter as `optimizer.init` sees it.

@@ -3,7 +3,7 @@
 //!
 //! | hook | arguments | reply |
 //! |---|---|---|
-//! | `schedule` | I = [step, total] | F = [lr_mult, momentum_mult] |
+//! | `schedule` | I = [step, total] | F = [lr_mult, momentum_mult], I = [batch_tokens] (0 or absent: the track's) |
 //! | `optimizer.init` | T = params, S = JSON [ParamDecl] | — |
 //! | `optimizer.step` | T = [p0, g0, p1, g1, ...], I = [step], F = [lr, momentum_mult, grad_norm] | — |
 //! | `model.params` | I = model, S = JSON [ParamDecl] | S = JSON [ParamDecl] |
@@ -59,6 +59,7 @@ pub fn read_schedule_args(f: &Frame) -> Result<(usize, usize)> {
 pub fn schedule_reply(out: ScheduleOut) -> Frame {
     Frame {
         floats: vec![out.lr_mult, out.momentum_mult],
+        ints: vec![out.batch_tokens.map_or(0, |b| b as i64)],
         ..Frame::default()
     }
 }
@@ -67,6 +68,10 @@ pub fn read_schedule_reply(f: &Frame) -> Result<ScheduleOut> {
     Ok(ScheduleOut {
         lr_mult: f.float(0)?,
         momentum_mult: f.float(1)?,
+        batch_tokens: match f.ints.first() {
+            None | Some(0) => None,
+            Some(_) => Some(f.usize(0)?),
+        },
     })
 }
 

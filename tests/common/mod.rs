@@ -28,6 +28,7 @@ pub fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
         data_dir: None,
         save_checkpoint: None,
         progress: false,
+        store: None,
     }
 }
 

@@ -205,6 +205,20 @@ pub struct TrainStream<'a> {
 
 impl<'a> TrainStream<'a> {
     pub fn new(shards: &'a [Shard], batch: usize, seq: usize, seed: u64) -> TrainStream<'a> {
+        // A stream of its own, apart from the parameters' initialisation streams.
+        TrainStream::with_stream(shards, batch, seq, seed, 0x7472_6169_6e5f_6461)
+        // "train_da"
+    }
+
+    /// As `new`, drawing from random stream `stream` of the seed (the host's
+    /// verification probes read the training shards apart from training).
+    pub fn with_stream(
+        shards: &'a [Shard],
+        batch: usize,
+        seq: usize,
+        seed: u64,
+        stream: u64,
+    ) -> TrainStream<'a> {
         use rand::SeedableRng;
         let mut cumulative = Vec::with_capacity(shards.len());
         let mut total = 0u64;
@@ -213,8 +227,7 @@ impl<'a> TrainStream<'a> {
             cumulative.push(total);
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        // A stream of its own, apart from the parameters' initialisation streams.
-        rng.set_stream(0x7472_6169_6e5f_6461); // "train_da"
+        rng.set_stream(stream);
         TrainStream {
             shards,
             cumulative,
@@ -226,12 +239,17 @@ impl<'a> TrainStream<'a> {
     }
 
     pub fn next_batch(&mut self) -> Batch {
+        self.next_batch_of(self.batch)
+    }
+
+    /// A batch of `batch` sequences (a schedule may vary the batch size).
+    pub fn next_batch_of(&mut self, batch: usize) -> Batch {
         use rand::Rng;
         let total = *self.cumulative.last().expect("at least one training shard");
         let mut buf = Vec::with_capacity(self.seq + 1);
-        let mut inputs = Vec::with_capacity(self.batch * self.seq);
-        let mut targets = Vec::with_capacity(self.batch * self.seq);
-        for _ in 0..self.batch {
+        let mut inputs = Vec::with_capacity(batch * self.seq);
+        let mut targets = Vec::with_capacity(batch * self.seq);
+        for _ in 0..batch {
             let pick = self.rng.random_range(0..total);
             let shard = self.cumulative.partition_point(|&c| c <= pick);
             let before = if shard == 0 {
@@ -245,11 +263,11 @@ impl<'a> TrainStream<'a> {
             inputs.extend_from_slice(&buf[..self.seq]);
             targets.extend_from_slice(&buf[1..]);
         }
-        self.tokens_consumed += (self.batch * self.seq) as u64;
+        self.tokens_consumed += (batch * self.seq) as u64;
         Batch {
             inputs,
             targets,
-            batch: self.batch,
+            batch,
             seq: self.seq,
         }
     }

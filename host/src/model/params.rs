@@ -103,6 +103,29 @@ impl ParamStore {
         self.params.iter().map(|p| p.spec.numel()).sum()
     }
 
+    /// SHA-256 over every parameter's name, shape and f32 bytes, in order: equal
+    /// digests mean identical parameters.
+    pub fn digest(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for p in &self.params {
+            h.update(p.spec.name.as_bytes());
+            for d in &p.spec.shape {
+                h.update((*d as u64).to_le_bytes());
+            }
+            let v = p
+                .var
+                .as_tensor()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            for x in v {
+                h.update(x.to_le_bytes());
+            }
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
     /// Name → current value (detached), for checkpoints.
     pub fn named_tensors(&self) -> HashMap<String, Tensor> {
         self.params

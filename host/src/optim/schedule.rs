@@ -21,10 +21,7 @@ impl Schedule for WarmupCosine {
             let coeff = 0.5 * (1.0 + (std::f64::consts::PI * r).cos());
             self.min_frac + coeff * (1.0 - self.min_frac)
         };
-        Ok(ScheduleOut {
-            lr_mult,
-            momentum_mult: 1.0,
-        })
+        Ok(ScheduleOut::new(lr_mult, 1.0))
     }
 }
 

@@ -179,7 +179,9 @@ fn forward_call(
     input: &Tensor,
     extra: &[i64],
 ) -> Result<Tensor> {
-    session(s)?.call(
+    let mut session = session(s)?;
+    session.set_eval(!cx.train);
+    session.call(
         hook,
         Some(cx.params),
         None,

@@ -6,11 +6,12 @@
 use super::handles::{HandleTable, Held};
 use crate::model::ops as model_ops;
 use crate::model::params::ParamStore;
+use crate::verify::{Check, Violation};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
-use speedrun_plugin_api::{self as api, Frame, HookPoint, Op};
+use speedrun_plugin_api::{self as api, Frame, HookPoint, Op, OpClass};
 
 /// The most elements one creation op may make (16 GiB of f32 would end the host).
 const MAX_CREATE_ELEMS: usize = 1 << 28;
@@ -26,6 +27,18 @@ pub struct OpEnv<'a> {
     /// The seeded stream `randn` / `uniform` draw from.
     pub rng: &'a mut ChaCha8Rng,
     pub device: &'a Device,
+    /// The host is validating: no writes, no kept handles.
+    pub eval: bool,
+    /// Refusals recorded for the verdict, whether or not the plugin passes the error on.
+    pub violations: &'a mut Vec<Violation>,
+}
+
+impl OpEnv<'_> {
+    /// Records a refused op for the verdict and returns the error the plugin sees.
+    fn refuse(&mut self, check: Check, detail: String) -> anyhow::Error {
+        self.violations.push(Violation::new(check, detail.clone()));
+        anyhow::anyhow!("{detail}")
+    }
 }
 
 pub fn to_candle(d: api::DType) -> DType {
@@ -121,21 +134,35 @@ fn same_shape(target: &Tensor, value: &Tensor, what: &str) -> Result<()> {
 
 /// Runs one op for a plugin. The caller counts it and names plugin and hook in errors.
 pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
+    if env.eval && (op == Op::Keep || op.class() == OpClass::Write) {
+        return Err(env.refuse(
+            Check::EvalIsolation,
+            format!(
+                "op {} in hook {} while the host validates: eval mode allows no writes and no kept handles",
+                op.name(),
+                env.hook
+            ),
+        ));
+    }
     if !op.allowed_in(env.hook) {
-        bail!(
-            "op {} is not allowed in hook {} (the hook's contract)",
-            op.name(),
-            env.hook
-        );
+        return Err(env.refuse(
+            Check::OpContract,
+            format!(
+                "op {} is not allowed in hook {} (the hook's contract)",
+                op.name(),
+                env.hook
+            ),
+        ));
     }
     if let Some((ops, file)) = env.allow {
         if !ops.contains(&op) {
-            bail!(
+            let detail = format!(
                 "op {} is not in hook {}'s allow-list (policy {file}, rule hooks.\"{}\".ops)",
                 op.name(),
                 env.hook,
                 env.hook
             );
+            return Err(env.refuse(Check::OpContract, detail));
         }
     }
     let dev = env.device;
@@ -320,7 +347,14 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
             speedrun_kernels::rms_norm(t(0)?, gain, float(0)?)?
         }
         Op::CausalAttention => {
-            let (q, k, v) = (t(0)?, t(1)?, t(2)?);
+            // Plugins reach q, k, v through transposes and narrows: the kernels
+            // want them contiguous.
+            let (q, k, v) = (
+                t(0)?.contiguous()?,
+                t(1)?.contiguous()?,
+                t(2)?.contiguous()?,
+            );
+            let (q, k, v) = (&q, &k, &v);
             match f.floats.first() {
                 None => model_ops::causal_attention(q, k, v)?,
                 Some(&scale) => {

@@ -387,6 +387,14 @@ pub fn take_stats(plugins: &[LoadedPlugin]) -> Vec<HookLine> {
         .collect()
 }
 
+/// Every op refusal the plugins' sessions recorded since the last call.
+pub fn take_violations(plugins: &[LoadedPlugin]) -> Vec<crate::verify::Violation> {
+    plugins
+        .iter()
+        .flat_map(|p| p.session.borrow_mut().take_violations())
+        .collect()
+}
+
 /// Reads a `--plugin-config NAME=JSON` argument.
 pub fn parse_config_arg(arg: &str) -> Result<(String, serde_json::Value)> {
     let Some((name, json)) = arg.split_once('=') else {

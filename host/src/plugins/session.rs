@@ -6,6 +6,7 @@
 use super::handles::HandleTable;
 use super::host_ops::{self, OpEnv};
 use crate::model::params::ParamStore;
+use crate::verify::{Check, Violation};
 use anyhow::{anyhow, Result};
 use candle_core::Device;
 use rand_chacha::ChaCha8Rng;
@@ -62,6 +63,10 @@ pub struct PluginSession {
     /// Per hook, the ops the policy allows (absent: the hook's whole contract),
     /// and the policy file that says so.
     allow: BTreeMap<HookPoint, (Vec<Op>, String)>,
+    /// The next call runs in eval mode (the host is validating); reset after it.
+    eval: bool,
+    /// Ops the host refused, for the verdict (the plugin may have swallowed the error).
+    violations: Vec<Violation>,
 }
 
 /// The context of the hook call in progress on this thread, for `host_call_op`.
@@ -144,6 +149,8 @@ impl PluginSession {
             device: Device::Cpu,
             stats: BTreeMap::new(),
             allow: BTreeMap::new(),
+            eval: false,
+            violations: Vec::new(),
         }
     }
 
@@ -169,8 +176,23 @@ impl PluginSession {
     ) -> Result<R> {
         let started = Instant::now();
         let mut ops = 0;
+        let live_before = self.table.live();
+        let refused_before = self.violations.len();
         let out = self.call_inner(hook, params, rng, make_args, read, &mut ops);
         self.table.end_call();
+        for v in &mut self.violations[refused_before..] {
+            v.detail = format!("plugin {}, hook {hook}: {}", self.manifest.name, v.detail);
+        }
+        if std::mem::take(&mut self.eval) && self.table.live() > live_before {
+            self.violations.push(Violation::new(
+                Check::EvalIsolation,
+                format!(
+                    "plugin {}, hook {hook}: holds {} more handles after an eval-mode call",
+                    self.manifest.name,
+                    self.table.live() - live_before
+                ),
+            ));
+        }
         let s = self.stats.entry(hook).or_default();
         s.calls += 1;
         s.ops += ops;
@@ -202,6 +224,8 @@ impl PluginSession {
                     None => &mut self.rng,
                 },
                 device: &self.device,
+                eval: self.eval,
+                violations: &mut self.violations,
             },
             ops: 0,
         };
@@ -226,6 +250,16 @@ impl PluginSession {
                 bytes,
             })
             .collect()
+    }
+
+    /// Runs the next hook call in eval mode: the host is validating.
+    pub fn set_eval(&mut self, eval: bool) {
+        self.eval = eval;
+    }
+
+    /// The refusals recorded since the last call of this.
+    pub fn take_violations(&mut self) -> Vec<Violation> {
+        std::mem::take(&mut self.violations)
     }
 
     pub fn live_handles(&self) -> usize {

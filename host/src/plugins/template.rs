@@ -109,7 +109,7 @@ impl Schedule for Linear {
             let left = total_steps.saturating_sub(step) as f64;
             left / total_steps.saturating_sub(self.warmup_steps).max(1) as f64
         };
-        Ok(ScheduleOut { lr_mult, momentum_mult: 1.0 })
+        Ok(ScheduleOut::new(lr_mult, 1.0))
     }
 }
 

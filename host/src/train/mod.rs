@@ -1,6 +1,6 @@
 //! The reference training loop. It reads as the algorithm — schedule, forward,
 //! the host's loss, backward, optimizer, validate — with the machinery (timer,
-//! telemetry, checks) around it.
+//! telemetry, the checks of `verify`, the run store) around it.
 
 pub mod telemetry;
 pub mod timer;
@@ -13,9 +13,13 @@ use crate::optim::adamw::{AdamW, AdamWConfig};
 use crate::optim::schedule::WarmupCosine;
 use crate::optim::{Grads, Optimizer, Schedule, StepInput};
 use crate::plugins::{LoadedPlugin, PluginRecord, PolicyRecord};
+use crate::store::{RunRecord, Store};
 use crate::track::{LoadedTrack, Track};
-use anyhow::{bail, Context, Result};
+use crate::verify::{self, causality, Check, Ledger, Verdict, Violation};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::path::PathBuf;
 use telemetry::{Hardware, MetricLine, RunDir};
@@ -33,6 +37,8 @@ pub struct RunOptions {
     pub save_checkpoint: Option<PathBuf>,
     /// Show a progress bar (on a terminal) or progress lines.
     pub progress: bool,
+    /// Record the run in this SQLite store (none: the run directory only).
+    pub store: Option<PathBuf>,
 }
 
 /// The pluggable parts of the loop; `Components::reference` is the built-in stack.
@@ -112,10 +118,15 @@ pub struct RunSummary {
     pub target_reached: bool,
     pub time_to_target_s: Option<f64>,
     pub tokens_to_target: Option<u64>,
+    pub flops_to_target: Option<f64>,
     pub step_of_target: Option<usize>,
+    /// Untimed warm-up steps run before the timed run (on a throwaway stack).
+    pub warmup_steps: usize,
     /// Why the run is not official (unapproved plugins under a dev-mode policy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unofficial_reasons: Vec<String>,
+    /// Every check the host made and whether the run is valid.
+    pub verdict: Verdict,
     /// Every training loss, in order (the curve determinism is checked on).
     #[serde(skip)]
     pub train_losses: Vec<f32>,
@@ -181,8 +192,38 @@ impl Progress {
     }
 }
 
-/// Trains one run of a track with the given components and writes its run directory.
+/// A run that started: its summary (also in `summary.json`), and the error that
+/// ended it early, if one did.
+pub struct Finished {
+    pub summary: RunSummary,
+    pub error: Option<anyhow::Error>,
+}
+
+/// Trains one run with the given components and writes its run directory; a run
+/// that fails is an `Err` (its summary and verdict are still written). A track
+/// with an untimed warm-up needs components built twice: use [`execute`].
 pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
+    let mut once = Some(comps);
+    let name = opts.track.track.name.clone();
+    let f = execute(opts, &mut || {
+        once.take().ok_or_else(|| {
+            anyhow!("track {name} has an untimed warm-up: its runs need components built twice (train::execute)")
+        })
+    })?;
+    match f.error {
+        Some(e) => Err(e),
+        None => Ok(f.summary),
+    }
+}
+
+/// Trains one run. `build` makes the components: once, or twice when the track
+/// has an untimed warm-up (the first copy warms up and is dropped, so no state a
+/// plugin held during warm-up survives into the timed run). `Err` only when the
+/// run could not start; a run that failed part-way is `Finished` with its error.
+pub fn execute(
+    opts: &RunOptions,
+    build: &mut dyn FnMut() -> Result<Components>,
+) -> Result<Finished> {
     let track = &opts.track.track;
     let steps = match opts.steps {
         Some(0) => bail!("--steps must be at least 1"),
@@ -204,18 +245,66 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         track.model.seq_len,
         &tokenizer,
     )?;
+    let mut ledger = Ledger::default();
+    match &track.data.manifest {
+        Some(m) => ledger.pass(
+            Check::DataHashes,
+            format!(
+                "{} shards match the SHA-256 sums of {m}",
+                data.records.len()
+            ),
+        ),
+        None => ledger.skip(
+            Check::DataHashes,
+            "the track names no data manifest: shard hashes are recorded, not checked",
+        ),
+    }
+    ledger.pass(
+        Check::Track,
+        format!(
+            "{} parsed and validated (sha256 {})",
+            opts.track.path.display(),
+            opts.track.sha256
+        ),
+    );
 
+    let warm = match track.train.warmup_steps.min(steps) {
+        0 => None,
+        n => {
+            Some(warm_up(opts, build, &data, n, steps, &device).context("in the untimed warm-up")?)
+        }
+    };
     let Components {
         hooks,
         mut optimizer,
         schedule,
         plugins,
         policy,
-    } = comps;
+    } = build()?;
     let model = Model::build(&track.model, hooks, opts.seed, &device)?;
     optimizer
         .init(&model.params)
         .context("in hook optimizer.init")?;
+    ledger.pass(Check::Plugins, plugins_detail(&plugins, policy.as_ref()));
+    let warm_detail = match &warm {
+        None => "no untimed warm-up".to_string(),
+        Some(w) => {
+            let now = model.params.digest()?;
+            if now != w.digest {
+                ledger.fail(
+                    Check::Timing,
+                    format!(
+                        "after the untimed warm-up the rebuilt parameters differ from the host's snapshot ({} vs {})",
+                        now, w.digest
+                    ),
+                );
+            }
+            format!(
+                "untimed warm-up of {} steps ({:.2} s) on a throwaway stack; the timed run starts from the snapshot (parameters sha256 {})",
+                w.steps, w.seconds, w.digest
+            )
+        }
+    };
 
     let mut dir = RunDir::create(&opts.out)?;
     let manifest = RunManifest {
@@ -239,6 +328,14 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         command: std::env::args().collect(),
     };
     dir.write_json("manifest.json", &manifest)?;
+    let mut record = match &opts.store {
+        Some(path) => Some(
+            Store::open(path)?
+                .begin_run(&manifest, &opts.out)
+                .with_context(|| format!("recording the run in {}", path.display()))?,
+        ),
+        None => None,
+    };
 
     let mut summary = RunSummary {
         status: "running".into(),
@@ -258,29 +355,60 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         target_reached: false,
         time_to_target_s: None,
         tokens_to_target: None,
+        flops_to_target: None,
         step_of_target: None,
+        warmup_steps: warm.as_ref().map_or(0, |w| w.steps),
         unofficial_reasons: manifest
             .policy
             .as_ref()
             .map(|p| p.warnings.clone())
             .unwrap_or_default(),
+        verdict: ledger.verdict(),
         train_losses: Vec::with_capacity(steps),
         run_dir: opts.out.clone(),
     };
-    let outcome = train_loop(
+    let mut cx = LoopCx {
         opts,
-        &model,
-        optimizer.as_mut(),
-        schedule.as_ref(),
-        &plugins,
-        &data,
-        &valset,
+        model: &model,
+        plugins: &plugins,
+        data: &data,
+        valset: &valset,
         steps,
-        &mut dir,
-        &mut summary,
-        &device,
-    );
+        device: &device,
+        dir: &mut dir,
+        record: record.as_mut(),
+        ledger: &mut ledger,
+        flops_per_token: flops_per_token(track, model.params.numel()),
+        probes: Vec::new(),
+        plugin_ms: 0.0,
+        evals: 0,
+    };
+    let outcome = train_loop(&mut cx, optimizer.as_mut(), schedule.as_ref(), &mut summary);
+    let (probes, plugin_ms, evals) = (cx.probes, cx.plugin_ms, cx.evals);
     summary.flops = flops_per_token(track, model.params.numel()) * summary.tokens as f64;
+    for v in crate::plugins::take_violations(&plugins) {
+        ledger.fail(v.check, v.detail);
+    }
+    if let Err(e) = &outcome {
+        if let Some(v) = verify::violation_of(e) {
+            ledger.fail(v.check, v.detail.clone());
+        }
+    }
+    conclude(
+        &mut ledger,
+        &summary,
+        &outcome,
+        Conclusion {
+            probes: &probes,
+            plugin_ms,
+            evals,
+            budget: track.train.token_budget,
+            warm_detail,
+            vocab: track.model.vocab,
+            plugins: plugins.len(),
+        },
+    );
+    summary.verdict = ledger.verdict();
     match &outcome {
         Ok(()) => summary.status = "complete".into(),
         Err(e) => {
@@ -289,56 +417,270 @@ pub fn run(opts: &RunOptions, comps: Components) -> Result<RunSummary> {
         }
     }
     dir.write_json("summary.json", &summary)?;
-    outcome?;
-    if let Some(path) = &opts.save_checkpoint {
-        crate::checkpoint::save(&model.params, path)?;
+    if let Some(r) = record.as_mut() {
+        if let Err(e) = r.finish(&summary) {
+            tracing::warn!("the run store could not record the run's end: {e:#}");
+        }
     }
-    Ok(summary)
+    if outcome.is_ok() {
+        if let Some(path) = &opts.save_checkpoint {
+            crate::checkpoint::save(&model.params, path)?;
+        }
+    }
+    Ok(Finished {
+        summary,
+        error: outcome.err(),
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_loop(
-    opts: &RunOptions,
-    model: &Model,
-    optimizer: &mut dyn Optimizer,
-    schedule: &dyn Schedule,
-    plugins: &[LoadedPlugin],
-    data: &TrackData,
-    valset: &ValidationSet,
+fn plugins_detail(plugins: &[LoadedPlugin], policy: Option<&PolicyRecord>) -> String {
+    if plugins.is_empty() {
+        return "no plugins: the reference stack".into();
+    }
+    let names: Vec<String> = plugins
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} ({})",
+                p.record.name, p.record.version, p.record.transport
+            )
+        })
+        .collect();
+    match policy {
+        Some(p) if p.warnings.is_empty() => format!(
+            "{} loaded and approved by policy {} ({} mode)",
+            names.join(", "),
+            p.path,
+            p.mode
+        ),
+        Some(p) => format!(
+            "{} loaded and admitted by policy {} ({} mode, unofficial: {})",
+            names.join(", "),
+            p.path,
+            p.mode,
+            p.warnings.join("; ")
+        ),
+        None => format!("{} loaded without a policy", names.join(", ")),
+    }
+}
+
+/// What the untimed warm-up left: the parameters' digest it started from.
+struct WarmUp {
+    digest: String,
     steps: usize,
-    dir: &mut RunDir,
-    summary: &mut RunSummary,
+    seconds: f64,
+}
+
+/// Runs `n` untimed steps on a throwaway copy of the stack (its own model,
+/// optimizer, plugin instances and data stream), then drops it all.
+fn warm_up(
+    opts: &RunOptions,
+    build: &mut dyn FnMut() -> Result<Components>,
+    data: &TrackData,
+    n: usize,
+    steps: usize,
     device: &Device,
-) -> Result<()> {
+) -> Result<WarmUp> {
     let track = &opts.track.track;
-    let mut stream = TrainStream::new(
+    let Components {
+        hooks,
+        mut optimizer,
+        schedule,
+        ..
+    } = build()?;
+    let model = Model::build(&track.model, hooks, opts.seed, device)?;
+    let digest = model.params.digest()?;
+    optimizer.init(&model.params)?;
+    let mut stream = TrainStream::with_stream(
         &data.train,
         track.batch_size(),
         track.model.seq_len,
         opts.seed,
+        WARMUP_STREAM,
     );
-    let mut timer = TrainingTimer::new();
-    let progress = Progress::new(opts.progress, steps);
-    let val_every = track.validation.every_steps;
+    let t0 = std::time::Instant::now();
+    for step in 0..n {
+        train_step(
+            track,
+            &model,
+            optimizer.as_mut(),
+            schedule.as_ref(),
+            &mut stream,
+            step,
+            steps,
+            device,
+        )?;
+    }
+    Ok(WarmUp {
+        digest,
+        steps: n,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
 
-    // Validation is untimed: the clock is paused around it.
-    let validate = |step: usize,
-                    tokens: u64,
-                    timer: &TrainingTimer,
-                    dir: &mut RunDir,
-                    summary: &mut RunSummary|
-     -> Result<()> {
+const WARMUP_STREAM: u64 = 0x7761_726d_5f75_7073; // "warm_ups"
+const PROBE_STREAM: u64 = 0x7072_6f62_655f_7365; // "probe_se"
+const PROBE_RNG: u64 = 0x7072_6f62_655f_6375; // "probe_cu"
+
+/// One training step's outcome.
+struct StepOut {
+    loss: f32,
+    lr: f64,
+    grad_norm: f64,
+    batch_tokens: usize,
+}
+
+/// schedule → batch (within the budget) → forward → the host's loss → backward →
+/// finiteness → optimizer. The caller times it.
+#[allow(clippy::too_many_arguments)]
+fn train_step(
+    track: &Track,
+    model: &Model,
+    optimizer: &mut dyn Optimizer,
+    schedule: &dyn Schedule,
+    stream: &mut TrainStream,
+    step: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<StepOut> {
+    let sched = schedule
+        .at(step, steps)
+        .with_context(|| format!("in hook schedule at step {step}"))?;
+    let seq = track.model.seq_len;
+    let batch_tokens = sched.batch_tokens.unwrap_or(track.train.batch_tokens);
+    if batch_tokens == 0 || batch_tokens % seq != 0 {
+        bail!(
+            "the schedule asked for {batch_tokens} training tokens at step {step}: not a positive multiple of the sequence length {seq}"
+        );
+    }
+    let budget = track.train.token_budget as u64;
+    if stream.tokens_consumed + batch_tokens as u64 > budget {
+        return Err(Violation::new(
+            Check::TokenBudget,
+            format!(
+                "the schedule asked for {batch_tokens} tokens at step {step}; with {} already consumed that passes the track's budget of {budget} tokens",
+                stream.tokens_consumed
+            ),
+        )
+        .into());
+    }
+    let batch = stream.next_batch_of(batch_tokens / seq);
+    let (x, y) = validate::batch_tensors(&batch, device)?;
+    let lr = track.optimizer.lr * sched.lr_mult;
+    let loss = validate::batch_loss(model, &x, &y, true)?;
+    let store = loss.backward()?;
+    let grads = Grads::collect(&model.params, &store)?;
+    let grad_norm = grads.global_norm()?;
+    let loss_value = loss.to_scalar::<f32>()?;
+    if !loss_value.is_finite() {
+        return Err(Violation::new(
+            Check::FiniteTraining,
+            format!(
+                "the training loss is not finite at step {step} ({loss_value}); the run is stopped"
+            ),
+        )
+        .into());
+    }
+    if !grad_norm.is_finite() {
+        return Err(Violation::new(
+            Check::FiniteTraining,
+            format!(
+                "the gradient norm is not finite at step {step} ({grad_norm}); the run is stopped"
+            ),
+        )
+        .into());
+    }
+    optimizer
+        .step(
+            &model.params,
+            &grads,
+            &StepInput {
+                step,
+                lr,
+                momentum_mult: sched.momentum_mult,
+                grad_norm,
+            },
+        )
+        .with_context(|| format!("in hook optimizer.step at step {step}"))?;
+    Ok(StepOut {
+        loss: loss_value,
+        lr,
+        grad_norm,
+        batch_tokens,
+    })
+}
+
+/// What the loop works with, besides the optimizer, schedule and summary.
+struct LoopCx<'a> {
+    opts: &'a RunOptions,
+    model: &'a Model,
+    plugins: &'a [LoadedPlugin],
+    data: &'a TrackData,
+    valset: &'a ValidationSet,
+    steps: usize,
+    device: &'a Device,
+    dir: &'a mut RunDir,
+    record: Option<&'a mut RunRecord>,
+    ledger: &'a mut Ledger,
+    flops_per_token: f64,
+    /// Each causality probe made: (step, what it measured).
+    probes: Vec<(usize, causality::Probe)>,
+    /// Time inside plugin hooks during timed steps.
+    plugin_ms: f64,
+    /// Validations run (each in eval mode).
+    evals: usize,
+}
+
+impl LoopCx<'_> {
+    /// Stops the run at the first op refusal a plugin session recorded.
+    fn check_plugins(&mut self) -> Result<()> {
+        let mut first = None;
+        for v in crate::plugins::take_violations(self.plugins) {
+            self.ledger.fail(v.check, v.detail.clone());
+            first.get_or_insert(v);
+        }
+        match first {
+            Some(v) => Err(v.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Validation is untimed: the caller has paused the clock.
+    fn validate(
+        &mut self,
+        step: usize,
+        tokens: u64,
+        train_time_s: f64,
+        summary: &mut RunSummary,
+    ) -> Result<()> {
+        let track = &self.opts.track.track;
         let t0 = std::time::Instant::now();
-        let (loss, bpb) = validate::evaluate(model, valset, track.batch_size(), device)?;
-        let train_time_s = timer.elapsed().as_secs_f64();
-        dir.metric(&MetricLine::Val {
+        let result = validate::evaluate(self.model, self.valset, track.batch_size(), self.device);
+        self.evals += 1;
+        crate::plugins::take_stats(self.plugins);
+        self.check_plugins()?;
+        let (loss, bpb) = result?;
+        let line = MetricLine::Val {
             step,
             tokens,
             train_time_s,
             val_loss: loss,
             val_bpb: bpb,
             eval_s: t0.elapsed().as_secs_f64(),
-        })?;
+        };
+        self.dir.metric(&line)?;
+        if let Some(r) = self.record.as_deref_mut() {
+            if let Err(e) = r.evaluation(
+                step,
+                tokens,
+                train_time_s,
+                tokens as f64 * self.flops_per_token,
+                loss,
+                bpb,
+            ) {
+                tracing::warn!("the run store could not record an evaluation: {e:#}");
+            }
+        }
         summary.final_val_loss = Some(loss);
         summary.final_val_bpb = Some(bpb);
         if summary.best_val_loss.is_none_or(|b| loss < b) {
@@ -350,78 +692,192 @@ fn train_loop(
                 summary.target_reached = true;
                 summary.time_to_target_s = Some(train_time_s);
                 summary.tokens_to_target = Some(tokens);
+                summary.flops_to_target = Some(tokens as f64 * self.flops_per_token);
                 summary.step_of_target = Some(step);
             }
         }
         tracing::debug!("step {step}: validation loss {loss:.4} ({bpb:.4} bits/byte)");
         Ok(())
-    };
+    }
 
+    /// A causality probe in train and eval mode on a fresh training sequence (untimed).
+    fn probe(&mut self, step: usize, stream: &mut TrainStream, rng: &mut ChaCha8Rng) -> Result<()> {
+        let seq = stream.next_batch();
+        for train in [true, false] {
+            let p = causality::probe(self.model, &seq.inputs, train, rng, self.device);
+            crate::plugins::take_stats(self.plugins);
+            self.check_plugins()?;
+            let p = p.with_context(|| format!("in the causality probe after step {step}"))?;
+            self.probes.push((step, p));
+        }
+        Ok(())
+    }
+}
+
+fn train_loop(
+    cx: &mut LoopCx,
+    optimizer: &mut dyn Optimizer,
+    schedule: &dyn Schedule,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let opts = cx.opts;
+    let track = &opts.track.track;
+    let steps = cx.steps;
+    let mut stream = TrainStream::new(
+        &cx.data.train,
+        track.batch_size(),
+        track.model.seq_len,
+        opts.seed,
+    );
+    let mut probe_stream = TrainStream::with_stream(
+        &cx.data.train,
+        1,
+        track.model.seq_len,
+        opts.seed,
+        PROBE_STREAM,
+    );
+    let mut probe_rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    probe_rng.set_stream(PROBE_RNG);
+    // The middle probe's step is drawn, so a plugin cannot know it in advance.
+    let probe_at = (steps > 1).then(|| probe_rng.random_range(1..steps));
+    let mut timer = TrainingTimer::new();
+    let progress = Progress::new(opts.progress, steps);
+    let val_every = track.validation.every_steps;
+
+    cx.probe(0, &mut probe_stream, &mut probe_rng)?;
     if val_every > 0 {
-        validate(0, 0, &timer, dir, summary)?;
+        cx.validate(0, 0, 0.0, summary)?;
     }
     for step in 0..steps {
-        let batch = stream.next_batch();
-        let (x, y) = validate::batch_tensors(&batch, device)?;
-
         timer.resume();
         let t0 = std::time::Instant::now();
-        let sched = schedule
-            .at(step, steps)
-            .with_context(|| format!("in hook schedule at step {step}"))?;
-        let lr = track.optimizer.lr * sched.lr_mult;
-        let loss = validate::batch_loss(model, &x, &y, true)?;
-        let store = loss.backward()?;
-        let grads = Grads::collect(&model.params, &store)?;
-        let grad_norm = grads.global_norm()?;
-        let loss_value = loss.to_scalar::<f32>()?;
-        if !loss_value.is_finite() {
-            timer.pause();
-            bail!("training loss is not finite at step {step} ({loss_value}); the run is stopped");
-        }
-        if !grad_norm.is_finite() {
-            timer.pause();
-            bail!("gradient norm is not finite at step {step} ({grad_norm}); the run is stopped");
-        }
-        optimizer
-            .step(
-                &model.params,
-                &grads,
-                &StepInput {
-                    step,
-                    lr,
-                    momentum_mult: sched.momentum_mult,
-                    grad_norm,
-                },
-            )
-            .with_context(|| format!("in hook optimizer.step at step {step}"))?;
+        let out = train_step(
+            track,
+            cx.model,
+            optimizer,
+            schedule,
+            &mut stream,
+            step,
+            steps,
+            cx.device,
+        );
         let step_time = t0.elapsed();
         timer.pause();
+        let hooks = crate::plugins::take_stats(cx.plugins);
+        cx.plugin_ms += hooks.iter().map(|h| h.ms).sum::<f64>();
+        cx.check_plugins()?;
+        let out = out?;
 
         summary.steps = step + 1;
         summary.tokens = stream.tokens_consumed;
         summary.train_time_s = timer.elapsed().as_secs_f64();
         summary.tokens_per_s = summary.tokens as f64 / summary.train_time_s.max(1e-9);
-        summary.train_losses.push(loss_value);
-        let tok_s = track.train.batch_tokens as f64 / step_time.as_secs_f64().max(1e-9);
-        dir.metric(&MetricLine::Step {
+        summary.train_losses.push(out.loss);
+        let tok_s = out.batch_tokens as f64 / step_time.as_secs_f64().max(1e-9);
+        cx.dir.metric(&MetricLine::Step {
             step,
             tokens: stream.tokens_consumed,
-            train_loss: loss_value as f64,
-            lr,
-            grad_norm,
+            train_loss: out.loss as f64,
+            lr: out.lr,
+            grad_norm: out.grad_norm,
             step_ms: step_time.as_secs_f64() * 1e3,
             tokens_per_s: tok_s,
             train_time_s: summary.train_time_s,
-            hooks: crate::plugins::take_stats(plugins),
+            hooks,
         })?;
-        progress.step(step, steps, loss_value, tok_s);
+        progress.step(step, steps, out.loss, tok_s);
 
+        if probe_at == Some(step + 1) && step + 1 < steps {
+            cx.probe(step + 1, &mut probe_stream, &mut probe_rng)?;
+        }
         let last = step + 1 == steps;
         if last || (val_every > 0 && (step + 1) % val_every == 0) {
-            validate(step + 1, stream.tokens_consumed, &timer, dir, summary)?;
+            cx.validate(
+                step + 1,
+                stream.tokens_consumed,
+                summary.train_time_s,
+                summary,
+            )?;
         }
     }
+    cx.probe(steps, &mut probe_stream, &mut probe_rng)?;
     progress.finish();
     Ok(())
+}
+
+/// What the end of a run knows for the checks the loop passes silently.
+struct Conclusion<'a> {
+    probes: &'a [(usize, causality::Probe)],
+    plugin_ms: f64,
+    evals: usize,
+    budget: usize,
+    warm_detail: String,
+    vocab: usize,
+    plugins: usize,
+}
+
+/// Records a pass for every check that did not fail, with what it covered.
+fn conclude(ledger: &mut Ledger, s: &RunSummary, outcome: &Result<()>, c: Conclusion) {
+    if !c.probes.is_empty() {
+        let worst = c.probes.iter().map(|(_, p)| p.moved).fold(0.0f64, f64::max);
+        let at: Vec<String> = c
+            .probes
+            .iter()
+            .step_by(2)
+            .map(|(s, _)| s.to_string())
+            .collect();
+        ledger.pass(
+            Check::Causality,
+            format!(
+                "{} probes (train and eval mode, after steps {}): logits before the cut moved by at most {worst:.3e}; tolerance {:.0e} x max(1, max |logit|)",
+                c.probes.len(),
+                at.join(", "),
+                causality::RELATIVE_TOLERANCE
+            ),
+        );
+    }
+    ledger.pass(
+        Check::FullDistribution,
+        format!(
+            "every validation batch and probe gave logits finite over all {} vocabulary entries; the host computed every loss itself",
+            c.vocab
+        ),
+    );
+    ledger.pass(
+        Check::TokenBudget,
+        format!(
+            "{} training tokens consumed of the budget's {}",
+            s.tokens, c.budget
+        ),
+    );
+    ledger.pass(
+        Check::EvalIsolation,
+        if c.plugins == 0 {
+            format!("{} validations in eval mode; no plugins", c.evals)
+        } else {
+            format!(
+                "{} validations and every eval-mode probe ran with no plugin write or kept handle",
+                c.evals
+            )
+        },
+    );
+    ledger.pass(Check::OpContract, "no plugin op was refused");
+    ledger.pass(
+        Check::FiniteTraining,
+        format!("loss and gradient norm finite at all {} steps", s.steps),
+    );
+    ledger.pass(
+        Check::Timing,
+        format!(
+            "{:.1} ms inside plugin hooks, all within the {:.2} s of timed training; validation and probes untimed; {}",
+            c.plugin_ms, s.train_time_s, c.warm_detail
+        ),
+    );
+    match outcome {
+        Ok(()) => ledger.pass(
+            Check::Completed,
+            format!("{} steps trained and validated at the end", s.steps),
+        ),
+        Err(e) => ledger.fail(Check::Completed, format!("{e:#}")),
+    }
 }

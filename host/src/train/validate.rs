@@ -4,6 +4,8 @@
 use crate::data::loader::{Batch, ValidationSet};
 use crate::loss::cross_entropy;
 use crate::model::Model;
+use crate::verify::causality::all_finite;
+use crate::verify::{Check, Violation};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
@@ -14,9 +16,19 @@ pub fn batch_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((x, y))
 }
 
-/// Loss of one batch, as a scalar tensor (nats per token).
+/// Loss of one batch, as a scalar tensor (nats per token). In eval mode the host
+/// first checks the logits are finite over the whole vocabulary; in training a
+/// non-finite logit shows as a non-finite loss or gradient, which stops the run
+/// naming the step.
 pub fn batch_loss(model: &Model, x: &Tensor, y: &Tensor, train: bool) -> Result<Tensor> {
     let logits = model.forward(x, train)?;
+    if !train && !all_finite(&logits)? {
+        return Err(Violation::new(
+            Check::FullDistribution,
+            "the model's validation logits are not all finite: the loss needs a distribution over the whole vocabulary",
+        )
+        .into());
+    }
     let (b, t, v) = logits.dims3()?;
     Ok(cross_entropy(&logits.reshape((b * t, v))?, y)?)
 }

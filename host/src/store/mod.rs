@@ -1,0 +1,483 @@
+//! The run store: one SQLite file holding every run (its manifest, summary and
+//! verdict), its evaluations, its plugins and checks, and every bench
+//! comparison. Each write is one transaction, so a run killed at any point
+//! leaves the file consistent; a run whose process is gone while the store
+//! still says `running` is marked `incomplete` the next time the store opens.
+
+mod schema;
+
+use crate::train::{RunManifest, RunSummary};
+use crate::verify::{CheckResult, Verdict};
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Where the store lives unless `--db` or `SPEEDRUN_DB` says otherwise.
+pub fn default_path() -> PathBuf {
+    match std::env::var_os("SPEEDRUN_DB") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("runs").join("speedrun.db"),
+    }
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// A run as the store holds it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredRun {
+    pub id: i64,
+    pub track: String,
+    pub seed: u64,
+    pub run_dir: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// running, complete, failed, or incomplete (the process ended mid-run).
+    pub status: String,
+    /// The plugin stack: `reference`, or `name@sha8+...`.
+    pub stack: String,
+    pub official: bool,
+    pub valid: Option<bool>,
+    pub steps: Option<u64>,
+    pub tokens: Option<u64>,
+    pub train_time_s: Option<f64>,
+    pub flops: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub target_val_loss: Option<f64>,
+    pub time_to_target_s: Option<f64>,
+    pub tokens_to_target: Option<u64>,
+    pub flops_to_target: Option<f64>,
+    pub error: Option<String>,
+    pub git_revision: String,
+}
+
+/// One validation of a stored run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Evaluation {
+    pub step: u64,
+    pub tokens: u64,
+    pub train_time_s: f64,
+    pub flops: f64,
+    pub val_loss: f64,
+    pub val_bpb: f64,
+}
+
+/// A plugin of a stored run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredPlugin {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub transport: String,
+    pub hooks: Vec<String>,
+}
+
+/// The stack key of a run: what a leaderboard groups by.
+pub fn stack_key(plugins: &[crate::plugins::PluginRecord]) -> String {
+    if plugins.is_empty() {
+        return "reference".into();
+    }
+    plugins
+        .iter()
+        .map(|p| format!("{}@{}", p.name, &p.sha256[..p.sha256.len().min(8)]))
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`, brings its schema up to
+    /// date and marks runs whose process has ended as incomplete.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the run store's folder {}", dir.display()))?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening the run store {}", path.display()))?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store
+            .init()
+            .with_context(|| format!("the run store {}", path.display()))?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init(&self) -> Result<()> {
+        self.conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // WAL: a reader never blocks the run writing; a kill leaves the last
+        // committed transaction in place.
+        self.conn
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        self.conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        schema::migrate(&self.conn)?;
+        self.mark_abandoned()
+    }
+
+    /// Runs still `running` whose process is gone become `incomplete`.
+    fn mark_abandoned(&self) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, pid, pid_start FROM runs WHERE status = 'running'")?;
+        let running: Vec<(i64, Option<i64>, Option<String>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, pid, start) in running {
+            let alive = match (pid, start) {
+                (Some(pid), start) => process::alive(pid, start.as_deref()),
+                (None, _) => false,
+            };
+            if !alive {
+                self.conn.execute(
+                    "UPDATE runs SET status = 'incomplete', finished_at = ?2,
+                     error = 'the process running it ended before the run finished'
+                     WHERE id = ?1 AND status = 'running'",
+                    params![id, now()],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the start of a run; the returned record takes its evaluations and end.
+    pub fn begin_run(mut self, m: &RunManifest, run_dir: &Path) -> Result<RunRecord> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO runs (track, track_sha256, seed, run_dir, started_at, status, pid, pid_start,
+                 host_version, git_revision, steps_planned, stack, official, manifest)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                m.track,
+                m.track_sha256,
+                m.seed as i64,
+                run_dir.display().to_string(),
+                m.started_at,
+                std::process::id() as i64,
+                process::start_time(std::process::id() as i64),
+                m.host_version,
+                m.git_revision,
+                m.steps as i64,
+                stack_key(&m.plugins),
+                m.official,
+                serde_json::to_string(m)?,
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        for p in &m.plugins {
+            tx.execute(
+                "INSERT INTO plugins (run_id, name, version, sha256, transport, hooks, config)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id,
+                    p.name,
+                    p.version,
+                    p.sha256,
+                    p.transport,
+                    serde_json::to_string(&p.hooks)?,
+                    p.config.to_string()
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(RunRecord { store: self, id })
+    }
+
+    /// Every run of a track (all tracks if `None`), oldest first.
+    pub fn runs(&self, track: Option<&str>) -> Result<Vec<StoredRun>> {
+        let sql = format!("{RUN_COLUMNS} WHERE (?1 IS NULL OR track = ?1) ORDER BY id");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map(params![track], read_run)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// A run by id, or by its run directory.
+    pub fn run(&self, key: &str) -> Result<StoredRun> {
+        let by_id = key.parse::<i64>().ok();
+        let sql = format!("{RUN_COLUMNS} WHERE id = ?1 OR run_dir = ?2 ORDER BY id DESC LIMIT 1");
+        let found = self
+            .conn
+            .query_row(&sql, params![by_id, key], read_run)
+            .optional()?;
+        match found {
+            Some(r) => Ok(r),
+            None => bail!(
+                "the run store {} holds no run {key:?} (give a run id or its run directory)",
+                self.path.display()
+            ),
+        }
+    }
+
+    pub fn evaluations(&self, run_id: i64) -> Result<Vec<Evaluation>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT step, tokens, train_time_s, flops, val_loss, val_bpb FROM evaluations
+             WHERE run_id = ?1 ORDER BY step",
+        )?;
+        let rows = stmt
+            .query_map(params![run_id], |r| {
+                Ok(Evaluation {
+                    step: r.get::<_, i64>(0)? as u64,
+                    tokens: r.get::<_, i64>(1)? as u64,
+                    train_time_s: r.get(2)?,
+                    flops: r.get(3)?,
+                    val_loss: r.get(4)?,
+                    val_bpb: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn plugins(&self, run_id: i64) -> Result<Vec<StoredPlugin>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, version, sha256, transport, hooks FROM plugins WHERE run_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt
+            .query_map(params![run_id], |r| {
+                let hooks: String = r.get(4)?;
+                Ok(StoredPlugin {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    sha256: r.get(2)?,
+                    transport: r.get(3)?,
+                    hooks: serde_json::from_str(&hooks).unwrap_or_default(),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The run's verdict, if it finished (completely or not).
+    pub fn verdict(&self, run_id: i64) -> Result<Option<Verdict>> {
+        let valid: Option<bool> = self.conn.query_row(
+            "SELECT valid FROM runs WHERE id = ?1",
+            params![run_id],
+            |r| r.get(0),
+        )?;
+        let Some(valid) = valid else {
+            return Ok(None);
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT check_json FROM checks WHERE run_id = ?1 ORDER BY position")?;
+        let checks = stmt
+            .query_map(params![run_id], |r| r.get::<_, String>(0))?
+            .map(|j| Ok(serde_json::from_str::<CheckResult>(&j?)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Verdict { valid, checks }))
+    }
+
+    /// Stores a bench comparison and the runs it compared; returns its id.
+    pub fn add_comparison(
+        &mut self,
+        track: &str,
+        candidate: &str,
+        baseline: &str,
+        verdict: &str,
+        report: &serde_json::Value,
+        runs: &[(i64, &str)],
+    ) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO comparisons (created_at, track, candidate, baseline, verdict, report)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                now(),
+                track,
+                candidate,
+                baseline,
+                verdict,
+                report.to_string()
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        for (run, role) in runs {
+            tx.execute(
+                "INSERT INTO comparison_runs (comparison_id, run_id, role) VALUES (?1, ?2, ?3)",
+                params![id, run, role],
+            )?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// SQLite's own consistency check ("ok" when the file is sound).
+    pub fn integrity(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+const RUN_COLUMNS: &str = "SELECT id, track, seed, run_dir, started_at, finished_at, status, stack,
+    official, valid, steps, tokens, train_time_s, flops, final_val_loss, best_val_loss,
+    target_val_loss, time_to_target_s, tokens_to_target, flops_to_target, error, git_revision
+    FROM runs";
+
+fn read_run(r: &rusqlite::Row) -> rusqlite::Result<StoredRun> {
+    let u = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
+    };
+    Ok(StoredRun {
+        id: r.get(0)?,
+        track: r.get(1)?,
+        seed: r.get::<_, i64>(2)? as u64,
+        run_dir: r.get(3)?,
+        started_at: r.get(4)?,
+        finished_at: r.get(5)?,
+        status: r.get(6)?,
+        stack: r.get(7)?,
+        official: r.get(8)?,
+        valid: r.get(9)?,
+        steps: u(10)?,
+        tokens: u(11)?,
+        train_time_s: r.get(12)?,
+        flops: r.get(13)?,
+        final_val_loss: r.get(14)?,
+        best_val_loss: r.get(15)?,
+        target_val_loss: r.get(16)?,
+        time_to_target_s: r.get(17)?,
+        tokens_to_target: u(18)?,
+        flops_to_target: r.get(19)?,
+        error: r.get(20)?,
+        git_revision: r.get(21)?,
+    })
+}
+
+/// A run being recorded.
+pub struct RunRecord {
+    store: Store,
+    id: i64,
+}
+
+impl RunRecord {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// One validation, committed at once (a kill after it keeps it).
+    pub fn evaluation(
+        &mut self,
+        step: usize,
+        tokens: u64,
+        train_time_s: f64,
+        flops: f64,
+        val_loss: f64,
+        val_bpb: f64,
+    ) -> Result<()> {
+        self.store.conn.execute(
+            "INSERT OR REPLACE INTO evaluations (run_id, step, tokens, train_time_s, flops, val_loss, val_bpb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![self.id, step as i64, tokens as i64, train_time_s, flops, val_loss, val_bpb],
+        )?;
+        Ok(())
+    }
+
+    /// The run's end: summary, scores and verdict, in one transaction.
+    pub fn finish(&mut self, s: &RunSummary) -> Result<()> {
+        let tx = self.store.conn.transaction()?;
+        tx.execute(
+            "UPDATE runs SET status = ?2, finished_at = ?3, steps = ?4, tokens = ?5, train_time_s = ?6,
+                 flops = ?7, final_val_loss = ?8, best_val_loss = ?9, final_val_bpb = ?10,
+                 target_val_loss = ?11, time_to_target_s = ?12, tokens_to_target = ?13,
+                 flops_to_target = ?14, valid = ?15, error = ?16, summary = ?17
+             WHERE id = ?1",
+            params![
+                self.id,
+                s.status,
+                now(),
+                s.steps as i64,
+                s.tokens as i64,
+                s.train_time_s,
+                s.flops,
+                s.final_val_loss,
+                s.best_val_loss,
+                s.final_val_bpb,
+                s.target_val_loss,
+                s.time_to_target_s,
+                s.tokens_to_target.map(|t| t as i64),
+                s.flops_to_target,
+                s.verdict.valid,
+                s.error,
+                serde_json::to_string(s)?,
+            ],
+        )?;
+        tx.execute("DELETE FROM checks WHERE run_id = ?1", params![self.id])?;
+        for (i, c) in s.verdict.checks.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO checks (run_id, position, name, outcome, detail, check_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    self.id,
+                    i as i64,
+                    c.check.name(),
+                    serde_json::to_value(c.outcome)?
+                        .as_str()
+                        .unwrap_or_default(),
+                    c.detail,
+                    serde_json::to_string(c)?
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Whether the process that started a run is still the one running.
+mod process {
+    /// The process's start time in clock ticks since boot (Linux), which tells a
+    /// live process from a later one that reused its pid.
+    pub fn start_time(pid: i64) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 22; the command name (field 2) may hold spaces, so count after ')'.
+        let after = &stat[stat.rfind(')')? + 1..];
+        after.split_whitespace().nth(19).map(str::to_string)
+    }
+
+    pub fn alive(pid: i64, start: Option<&str>) -> bool {
+        if !std::path::Path::new("/proc/self/stat").exists() {
+            // No procfs: assume it runs rather than mark a live run incomplete.
+            return true;
+        }
+        match (start_time(pid), start) {
+            (Some(now), Some(then)) => now == then,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_liveness_tells_this_process_from_a_dead_one() {
+        let me = std::process::id() as i64;
+        let start = process::start_time(me);
+        assert!(start.is_some());
+        assert!(process::alive(me, start.as_deref()));
+        // Same pid, another start time: a reused pid is not our run's process.
+        assert!(!process::alive(me, Some("1")));
+        // A child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i64;
+        child.wait().unwrap();
+        assert!(!process::alive(pid, None));
+    }
+}
