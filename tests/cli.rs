@@ -7,6 +7,11 @@ fn speedrun(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_speedrun"))
         .args(args)
         .env("SPEEDRUN_LOG", "warn")
+        // Runs record themselves in a store; keep the tests' out of the tree.
+        .env(
+            "SPEEDRUN_DB",
+            std::env::temp_dir().join(format!("speedrun-tests-{}.db", std::process::id())),
+        )
         .output()
         .unwrap()
 }

@@ -183,7 +183,11 @@ fn non_causal_attention_is_caught_by_the_causality_probe() {
 #[test]
 fn assign_during_eval_is_refused_and_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let f = run_game(tmp.path(), serde_json::json!({"game": "eval_assign"}), 12);
+    let db = tmp.path().join("runs.db");
+    let mut opts = smoke_options(tmp.path(), Some(12));
+    opts.store = Some(db.clone());
+    let mut comps = Some(gamer_stack(serde_json::json!({"game": "eval_assign"})));
+    let f = train::execute(&opts, &mut || Ok(comps.take().unwrap())).unwrap();
     assert_caught(
         &f,
         tmp.path(),
@@ -192,6 +196,15 @@ fn assign_during_eval_is_refused_and_named() {
     );
     let err = format!("{:#}", f.error.unwrap());
     assert!(err.contains("eval_isolation"), "{err}");
+    // The store holds the same verdict, the run failed and invalid.
+    let store = speedrun::store::Store::open(&db).unwrap();
+    let run = store.run(&f.summary.store_id.unwrap().to_string()).unwrap();
+    assert_eq!((run.status.as_str(), run.valid), ("failed", Some(false)));
+    assert_eq!(
+        store.verdict(run.id).unwrap().as_ref(),
+        Some(&f.summary.verdict)
+    );
+    assert_eq!(run.stack.split('@').next(), Some("gamer"));
 }
 
 #[test]

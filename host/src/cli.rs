@@ -30,9 +30,43 @@ pub enum Command {
     Data(DataCommand),
     /// List the tracks.
     Tracks,
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Significance bench of a plugin stack against a baseline over seeds (or a
+    /// speed benchmark: throughput, plugin, wasm-load).
+    Bench(BenchArgs),
+    /// Valid runs of a track, best first: by time to target, then best loss.
+    Leaderboard {
+        #[arg(long, default_value = "cpu")]
+        track: String,
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The efficiency frontier of a track's runs (time, tokens, FLOPs against
+    /// loss), each run's distance to it, and an SVG of loss against time.
+    Frontier {
+        #[arg(long, default_value = "cpu")]
+        track: String,
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        json: bool,
+        /// Where to write the SVG (default: runs/frontier-TRACK.svg).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+    /// One stored run: summary, verdict, evaluations, and an SVG of its curves.
+    Show {
+        /// The run's id in the store, or its run directory.
+        run: String,
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        json: bool,
+        /// Where to write the SVG (default: curves.svg in the run directory).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Write, build and inspect plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -142,6 +176,85 @@ pub struct RunArgs {
     /// The run store (default: $SPEEDRUN_DB, else runs/speedrun.db).
     #[arg(long)]
     pub db: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DbArg {
+    /// The run store (default: $SPEEDRUN_DB, else runs/speedrun.db).
+    #[arg(long = "db")]
+    pub path: Option<PathBuf>,
+}
+
+impl DbArg {
+    pub fn path(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(crate::store::default_path)
+    }
+
+    /// Opens an existing store (a view never creates one).
+    fn open(&self) -> Result<crate::store::Store> {
+        let p = self.path();
+        if !p.exists() {
+            bail!(
+                "no run store at {} (runs record themselves there; give --db or set SPEEDRUN_DB)",
+                p.display()
+            );
+        }
+        crate::store::Store::open(&p)
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub seeds: SeedBenchArgs,
+}
+
+/// `speedrun bench --track T --seeds N ...`: the significance bench.
+#[derive(Args, Debug)]
+pub struct SeedBenchArgs {
+    #[arg(long, default_value = "cpu")]
+    pub track: String,
+    /// The candidate's plugins (none: the reference against itself).
+    #[arg(long = "plugin")]
+    pub plugins: Vec<PathBuf>,
+    /// Configuration for a candidate plugin: NAME=JSON.
+    #[arg(long = "plugin-config")]
+    pub plugin_configs: Vec<String>,
+    /// The baseline's plugins (default: the reference stack).
+    #[arg(long = "baseline-plugin")]
+    pub baseline_plugins: Vec<PathBuf>,
+    #[arg(long = "baseline-plugin-config")]
+    pub baseline_configs: Vec<String>,
+    /// Number of seeds: FIRST_SEED, FIRST_SEED + 1, ...
+    #[arg(long, default_value_t = 3)]
+    pub seeds: usize,
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Explicit seeds, comma-separated (instead of --seeds); each must be distinct.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["seeds", "first_seed"])]
+    pub seed_list: Vec<u64>,
+    /// Train this many steps instead of the track's budget.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Build plugin crate directories (candidate and baseline) to wasm.
+    #[arg(long)]
+    pub wasm: bool,
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Folder for the runs (default: runs/bench-TRACK-TIMESTAMP).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArg,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -269,7 +382,42 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plugin(c) => cmd_plugin(c),
-        Command::Bench(BenchCommand::WasmLoad { module, reps }) => {
+        Command::Bench(BenchArgs {
+            command: None,
+            seeds,
+        }) => cmd_bench_seeds(seeds),
+        Command::Leaderboard { track, db, json } => {
+            let t = track::load(&track)?;
+            print!(
+                "{}",
+                crate::views::leaderboard(&db.open()?, &t.track.name, json)?
+            );
+            Ok(())
+        }
+        Command::Frontier {
+            track,
+            db,
+            json,
+            svg,
+        } => {
+            let t = track::load(&track)?;
+            let svg = svg.unwrap_or_else(|| {
+                PathBuf::from("runs").join(format!("frontier-{}.svg", t.track.name))
+            });
+            print!(
+                "{}",
+                crate::views::frontier(&db.open()?, &t.track.name, json, Some(&svg))?
+            );
+            Ok(())
+        }
+        Command::Show { run, db, json, svg } => {
+            print!("{}", crate::views::show(&db.open()?, &run, json, svg)?);
+            Ok(())
+        }
+        Command::Bench(BenchArgs {
+            command: Some(BenchCommand::WasmLoad { module, reps }),
+            ..
+        }) => {
             if reps == 0 {
                 bail!("--reps must be at least 1");
             }
@@ -281,14 +429,18 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Policy { command, policy } => cmd_policy(command, policy.as_deref()),
-        Command::Bench(BenchCommand::Plugin {
-            track,
-            plugins,
-            wasm,
-            policy,
-            pairs,
-            data_dir,
-            json,
+        Command::Bench(BenchArgs {
+            command:
+                Some(BenchCommand::Plugin {
+                    track,
+                    plugins,
+                    wasm,
+                    policy,
+                    pairs,
+                    data_dir,
+                    json,
+                }),
+            ..
         }) => {
             let policy = load_policy(policy.as_deref())?;
             if pairs == 0 {
@@ -340,12 +492,16 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Throughput {
-            track,
-            steps,
-            warmup,
-            data_dir,
-            json,
+        Command::Bench(BenchArgs {
+            command:
+                Some(BenchCommand::Throughput {
+                    track,
+                    steps,
+                    warmup,
+                    data_dir,
+                    json,
+                }),
+            ..
         }) => {
             let lt = track::load(&track)?;
             let r = crate::bench::throughput(&lt, data_dir.as_deref(), warmup, steps)?;
@@ -653,6 +809,52 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         "  verdict          valid ({} checks)",
         s.verdict.checks.len()
     );
+    Ok(())
+}
+
+fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
+    let lt = track::load(&a.track)?;
+    let seeds: Vec<u64> = if a.seed_list.is_empty() {
+        (0..a.seeds as u64).map(|i| a.first_seed + i).collect()
+    } else {
+        a.seed_list.clone()
+    };
+    crate::compare::check_seeds(&seeds)?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace(':', "-");
+        PathBuf::from("runs").join(format!("bench-{}-{stamp}", lt.track.name))
+    });
+    let spec = crate::compare::BenchSpec {
+        track: lt,
+        candidate: crate::compare::StackSpec {
+            plugins: a.plugins,
+            configs: a.plugin_configs,
+            wasm: a.wasm,
+        },
+        baseline: crate::compare::StackSpec {
+            plugins: a.baseline_plugins,
+            configs: a.baseline_configs,
+            wasm: a.wasm,
+        },
+        seeds,
+        steps: a.steps,
+        data_dir: a.data_dir,
+        out,
+        store: Some(a.db.path()),
+        policy: load_policy(a.policy.as_deref())?,
+        progress: !a.quiet && !a.json,
+    };
+    let report = crate::compare::run(&spec)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::compare::render(&report));
+    }
+    if report.verdict == crate::compare::BenchVerdict::Invalid {
+        return Err(Invalid(report.verdict_text).into());
+    }
     Ok(())
 }
 

@@ -6,12 +6,17 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod compare;
 pub mod data;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod plugins;
+pub mod score;
+pub mod stats;
 pub mod store;
 pub mod track;
 pub mod train;
 pub mod verify;
+pub mod views;

@@ -127,6 +127,9 @@ pub struct RunSummary {
     pub unofficial_reasons: Vec<String>,
     /// Every check the host made and whether the run is valid.
     pub verdict: Verdict,
+    /// The run's id in the run store, when it was recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_id: Option<i64>,
     /// Every training loss, in order (the curve determinism is checked on).
     #[serde(skip)]
     pub train_losses: Vec<f32>,
@@ -321,7 +324,8 @@ pub fn execute(
         parameters: model.params.numel(),
         optimizer: optimizer.name().to_string(),
         plugins: plugins.iter().map(|p| p.record.clone()).collect(),
-        official: policy.as_ref().is_some_and(|p| p.warnings.is_empty()),
+        // The reference stack needs no approval; plugins need every one approved.
+        official: plugins.is_empty() || policy.as_ref().is_some_and(|p| p.warnings.is_empty()),
         policy,
         hardware: Hardware::detect(),
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -364,6 +368,7 @@ pub fn execute(
             .map(|p| p.warnings.clone())
             .unwrap_or_default(),
         verdict: ledger.verdict(),
+        store_id: record.as_ref().map(|r| r.id()),
         train_losses: Vec::with_capacity(steps),
         run_dir: opts.out.clone(),
     };

@@ -1,0 +1,592 @@
+//! The significance bench: N seeds of a candidate stack and of a baseline
+//! (the reference unless told), interleaved A B A B in one session so drift in
+//! the machine's speed hits both alike; every run verified and stored. The
+//! report answers the benchmark's two questions with statistics: is the
+//! candidate's mean validation loss below the target (one-sided t-test,
+//! p < 0.01 for a time-to-target claim), and is it faster than the baseline
+//! (Welch, one-sided, p < 0.05), with the scientific delta (loss change at equal
+//! budget, speedup) as 95% intervals.
+
+use crate::plugins;
+use crate::stats::{self, Interval, Summary, TTest, Welch};
+use crate::track::LoadedTrack;
+use crate::train::{self, Components, RunOptions, RunSummary};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use speedrun_sandbox_policy::LoadedPolicy;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// p below which the mean loss counts as under the target (the speedrun's rule).
+pub const TARGET_P: f64 = 0.01;
+/// p below which the candidate counts as faster than the baseline.
+pub const SPEEDUP_P: f64 = 0.05;
+
+/// A plugin stack to run: no plugins is the reference.
+#[derive(Debug, Clone, Default)]
+pub struct StackSpec {
+    pub plugins: Vec<PathBuf>,
+    pub configs: Vec<String>,
+    pub wasm: bool,
+}
+
+impl StackSpec {
+    fn build(&self, lt: &LoadedTrack, seed: u64, policy: &LoadedPolicy) -> Result<Components> {
+        if self.plugins.is_empty() {
+            return Ok(Components::reference(&lt.track));
+        }
+        plugins::stack(
+            &lt.track,
+            seed,
+            &self.plugins,
+            &self.configs,
+            self.wasm,
+            policy,
+        )
+    }
+
+    fn describe(&self) -> String {
+        if self.plugins.is_empty() {
+            return "reference".into();
+        }
+        let names: Vec<String> = self
+            .plugins
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| p.display().to_string())
+            })
+            .collect();
+        format!(
+            "{}{}",
+            names.join("+"),
+            if self.wasm { " (wasm)" } else { "" }
+        )
+    }
+}
+
+pub struct BenchSpec {
+    pub track: LoadedTrack,
+    pub candidate: StackSpec,
+    pub baseline: StackSpec,
+    pub seeds: Vec<u64>,
+    pub steps: Option<usize>,
+    pub data_dir: Option<PathBuf>,
+    /// Run directories go under here: `candidate-sSEED`, `baseline-sSEED`.
+    pub out: PathBuf,
+    pub store: Option<PathBuf>,
+    pub policy: LoadedPolicy,
+    pub progress: bool,
+}
+
+/// The seeds of a bench: distinct, or refused.
+pub fn check_seeds(seeds: &[u64]) -> Result<()> {
+    if seeds.len() < 2 {
+        bail!(
+            "a significance bench needs at least 2 seeds (got {}): a t-test has no spread to measure with one",
+            seeds.len()
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for s in seeds {
+        if !seen.insert(s) {
+            bail!("seed {s} is repeated: a significance claim needs distinct seeds (the same seed reruns the same curve)");
+        }
+    }
+    Ok(())
+}
+
+/// One run of the bench.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRun {
+    pub seed: u64,
+    pub run_dir: String,
+    pub store_id: Option<i64>,
+    pub status: String,
+    pub valid: bool,
+    pub failed_checks: Vec<String>,
+    pub final_val_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub train_time_s: f64,
+    pub time_to_target_s: Option<f64>,
+    pub tokens: u64,
+    pub flops: f64,
+    pub error: Option<String>,
+}
+
+/// One side of the comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Side {
+    pub stack: String,
+    pub runs: Vec<BenchRun>,
+    /// Final validation loss over the seeds (runs that finished).
+    pub val_loss: Option<Summary>,
+    pub train_time_s: Option<Summary>,
+    /// Over the seeds, when every run reached the target.
+    pub time_to_target_s: Option<Summary>,
+    /// H1: mean final validation loss < target.
+    pub below_target: Option<TTest>,
+    /// `below_target.p_value < TARGET_P`.
+    pub target_claim: bool,
+    pub all_valid: bool,
+}
+
+impl Side {
+    fn new(stack: String, runs: Vec<BenchRun>, target: Option<f64>) -> Side {
+        let losses: Vec<f64> = runs.iter().filter_map(|r| r.final_val_loss).collect();
+        let finished = losses.len() == runs.len();
+        let times: Vec<f64> = runs.iter().map(|r| r.train_time_s).collect();
+        let ttt: Option<Vec<f64>> = runs.iter().map(|r| r.time_to_target_s).collect();
+        let below_target = match target {
+            Some(t) if finished => stats::mean_below(&losses, t),
+            _ => None,
+        };
+        Side {
+            stack,
+            val_loss: finished.then(|| Summary::of(&losses)),
+            train_time_s: Some(Summary::of(&times)),
+            time_to_target_s: ttt.as_deref().map(Summary::of),
+            target_claim: below_target.is_some_and(|t| t.p_value < TARGET_P),
+            below_target,
+            all_valid: runs.iter().all(|r| r.valid),
+            runs,
+        }
+    }
+
+    fn losses(&self) -> Vec<f64> {
+        self.runs.iter().filter_map(|r| r.final_val_loss).collect()
+    }
+}
+
+/// Which time the speedup compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeMeasure {
+    /// Every run of both sides reached the target: the speedrun's metric.
+    TimeToTarget,
+    /// Some run missed the target: the whole budget's training time.
+    TrainTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchVerdict {
+    /// A candidate run failed a check or did not finish: no claim stands.
+    Invalid,
+    /// Mean loss under the target (p < 0.01) and faster than the baseline (p < 0.05).
+    FasterToTarget,
+    /// Mean loss under the target (p < 0.01); not significantly faster.
+    ReachesTarget,
+    /// No target claim, but a lower loss than the baseline at equal budget (95% interval below 0).
+    LowerLoss,
+    NotSignificant,
+}
+
+/// The p-values the verdict rests on, by name.
+#[derive(Debug, Clone, Serialize)]
+pub struct PValues {
+    /// One-sided t-test: candidate mean validation loss < target.
+    pub candidate_below_target: Option<f64>,
+    /// One-sided t-test: baseline mean validation loss < target.
+    pub baseline_below_target: Option<f64>,
+    /// Welch, one-sided: candidate time < baseline time.
+    pub speedup: Option<f64>,
+    /// Welch, two-sided: the times differ.
+    pub speedup_two_sided: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub track: String,
+    pub target_val_loss: Option<f64>,
+    pub seeds: Vec<u64>,
+    pub steps: usize,
+    pub candidate: Side,
+    pub baseline: Side,
+    pub time_measure: TimeMeasure,
+    /// Welch's test of candidate against baseline times.
+    pub welch: Option<Welch>,
+    /// Baseline time / candidate time, with its 95% interval.
+    pub speedup: Option<Interval>,
+    /// Candidate − baseline final validation loss at equal budget, with its 95% interval.
+    pub loss_delta: Option<Interval>,
+    pub p_values: PValues,
+    pub verdict: BenchVerdict,
+    /// What the verdict means, in one sentence.
+    pub verdict_text: String,
+    /// The comparison's id in the run store.
+    pub comparison_id: Option<i64>,
+}
+
+impl Report {
+    /// The rule for a significant improvement over a baseline, written once:
+    /// the candidate's mean loss is under the target at p < `TARGET_P` and its
+    /// time is lower at Welch p < `SPEEDUP_P`.
+    pub fn beats_baseline(&self) -> bool {
+        self.verdict == BenchVerdict::FasterToTarget
+    }
+}
+
+fn bench_run(s: &RunSummary) -> BenchRun {
+    BenchRun {
+        seed: s.seed,
+        run_dir: s.run_dir.display().to_string(),
+        store_id: s.store_id,
+        status: s.status.clone(),
+        valid: s.verdict.valid && s.status == "complete",
+        failed_checks: s.verdict.failed().iter().map(|c| c.to_string()).collect(),
+        final_val_loss: s.final_val_loss,
+        best_val_loss: s.best_val_loss,
+        train_time_s: s.train_time_s,
+        time_to_target_s: s.time_to_target_s,
+        tokens: s.tokens,
+        flops: s.flops,
+        error: s.error.clone(),
+    }
+}
+
+/// Runs the bench: for each seed, the candidate then the baseline.
+pub fn run(spec: &BenchSpec) -> Result<Report> {
+    check_seeds(&spec.seeds)?;
+    let track = &spec.track.track;
+    let steps = spec.steps.unwrap_or(track.steps());
+    let mut cand = Vec::new();
+    let mut base = Vec::new();
+    for (i, &seed) in spec.seeds.iter().enumerate() {
+        for (role, stack, out) in [
+            ("candidate", &spec.candidate, &mut cand),
+            ("baseline", &spec.baseline, &mut base),
+        ] {
+            tracing::info!(
+                "bench: seed {seed} ({}/{}), {role} {}",
+                i + 1,
+                spec.seeds.len(),
+                stack.describe()
+            );
+            let opts = RunOptions {
+                track: spec.track.clone(),
+                seed,
+                steps: spec.steps,
+                out: spec.out.join(format!("{role}-s{seed}")),
+                data_dir: spec.data_dir.clone(),
+                save_checkpoint: None,
+                progress: spec.progress,
+                store: spec.store.clone(),
+            };
+            let f = train::execute(&opts, &mut || stack.build(&spec.track, seed, &spec.policy))?;
+            if let Some(e) = &f.error {
+                tracing::warn!("bench: {role} seed {seed} failed: {e:#}");
+            }
+            out.push(bench_run(&f.summary));
+        }
+    }
+    let target = track.target.val_loss;
+    let candidate = Side::new(spec.candidate.describe(), cand, target);
+    let baseline = Side::new(spec.baseline.describe(), base, target);
+    let mut report = analyse(
+        track.name.clone(),
+        target,
+        spec.seeds.clone(),
+        steps,
+        candidate,
+        baseline,
+    );
+    if let Some(path) = &spec.store {
+        let runs: Vec<(i64, &str)> = [
+            ("candidate", &report.candidate),
+            ("baseline", &report.baseline),
+        ]
+        .iter()
+        .flat_map(|(role, side)| {
+            side.runs
+                .iter()
+                .filter_map(move |r| r.store_id.map(|id| (id, *role)))
+        })
+        .collect();
+        let json = serde_json::to_value(&report)?;
+        let verdict = serde_json::to_value(report.verdict)?;
+        let id = crate::store::Store::open(path)?.add_comparison(
+            &report.track,
+            &report.candidate.stack,
+            &report.baseline.stack,
+            verdict.as_str().unwrap_or_default(),
+            &json,
+            &runs,
+        )?;
+        report.comparison_id = Some(id);
+    }
+    Ok(report)
+}
+
+/// The statistics and the verdict of two sides.
+pub fn analyse(
+    track: String,
+    target: Option<f64>,
+    seeds: Vec<u64>,
+    steps: usize,
+    candidate: Side,
+    baseline: Side,
+) -> Report {
+    let ttt =
+        |s: &Side| -> Option<Vec<f64>> { s.runs.iter().map(|r| r.time_to_target_s).collect() };
+    let (time_measure, ct, bt) = match (ttt(&candidate), ttt(&baseline)) {
+        (Some(c), Some(b)) => (TimeMeasure::TimeToTarget, c, b),
+        _ => {
+            let t = |s: &Side| s.runs.iter().map(|r| r.train_time_s).collect::<Vec<_>>();
+            (TimeMeasure::TrainTime, t(&candidate), t(&baseline))
+        }
+    };
+    let welch = stats::welch(&ct, &bt);
+    let speedup = stats::speedup(&bt, &ct);
+    let (cl, bl) = (candidate.losses(), baseline.losses());
+    let loss_delta = (cl.len() == candidate.runs.len() && bl.len() == baseline.runs.len())
+        .then(|| stats::mean_difference(&cl, &bl))
+        .flatten();
+    let faster = welch.is_some_and(|w| w.p_less < SPEEDUP_P);
+    let verdict = if !candidate.all_valid {
+        BenchVerdict::Invalid
+    } else if candidate.target_claim && faster {
+        BenchVerdict::FasterToTarget
+    } else if candidate.target_claim {
+        BenchVerdict::ReachesTarget
+    } else if loss_delta.is_some_and(|d| d.high < 0.0) {
+        BenchVerdict::LowerLoss
+    } else {
+        BenchVerdict::NotSignificant
+    };
+    let verdict_text = match verdict {
+        BenchVerdict::Invalid => {
+            let bad: Vec<String> = candidate
+                .runs
+                .iter()
+                .filter(|r| !r.valid)
+                .map(|r| {
+                    if r.failed_checks.is_empty() {
+                        format!("seed {} {}", r.seed, r.status)
+                    } else {
+                        format!("seed {} failed {}", r.seed, r.failed_checks.join(", "))
+                    }
+                })
+                .collect();
+            format!("invalid: {}", bad.join("; "))
+        }
+        BenchVerdict::FasterToTarget => format!(
+            "the candidate reaches the target (p = {:.2e} < {TARGET_P}) and is faster than the baseline (Welch p = {:.2e} < {SPEEDUP_P})",
+            candidate.below_target.map_or(f64::NAN, |t| t.p_value),
+            welch.map_or(f64::NAN, |w| w.p_less)
+        ),
+        BenchVerdict::ReachesTarget => format!(
+            "the candidate reaches the target (p = {:.2e} < {TARGET_P}); not significantly faster than the baseline (Welch p = {})",
+            candidate.below_target.map_or(f64::NAN, |t| t.p_value),
+            welch.map_or("undefined".into(), |w| format!("{:.3}", w.p_less))
+        ),
+        BenchVerdict::LowerLoss => format!(
+            "no time-to-target claim (target p = {}), but a lower validation loss than the baseline at equal budget",
+            candidate
+                .below_target
+                .map_or("undefined".into(), |t| format!("{:.3}", t.p_value))
+        ),
+        BenchVerdict::NotSignificant => format!(
+            "no significant claim: target p = {}, speedup Welch p = {}",
+            candidate
+                .below_target
+                .map_or("undefined".into(), |t| format!("{:.3}", t.p_value)),
+            welch.map_or("undefined".into(), |w| format!("{:.3}", w.p_less))
+        ),
+    };
+    Report {
+        track,
+        target_val_loss: target,
+        seeds,
+        steps,
+        p_values: PValues {
+            candidate_below_target: candidate.below_target.map(|t| t.p_value),
+            baseline_below_target: baseline.below_target.map(|t| t.p_value),
+            speedup: welch.map(|w| w.p_less),
+            speedup_two_sided: welch.map(|w| w.p_two_sided),
+        },
+        candidate,
+        baseline,
+        time_measure,
+        welch,
+        speedup,
+        loss_delta,
+        verdict,
+        verdict_text,
+        comparison_id: None,
+    }
+}
+
+/// The report as text for a person.
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let sm =
+        |s: &Option<Summary>| s.map_or("-".into(), |s| format!("{:.4} ± {:.4}", s.mean, s.std));
+    let _ = writeln!(
+        o,
+        "bench on track {} ({} steps), seeds {:?}, target {}",
+        r.track,
+        r.steps,
+        r.seeds,
+        r.target_val_loss
+            .map_or("none".into(), |t| format!("{t:.4}"))
+    );
+    let _ = writeln!(
+        o,
+        "{:<10} {:<28} {:>20} {:>18} {:>18} {:>10}",
+        "", "stack", "val loss (mean ± sd)", "train time s", "time to target s", "p<target"
+    );
+    for (name, s) in [("candidate", &r.candidate), ("baseline", &r.baseline)] {
+        let _ = writeln!(
+            o,
+            "{:<10} {:<28} {:>20} {:>18} {:>18} {:>10}",
+            name,
+            s.stack,
+            sm(&s.val_loss),
+            sm(&s.train_time_s),
+            sm(&s.time_to_target_s),
+            s.below_target
+                .map_or("-".into(), |t| format!("{:.2e}", t.p_value))
+        );
+    }
+    for (name, s) in [("candidate", &r.candidate), ("baseline", &r.baseline)] {
+        for run in s.runs.iter().filter(|run| !run.valid) {
+            let _ = writeln!(
+                o,
+                "  {name} seed {}: {} {} {}",
+                run.seed,
+                run.status,
+                run.failed_checks.join(", "),
+                run.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let measure = match r.time_measure {
+        TimeMeasure::TimeToTarget => "time to target",
+        TimeMeasure::TrainTime => "training time (not every run reached the target)",
+    };
+    if let Some(s) = r.speedup {
+        let _ = writeln!(
+            o,
+            "speedup ({measure}): {:.3}x, 95% CI [{:.3}, {:.3}]; Welch p (faster) = {}",
+            s.estimate,
+            s.low,
+            s.high,
+            r.welch.map_or("-".into(), |w| format!("{:.3e}", w.p_less))
+        );
+    }
+    if let Some(d) = r.loss_delta {
+        let _ = writeln!(
+            o,
+            "loss delta at equal budget (candidate - baseline): {:+.4}, 95% CI [{:+.4}, {:+.4}]",
+            d.estimate, d.low, d.high
+        );
+    }
+    let _ = writeln!(o, "verdict: {}", r.verdict_text);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(seed: u64, loss: f64, time: f64, ttt: Option<f64>, valid: bool) -> BenchRun {
+        BenchRun {
+            seed,
+            run_dir: String::new(),
+            store_id: None,
+            status: "complete".into(),
+            valid,
+            failed_checks: if valid {
+                vec![]
+            } else {
+                vec!["causality".into()]
+            },
+            final_val_loss: Some(loss),
+            best_val_loss: Some(loss),
+            train_time_s: time,
+            time_to_target_s: ttt,
+            tokens: 0,
+            flops: 0.0,
+            error: None,
+        }
+    }
+
+    fn side(runs: Vec<BenchRun>) -> Side {
+        Side::new("x".into(), runs, Some(3.25))
+    }
+
+    #[test]
+    fn repeated_or_single_seeds_are_refused() {
+        assert!(check_seeds(&[1, 2, 3]).is_ok());
+        let e = check_seeds(&[1, 2, 1]).unwrap_err().to_string();
+        assert!(e.contains("seed 1 is repeated"), "{e}");
+        assert!(check_seeds(&[4]).is_err());
+    }
+
+    #[test]
+    fn verdicts_follow_the_written_rule() {
+        let fast = side(vec![
+            run(0, 3.20, 5.0, Some(5.0), true),
+            run(1, 3.21, 5.2, Some(5.2), true),
+            run(2, 3.19, 4.9, Some(4.9), true),
+        ]);
+        let slow = side(vec![
+            run(0, 3.22, 8.0, Some(8.0), true),
+            run(1, 3.23, 8.3, Some(8.3), true),
+            run(2, 3.21, 7.9, Some(7.9), true),
+        ]);
+        let r = analyse(
+            "t".into(),
+            Some(3.25),
+            vec![0, 1, 2],
+            10,
+            fast.clone(),
+            slow.clone(),
+        );
+        assert_eq!(
+            r.verdict,
+            BenchVerdict::FasterToTarget,
+            "{}",
+            r.verdict_text
+        );
+        assert!(r.beats_baseline());
+        assert_eq!(r.time_measure, TimeMeasure::TimeToTarget);
+        assert!(r.speedup.unwrap().low > 1.0);
+        // The same runs the other way round reach the target but are slower.
+        let r = analyse(
+            "t".into(),
+            Some(3.25),
+            vec![0, 1, 2],
+            10,
+            slow.clone(),
+            fast.clone(),
+        );
+        assert_eq!(r.verdict, BenchVerdict::ReachesTarget);
+        assert!(!r.beats_baseline());
+        // One invalid candidate run voids every claim.
+        let mut bad = fast.runs.clone();
+        bad[1].valid = false;
+        let r = analyse(
+            "t".into(),
+            Some(3.25),
+            vec![0, 1, 2],
+            10,
+            side(bad),
+            slow.clone(),
+        );
+        assert_eq!(r.verdict, BenchVerdict::Invalid);
+        assert!(
+            r.verdict_text.contains("seed 1 failed causality"),
+            "{}",
+            r.verdict_text
+        );
+        // A run that misses the target: speedup falls back to training time.
+        let mut miss = slow.runs.clone();
+        miss[0].time_to_target_s = None;
+        let r = analyse("t".into(), Some(3.25), vec![0, 1, 2], 10, fast, side(miss));
+        assert_eq!(r.time_measure, TimeMeasure::TrainTime);
+    }
+}

@@ -1,0 +1,338 @@
+//! What `speedrun leaderboard`, `frontier` and `show` print: a table for a
+//! person, or one JSON object for an agent, from the run store.
+
+use crate::plot;
+use crate::score::{self, Axis, FrontierEntry};
+use crate::store::{Evaluation, Store, StoredPlugin, StoredRun};
+use crate::verify::Verdict;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+fn day(started_at: &str) -> &str {
+    started_at.get(..10).unwrap_or(started_at)
+}
+
+#[derive(Serialize)]
+struct LeaderboardJson<'a> {
+    track: &'a str,
+    /// Runs left out: invalid, failed, incomplete or still running.
+    excluded: usize,
+    runs: Vec<Ranked<'a>>,
+}
+
+#[derive(Serialize)]
+struct Ranked<'a> {
+    rank: usize,
+    #[serde(flatten)]
+    run: &'a StoredRun,
+}
+
+pub fn leaderboard(store: &Store, track: &str, json: bool) -> Result<String> {
+    let runs = store.runs(Some(track))?;
+    let board = score::leaderboard(&runs);
+    let excluded = runs.len() - board.len();
+    if json {
+        let j = LeaderboardJson {
+            track,
+            excluded,
+            runs: board
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Ranked {
+                    rank: i + 1,
+                    run: r,
+                })
+                .collect(),
+        };
+        return Ok(serde_json::to_string_pretty(&j)? + "\n");
+    }
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:>4} {:>5} {:<34} {:>5} {:>10} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
+        "rank",
+        "run",
+        "stack",
+        "seed",
+        "to target",
+        "best",
+        "final",
+        "train s",
+        "tokens",
+        "official",
+        "date"
+    );
+    for (i, r) in board.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "{:>4} {:>5} {:<34} {:>5} {:>10} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
+            i + 1,
+            r.id,
+            r.stack,
+            r.seed,
+            r.time_to_target_s
+                .map_or("-".into(), |t| format!("{t:.2} s")),
+            opt(r.best_val_loss, 4),
+            opt(r.final_val_loss, 4),
+            opt(r.train_time_s, 2),
+            r.tokens.map_or("-".into(), |t| t.to_string()),
+            if r.official { "yes" } else { "no" },
+            day(&r.started_at)
+        );
+    }
+    if board.is_empty() {
+        let _ = writeln!(
+            o,
+            "(no valid, complete runs of track {track} in {})",
+            store.path().display()
+        );
+    }
+    if excluded > 0 {
+        let _ = writeln!(
+            o,
+            "{excluded} runs left out (invalid, failed, incomplete or running)"
+        );
+    }
+    Ok(o)
+}
+
+#[derive(Serialize)]
+struct FrontierJson<'a> {
+    track: &'a str,
+    svg: Option<String>,
+    axes: Vec<AxisJson>,
+}
+
+#[derive(Serialize)]
+struct AxisJson {
+    axis: Axis,
+    runs: Vec<FrontierEntry>,
+}
+
+/// The frontier on every axis; the SVG (validation loss against training time) goes to `svg`.
+pub fn frontier(store: &Store, track: &str, json: bool, svg: Option<&Path>) -> Result<String> {
+    let runs = store.runs(Some(track))?;
+    let axes: Vec<AxisJson> = Axis::ALL
+        .iter()
+        .map(|&axis| AxisJson {
+            axis,
+            runs: score::frontier(&runs, axis),
+        })
+        .collect();
+    let svg_path = match svg {
+        Some(p) => {
+            let time = &axes[0].runs;
+            let points: Vec<(f64, f64)> = time.iter().map(|e| (e.cost, e.val_loss)).collect();
+            let front: Vec<(f64, f64)> = time
+                .iter()
+                .filter(|e| e.on_frontier)
+                .map(|e| (e.cost, e.val_loss))
+                .collect();
+            let text = plot::frontier_svg(
+                &format!("track {track}: validation loss against training time"),
+                Axis::TrainTime.label(),
+                &points,
+                &front,
+            )?;
+            write_svg(p, &text)?;
+            Some(p.display().to_string())
+        }
+        None => None,
+    };
+    if json {
+        let j = FrontierJson {
+            track,
+            svg: svg_path,
+            axes,
+        };
+        return Ok(serde_json::to_string_pretty(&j)? + "\n");
+    }
+    let mut o = String::new();
+    for a in &axes {
+        let _ = writeln!(o, "frontier of track {track} in {}", a.axis.label());
+        let _ = writeln!(
+            o,
+            "  {:>5} {:<34} {:>5} {:>14} {:>9} {:>9} {:>10}",
+            "run", "stack", "seed", "cost", "val loss", "frontier", "distance"
+        );
+        for e in &a.runs {
+            let _ = writeln!(
+                o,
+                "  {:>5} {:<34} {:>5} {:>14.6e} {:>9.4} {:>9} {:>10.4}",
+                e.run_id,
+                e.stack,
+                e.seed,
+                e.cost,
+                e.val_loss,
+                if e.on_frontier { "yes" } else { "" },
+                e.distance
+            );
+        }
+        if a.runs.is_empty() {
+            let _ = writeln!(o, "  (no valid, complete runs)");
+        }
+    }
+    if let Some(p) = &svg_path {
+        let _ = writeln!(o, "plot: {p}");
+    }
+    Ok(o)
+}
+
+#[derive(Serialize)]
+struct ShowJson<'a> {
+    run: &'a StoredRun,
+    plugins: Vec<StoredPlugin>,
+    evaluations: Vec<Evaluation>,
+    verdict: Option<Verdict>,
+    svg: Option<String>,
+}
+
+/// Training losses of a run directory's `metrics.jsonl`, as (step, loss).
+fn train_curve(run_dir: &Path) -> Vec<(f64, f64)> {
+    let Ok(text) = std::fs::read_to_string(run_dir.join("metrics.jsonl")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "step")
+        .filter_map(|v| Some((v["step"].as_f64()?, v["train_loss"].as_f64()?)))
+        .collect()
+}
+
+fn write_svg(path: &Path, text: &str) -> Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A run's summary, verdict and evaluations; its curves as SVG at `svg`
+/// (default: `curves.svg` in its run directory, when that exists).
+pub fn show(store: &Store, key: &str, json: bool, svg: Option<PathBuf>) -> Result<String> {
+    let run = store.run(key)?;
+    let evaluations = store.evaluations(run.id)?;
+    let plugins = store.plugins(run.id)?;
+    let verdict = store.verdict(run.id)?;
+    let run_dir = PathBuf::from(&run.run_dir);
+    let svg = svg.or_else(|| run_dir.is_dir().then(|| run_dir.join("curves.svg")));
+    if let Some(p) = &svg {
+        let val: Vec<(f64, f64)> = evaluations
+            .iter()
+            .map(|e| (e.step as f64, e.val_loss))
+            .collect();
+        let text = plot::curves_svg(
+            &format!(
+                "run {} ({}, seed {}, {})",
+                run.id, run.stack, run.seed, run.track
+            ),
+            &train_curve(&run_dir),
+            &val,
+        )?;
+        write_svg(p, &text)?;
+    }
+    let svg = svg.map(|p| p.display().to_string());
+    if json {
+        let j = ShowJson {
+            run: &run,
+            plugins,
+            evaluations,
+            verdict,
+            svg,
+        };
+        return Ok(serde_json::to_string_pretty(&j)? + "\n");
+    }
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "run {} — track {}, seed {}, {}",
+        run.id, run.track, run.seed, run.status
+    );
+    let _ = writeln!(o, "  directory      {}", run.run_dir);
+    let _ = writeln!(o, "  started        {}", run.started_at);
+    let _ = writeln!(
+        o,
+        "  stack          {}{}",
+        run.stack,
+        if run.official { " (official)" } else { "" }
+    );
+    for p in &plugins {
+        let _ = writeln!(
+            o,
+            "    {} {} ({}, {}) sha256 {}",
+            p.name,
+            p.version,
+            p.transport,
+            p.hooks.join(", "),
+            p.sha256
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  validation     final {} best {} (target {})",
+        opt(run.final_val_loss, 4),
+        opt(run.best_val_loss, 4),
+        opt(run.target_val_loss, 4)
+    );
+    let _ = writeln!(
+        o,
+        "  training       {} s, {} steps, {} tokens, {} FLOPs",
+        opt(run.train_time_s, 2),
+        run.steps.map_or("-".into(), |s| s.to_string()),
+        run.tokens.map_or("-".into(), |s| s.to_string()),
+        run.flops.map_or("-".into(), |f| format!("{f:.3e}"))
+    );
+    let _ = writeln!(
+        o,
+        "  to target      {}",
+        match (
+            run.time_to_target_s,
+            run.tokens_to_target,
+            run.flops_to_target
+        ) {
+            (Some(t), Some(k), Some(f)) => format!("{t:.2} s, {k} tokens, {f:.3e} FLOPs"),
+            _ => "not reached".into(),
+        }
+    );
+    if let Some(e) = &run.error {
+        let _ = writeln!(o, "  error          {e}");
+    }
+    match &verdict {
+        Some(v) => {
+            let _ = writeln!(
+                o,
+                "  verdict        {}",
+                if v.valid { "valid" } else { "INVALID" }
+            );
+            for c in &v.checks {
+                let _ = writeln!(
+                    o,
+                    "    {:<18} {:<8} {}",
+                    c.check.name(),
+                    format!("{:?}", c.outcome).to_lowercase(),
+                    c.detail
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(o, "  verdict        none (the run did not finish)");
+        }
+    }
+    let _ = writeln!(o, "  evaluations    {}", evaluations.len());
+    for e in &evaluations {
+        let _ = writeln!(
+            o,
+            "    step {:>6}  {:>9.2} s  loss {:.4}  {:.4} bits/byte",
+            e.step, e.train_time_s, e.val_loss, e.val_bpb
+        );
+    }
+    if let Some(p) = &svg {
+        let _ = writeln!(o, "  plot           {p}");
+    }
+    Ok(o)
+}

@@ -1,0 +1,242 @@
+//! The run store and the views over it: a killed run leaves a consistent store
+//! with the run marked incomplete; the significance bench runs, stores and
+//! reports; leaderboard, frontier and show read it back, as text and JSON.
+
+mod common;
+use common::*;
+
+use speedrun::store::Store;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn speedrun_db(db: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args(args)
+        .env("SPEEDRUN_LOG", "warn")
+        .env("SPEEDRUN_DB", db)
+        .output()
+        .unwrap()
+}
+
+fn json_of(o: &std::process::Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", text(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+#[test]
+fn a_run_killed_mid_way_leaves_a_consistent_store_marked_incomplete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("runs.db");
+    let out = tmp.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args(["run", "--track", "smoke", "--quiet", "--out"])
+        .arg(&out)
+        .arg("--db")
+        .arg(&db)
+        .env("SPEEDRUN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the run has recorded its first validation and a few steps.
+    let started = Instant::now();
+    loop {
+        let steps = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .map(|t| t.matches("\"kind\":\"step\"").count())
+            .unwrap_or(0);
+        if steps >= 10 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // While it runs, the store says so (opening it does not mark a live run).
+    {
+        let store = Store::open(&db).unwrap();
+        assert_eq!(store.runs(None).unwrap()[0].status, "running");
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor, no handler runs
+    child.wait().unwrap();
+
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.integrity().unwrap(), "ok");
+    let runs = store.runs(Some("smoke")).unwrap();
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    assert_eq!(r.status, "incomplete");
+    assert!(r
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("ended before the run finished"));
+    assert_eq!(r.valid, None, "an incomplete run has no verdict");
+    // What was recorded before the kill is kept: the step-0 validation.
+    let evals = store.evaluations(r.id).unwrap();
+    assert_eq!(evals[0].step, 0);
+    // An incomplete run is left out of the leaderboard and shows as such.
+    let board = json_of(&speedrun_db(
+        &db,
+        &["leaderboard", "--track", "smoke", "--json"],
+    ));
+    assert_eq!(board["runs"].as_array().unwrap().len(), 0);
+    assert_eq!(board["excluded"], 1);
+    let shown = json_of(&speedrun_db(&db, &["show", &r.id.to_string(), "--json"]));
+    assert_eq!(shown["run"]["status"], "incomplete");
+}
+
+#[test]
+fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("runs.db");
+    let out = tmp.path().join("bench");
+    let o = speedrun_db(
+        &db,
+        &[
+            "bench",
+            "--track",
+            "smoke",
+            "--seeds",
+            "2",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let r = json_of(&o);
+    assert_eq!(r["seeds"], serde_json::json!([0, 1]));
+    for side in ["candidate", "baseline"] {
+        let runs = r[side]["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        for run in runs {
+            assert_eq!(run["valid"], true, "{run}");
+            assert!(Path::new(run["run_dir"].as_str().unwrap())
+                .join("summary.json")
+                .exists());
+        }
+        assert_eq!(r[side]["val_loss"]["n"], 2);
+    }
+    // The reference against itself: same seeds, same curves, a zero loss delta.
+    assert_eq!(r["loss_delta"]["estimate"], 0.0);
+    for key in [
+        "candidate_below_target",
+        "baseline_below_target",
+        "speedup",
+        "speedup_two_sided",
+    ] {
+        let p = r["p_values"][key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{key} = {p}");
+    }
+    assert!(
+        r["verdict"].is_string() && r["verdict"] != "invalid",
+        "{}",
+        r["verdict"]
+    );
+    let comparison = r["comparison_id"].as_i64().unwrap();
+    assert!(comparison >= 1);
+
+    // Interleaved: candidate, baseline, candidate, baseline (store ids in order).
+    let ids: Vec<i64> = [
+        ("candidate", 0),
+        ("baseline", 0),
+        ("candidate", 1),
+        ("baseline", 1),
+    ]
+    .iter()
+    .map(|(s, i)| r[*s]["runs"][*i]["store_id"].as_i64().unwrap())
+    .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    let board = json_of(&speedrun_db(
+        &db,
+        &["leaderboard", "--track", "smoke", "--json"],
+    ));
+    let ranked = board["runs"].as_array().unwrap();
+    assert_eq!(ranked.len(), 4);
+    // Runs that reached the target come first, by time to target.
+    let key = |v: &serde_json::Value| v["time_to_target_s"].as_f64().unwrap_or(f64::INFINITY);
+    assert!(ranked.windows(2).all(|w| key(&w[0]) <= key(&w[1])));
+    let text_board = text(&speedrun_db(&db, &["leaderboard", "--track", "smoke"]));
+    assert!(
+        text_board.contains("rank") && text_board.contains("reference"),
+        "{text_board}"
+    );
+
+    let svg = tmp.path().join("frontier.svg");
+    let f = json_of(&speedrun_db(
+        &db,
+        &[
+            "frontier",
+            "--track",
+            "smoke",
+            "--json",
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+    ));
+    let axes = f["axes"].as_array().unwrap();
+    assert_eq!(axes.len(), 3);
+    for a in axes {
+        let runs = a["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 4);
+        assert!(runs.iter().any(|e| e["on_frontier"] == true));
+        for e in runs.iter().filter(|e| e["on_frontier"] == true) {
+            assert_eq!(e["distance"], 0.0, "{e}");
+        }
+    }
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+
+    let curves = tmp.path().join("curves.svg");
+    let s = json_of(&speedrun_db(
+        &db,
+        &[
+            "show",
+            &ids[0].to_string(),
+            "--json",
+            "--svg",
+            curves.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(s["run"]["status"], "complete");
+    assert_eq!(s["verdict"]["valid"], true);
+    assert_eq!(s["verdict"]["checks"].as_array().unwrap().len(), 11);
+    // Validation every 50 steps of 200, and at step 0.
+    assert_eq!(s["evaluations"].as_array().unwrap().len(), 5);
+    assert!(std::fs::read_to_string(&curves)
+        .unwrap()
+        .contains("validation loss"));
+    // show takes a run directory too.
+    let by_dir = json_of(&speedrun_db(
+        &db,
+        &[
+            "show",
+            r["candidate"]["runs"][0]["run_dir"].as_str().unwrap(),
+            "--json",
+            "--svg",
+            curves.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(by_dir["run"]["id"], ids[0]);
+}
+
+#[test]
+fn repeated_seeds_and_missing_stores_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("runs.db");
+    let o = speedrun_db(&db, &["bench", "--track", "smoke", "--seed-list", "1,2,1"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("seed 1 is repeated"), "{}", text(&o));
+    let o = speedrun_db(&db, &["bench", "--track", "smoke", "--seeds", "1"]);
+    assert!(text(&o).contains("at least 2 seeds"), "{}", text(&o));
+    let o = speedrun_db(&db, &["leaderboard", "--track", "smoke"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no run store at"), "{}", text(&o));
+    assert!(!db.exists(), "a view must not create a store");
+}
