@@ -492,18 +492,14 @@ pub fn render(r: &Report) -> String {
 mod tests {
     use super::*;
 
-    fn run(seed: u64, loss: f64, time: f64, ttt: Option<f64>, valid: bool) -> BenchRun {
+    fn run(seed: u64, loss: f64, time: f64, ttt: Option<f64>) -> BenchRun {
         BenchRun {
             seed,
             run_dir: String::new(),
             store_id: None,
             status: "complete".into(),
-            valid,
-            failed_checks: if valid {
-                vec![]
-            } else {
-                vec!["causality".into()]
-            },
+            valid: true,
+            failed_checks: vec![],
             final_val_loss: Some(loss),
             best_val_loss: Some(loss),
             train_time_s: time,
@@ -529,14 +525,14 @@ mod tests {
     #[test]
     fn verdicts_follow_the_written_rule() {
         let fast = side(vec![
-            run(0, 3.20, 5.0, Some(5.0), true),
-            run(1, 3.21, 5.2, Some(5.2), true),
-            run(2, 3.19, 4.9, Some(4.9), true),
+            run(0, 3.20, 5.0, Some(5.0)),
+            run(1, 3.21, 5.2, Some(5.2)),
+            run(2, 3.19, 4.9, Some(4.9)),
         ]);
         let slow = side(vec![
-            run(0, 3.22, 8.0, Some(8.0), true),
-            run(1, 3.23, 8.3, Some(8.3), true),
-            run(2, 3.21, 7.9, Some(7.9), true),
+            run(0, 3.20, 8.0, Some(8.0)),
+            run(1, 3.21, 8.3, Some(8.3)),
+            run(2, 3.19, 7.9, Some(7.9)),
         ]);
         let r = analyse(
             "t".into(),
@@ -569,6 +565,7 @@ mod tests {
         // One invalid candidate run voids every claim.
         let mut bad = fast.runs.clone();
         bad[1].valid = false;
+        bad[1].failed_checks = vec!["causality".into()];
         let r = analyse(
             "t".into(),
             Some(3.25),
