@@ -255,6 +255,7 @@ fn smoke_options(out: &Path, seed: u64) -> RunOptions {
         save_checkpoint: None,
         progress: false,
         store: None,
+        deadline: None,
     }
 }
 

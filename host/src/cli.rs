@@ -6,7 +6,7 @@ use crate::train::{self, RunOptions};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use speedrun_sandbox_policy::LoadedPolicy;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,6 +54,36 @@ pub enum Command {
         /// Where to write the SVG (default: runs/frontier-TRACK.svg).
         #[arg(long)]
         svg: Option<PathBuf>,
+    },
+    /// Submit a plugin crate: build it (wasm unless --native), run it against the
+    /// track's record and the reference over seeds, verify, store, and answer a
+    /// verdict. Exit 0 valid, 2 invalid, 1 could not run.
+    Submit(SubmitArgs),
+    /// A track's record history (text, markdown or JSON).
+    Records {
+        #[arg(long, default_value = "cpu")]
+        track: String,
+        #[command(flatten)]
+        db: DbArg,
+        /// text, markdown or json.
+        #[arg(long, default_value = "text")]
+        format: crate::submit::records::Format,
+    },
+    /// Rebuild a record from its stored source and run it again on this machine.
+    Reverify {
+        /// The record's id (see `speedrun records`).
+        record: i64,
+        /// Seeds (default: the record's own).
+        #[arg(long, value_delimiter = ',')]
+        seed_list: Vec<u64>,
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        quiet: bool,
     },
     /// One stored run: summary, verdict, evaluations, and an SVG of its curves.
     Show {
@@ -258,6 +288,39 @@ pub struct SeedBenchArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The plugin crate's directory.
+    pub crate_dir: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub track: String,
+    /// Number of seeds (0, 1, ...).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: usize,
+    /// Explicit seeds, comma-separated (instead of --seeds); each must be distinct.
+    #[arg(long, value_delimiter = ',', conflicts_with = "seeds")]
+    pub seed_list: Vec<u64>,
+    /// Build and run it natively: only for a library the policy approves.
+    #[arg(long)]
+    pub native: bool,
+    /// Bound the whole submission, e.g. 30m (exceeding it exits 1).
+    #[arg(long)]
+    pub max_wall: Option<humantime::Duration>,
+    /// Train fewer steps than the budget: a quick check, never a record.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArg,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct EvalArgs {
     #[arg(long, default_value = "cpu")]
     pub track: String,
@@ -408,6 +471,64 @@ pub fn run(cli: Cli) -> Result<()> {
                 "{}",
                 crate::views::frontier(&db.open()?, &t.track.name, json, Some(&svg))?
             );
+            Ok(())
+        }
+        Command::Submit(a) => cmd_submit(a),
+        Command::Records { track, db, format } => {
+            let t = track::load(&track)?;
+            let records = db.open()?.records(&t.track.name)?;
+            print!(
+                "{}",
+                crate::submit::records::render(&t.track.name, &records, format)?
+            );
+            Ok(())
+        }
+        Command::Reverify {
+            record,
+            seed_list,
+            db,
+            policy,
+            json,
+            quiet,
+        } => {
+            let store = db.open()?;
+            let r = store.record(record)?;
+            // The track file the record ran on, else the track of that name here.
+            let path = store.submission(r.submission_id)?.track_path;
+            let lt = if Path::new(&path).is_file() {
+                track::load(&path)?
+            } else {
+                track::load(&r.track).with_context(|| {
+                    format!(
+                        "record {record} is of track {}, which this checkout lacks",
+                        r.track
+                    )
+                })?
+            };
+            if lt.track.name != r.track {
+                bail!(
+                    "{path} is now track {}, not the record's {}",
+                    lt.track.name,
+                    r.track
+                );
+            }
+            drop(store);
+            let out = crate::submit::records::reverify(&crate::submit::records::ReverifyOptions {
+                record,
+                track: lt,
+                store: db.path(),
+                seeds: (!seed_list.is_empty()).then_some(seed_list),
+                policy: load_policy(policy.as_deref())?,
+                progress: !quiet && !json,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", crate::submit::records::render_reverification(&out));
+            }
+            if !out.valid {
+                return Err(Invalid(format!("record {record} re-ran INVALID")).into());
+            }
             Ok(())
         }
         Command::Show { run, db, json, svg } => {
@@ -752,6 +873,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         save_checkpoint: a.save_checkpoint,
         progress: !a.quiet,
         store: Some(a.db.clone().unwrap_or_else(crate::store::default_path)),
+        deadline: None,
     };
     let track = opts.track.track.clone();
     let finished = train::execute(&opts, &mut || {
@@ -812,6 +934,41 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_submit(a: SubmitArgs) -> Result<()> {
+    let lt = track::load(&a.track)?;
+    let seeds: Vec<u64> = if a.seed_list.is_empty() {
+        (0..a.seeds as u64).collect()
+    } else {
+        a.seed_list.clone()
+    };
+    let v = crate::submit::submit(&crate::submit::SubmitOptions {
+        crate_dir: a.crate_dir,
+        track: lt,
+        seeds,
+        native: a.native,
+        store: a.db.path(),
+        policy: load_policy(a.policy.as_deref())?,
+        max_wall: a.max_wall.map(Into::into),
+        steps: a.steps,
+        data_dir: a.data_dir,
+        progress: !a.quiet && !a.json,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", crate::submit::render(&v));
+    }
+    match v.exit_code {
+        0 => Ok(()),
+        2 => Err(Invalid(v.error.unwrap_or_else(|| "invalid".into())).into()),
+        _ => bail!(
+            "{}",
+            v.error
+                .unwrap_or_else(|| "the submission could not run".into())
+        ),
+    }
+}
+
 fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
     let lt = track::load(&a.track)?;
     let seeds: Vec<u64> = if a.seed_list.is_empty() {
@@ -827,24 +984,29 @@ fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
         PathBuf::from("runs").join(format!("bench-{}-{stamp}", lt.track.name))
     });
     let spec = crate::compare::BenchSpec {
-        track: lt,
+        session: crate::compare::Session {
+            track: lt,
+            seeds,
+            steps: a.steps,
+            data_dir: a.data_dir,
+            out,
+            store: Some(a.db.path()),
+            policy: load_policy(a.policy.as_deref())?,
+            progress: !a.quiet && !a.json,
+            deadline: None,
+        },
         candidate: crate::compare::StackSpec {
             plugins: a.plugins,
             configs: a.plugin_configs,
             wasm: a.wasm,
+            label: None,
         },
         baseline: crate::compare::StackSpec {
             plugins: a.baseline_plugins,
             configs: a.baseline_configs,
             wasm: a.wasm,
+            label: None,
         },
-        seeds,
-        steps: a.steps,
-        data_dir: a.data_dir,
-        out,
-        store: Some(a.db.path()),
-        policy: load_policy(a.policy.as_deref())?,
-        progress: !a.quiet && !a.json,
     };
     let report = crate::compare::run(&spec)?;
     if a.json {

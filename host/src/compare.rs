@@ -15,7 +15,11 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use speedrun_sandbox_policy::LoadedPolicy;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The words a run's error carries when `--max-wall` ran out.
+pub use crate::train::DEADLINE;
 
 /// p below which the mean loss counts as under the target (the speedrun's rule).
 pub const TARGET_P: f64 = 0.01;
@@ -28,6 +32,8 @@ pub struct StackSpec {
     pub plugins: Vec<PathBuf>,
     pub configs: Vec<String>,
     pub wasm: bool,
+    /// What to call it in reports (default: its plugins' file names).
+    pub label: Option<String>,
 }
 
 impl StackSpec {
@@ -45,7 +51,10 @@ impl StackSpec {
         )
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
+        if let Some(l) = &self.label {
+            return l.clone();
+        }
         if self.plugins.is_empty() {
             return "reference".into();
         }
@@ -66,18 +75,25 @@ impl StackSpec {
     }
 }
 
-pub struct BenchSpec {
+/// What every run of a bench shares.
+pub struct Session {
     pub track: LoadedTrack,
-    pub candidate: StackSpec,
-    pub baseline: StackSpec,
     pub seeds: Vec<u64>,
     pub steps: Option<usize>,
     pub data_dir: Option<PathBuf>,
-    /// Run directories go under here: `candidate-sSEED`, `baseline-sSEED`.
+    /// Run directories go under here: `ROLE-sSEED`.
     pub out: PathBuf,
     pub store: Option<PathBuf>,
     pub policy: LoadedPolicy,
     pub progress: bool,
+    /// Every run stops at this instant (`--max-wall`).
+    pub deadline: Option<Instant>,
+}
+
+pub struct BenchSpec {
+    pub session: Session,
+    pub candidate: StackSpec,
+    pub baseline: StackSpec,
 }
 
 /// The seeds of a bench: distinct, or refused.
@@ -133,7 +149,7 @@ pub struct Side {
 }
 
 impl Side {
-    fn new(stack: String, runs: Vec<BenchRun>, target: Option<f64>) -> Side {
+    pub fn new(stack: String, runs: Vec<BenchRun>, target: Option<f64>) -> Side {
         let losses: Vec<f64> = runs.iter().filter_map(|r| r.final_val_loss).collect();
         let finished = losses.len() == runs.len();
         let times: Vec<f64> = runs.iter().map(|r| r.train_time_s).collect();
@@ -174,7 +190,8 @@ pub enum TimeMeasure {
 pub enum BenchVerdict {
     /// A candidate run failed a check or did not finish: no claim stands.
     Invalid,
-    /// Mean loss under the target (p < 0.01) and faster than the baseline (p < 0.05).
+    /// Mean loss under the target (p < 0.01) and a lower time to target than the
+    /// baseline (Welch p < 0.05; every run of both reached the target).
     FasterToTarget,
     /// Mean loss under the target (p < 0.01); not significantly faster.
     ReachesTarget,
@@ -220,9 +237,11 @@ pub struct Report {
 }
 
 impl Report {
-    /// The rule for a significant improvement over a baseline, written once:
-    /// the candidate's mean loss is under the target at p < `TARGET_P` and its
-    /// time is lower at Welch p < `SPEEDUP_P`.
+    /// The rule for a significant improvement over a baseline (and so for a new
+    /// record), written once: the candidate's mean loss is under the target at
+    /// p < `TARGET_P` (one-sided t-test) and its time to target is lower at Welch
+    /// p < `SPEEDUP_P` (one-sided), every run valid and every run of both sides
+    /// having reached the target.
     pub fn beats_baseline(&self) -> bool {
         self.verdict == BenchVerdict::FasterToTarget
     }
@@ -246,75 +265,96 @@ fn bench_run(s: &RunSummary) -> BenchRun {
     }
 }
 
-/// Runs the bench: for each seed, the candidate then the baseline.
-pub fn run(spec: &BenchSpec) -> Result<Report> {
-    check_seeds(&spec.seeds)?;
-    let track = &spec.track.track;
-    let steps = spec.steps.unwrap_or(track.steps());
-    let mut cand = Vec::new();
-    let mut base = Vec::new();
-    for (i, &seed) in spec.seeds.iter().enumerate() {
-        for (role, stack, out) in [
-            ("candidate", &spec.candidate, &mut cand),
-            ("baseline", &spec.baseline, &mut base),
-        ] {
+/// Runs every stack on every seed, interleaved (seed 0: A B C, seed 1: A B C,
+/// ...), each run verified and stored; answers each stack's runs in order.
+pub fn run_stacks(s: &Session, stacks: &[(&str, &StackSpec)]) -> Result<Vec<Vec<BenchRun>>> {
+    check_seeds(&s.seeds)?;
+    let mut out: Vec<Vec<BenchRun>> = stacks.iter().map(|_| Vec::new()).collect();
+    for (i, &seed) in s.seeds.iter().enumerate() {
+        for ((role, stack), runs) in stacks.iter().zip(out.iter_mut()) {
             tracing::info!(
                 "bench: seed {seed} ({}/{}), {role} {}",
                 i + 1,
-                spec.seeds.len(),
+                s.seeds.len(),
                 stack.describe()
             );
             let opts = RunOptions {
-                track: spec.track.clone(),
+                track: s.track.clone(),
                 seed,
-                steps: spec.steps,
-                out: spec.out.join(format!("{role}-s{seed}")),
-                data_dir: spec.data_dir.clone(),
+                steps: s.steps,
+                out: s.out.join(format!("{role}-s{seed}")),
+                data_dir: s.data_dir.clone(),
                 save_checkpoint: None,
-                progress: spec.progress,
-                store: spec.store.clone(),
+                progress: s.progress,
+                store: s.store.clone(),
+                deadline: s.deadline,
             };
-            let f = train::execute(&opts, &mut || stack.build(&spec.track, seed, &spec.policy))?;
-            if let Some(e) = &f.error {
+            let f = train::execute(&opts, &mut || stack.build(&s.track, seed, &s.policy))?;
+            if let Some(e) = f.error {
+                if f.summary
+                    .error
+                    .as_deref()
+                    .is_some_and(|m| m.contains(DEADLINE))
+                {
+                    return Err(e.context(format!("bench: {role} seed {seed}")));
+                }
                 tracing::warn!("bench: {role} seed {seed} failed: {e:#}");
             }
-            out.push(bench_run(&f.summary));
+            runs.push(bench_run(&f.summary));
         }
     }
+    Ok(out)
+}
+
+/// Stores a report as a comparison of the store at `path`; answers its id.
+pub fn store_comparison(path: &Path, report: &Report) -> Result<i64> {
+    let runs: Vec<(i64, &str)> = [
+        ("candidate", &report.candidate),
+        ("baseline", &report.baseline),
+    ]
+    .iter()
+    .flat_map(|(role, side)| {
+        side.runs
+            .iter()
+            .filter_map(move |r| r.store_id.map(|id| (id, *role)))
+    })
+    .collect();
+    let json = serde_json::to_value(report)?;
+    let verdict = serde_json::to_value(report.verdict)?;
+    crate::store::Store::open(path)?.add_comparison(
+        &report.track,
+        &report.candidate.stack,
+        &report.baseline.stack,
+        verdict.as_str().unwrap_or_default(),
+        &json,
+        &runs,
+    )
+}
+
+/// Runs the bench: for each seed, the candidate then the baseline.
+pub fn run(spec: &BenchSpec) -> Result<Report> {
+    let s = &spec.session;
+    let track = &s.track.track;
+    let mut sides = run_stacks(
+        s,
+        &[("candidate", &spec.candidate), ("baseline", &spec.baseline)],
+    )?
+    .into_iter();
+    let (cand, base) = (
+        sides.next().unwrap_or_default(),
+        sides.next().unwrap_or_default(),
+    );
     let target = track.target.val_loss;
-    let candidate = Side::new(spec.candidate.describe(), cand, target);
-    let baseline = Side::new(spec.baseline.describe(), base, target);
     let mut report = analyse(
         track.name.clone(),
         target,
-        spec.seeds.clone(),
-        steps,
-        candidate,
-        baseline,
+        s.seeds.clone(),
+        s.steps.unwrap_or(track.steps()),
+        Side::new(spec.candidate.describe(), cand, target),
+        Side::new(spec.baseline.describe(), base, target),
     );
-    if let Some(path) = &spec.store {
-        let runs: Vec<(i64, &str)> = [
-            ("candidate", &report.candidate),
-            ("baseline", &report.baseline),
-        ]
-        .iter()
-        .flat_map(|(role, side)| {
-            side.runs
-                .iter()
-                .filter_map(move |r| r.store_id.map(|id| (id, *role)))
-        })
-        .collect();
-        let json = serde_json::to_value(&report)?;
-        let verdict = serde_json::to_value(report.verdict)?;
-        let id = crate::store::Store::open(path)?.add_comparison(
-            &report.track,
-            &report.candidate.stack,
-            &report.baseline.stack,
-            verdict.as_str().unwrap_or_default(),
-            &json,
-            &runs,
-        )?;
-        report.comparison_id = Some(id);
+    if let Some(path) = &s.store {
+        report.comparison_id = Some(store_comparison(path, &report)?);
     }
     Ok(report)
 }
@@ -346,7 +386,7 @@ pub fn analyse(
     let faster = welch.is_some_and(|w| w.p_less < SPEEDUP_P);
     let verdict = if !candidate.all_valid {
         BenchVerdict::Invalid
-    } else if candidate.target_claim && faster {
+    } else if candidate.target_claim && faster && time_measure == TimeMeasure::TimeToTarget {
         BenchVerdict::FasterToTarget
     } else if candidate.target_claim {
         BenchVerdict::ReachesTarget

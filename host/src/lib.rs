@@ -16,6 +16,7 @@ pub mod plugins;
 pub mod score;
 pub mod stats;
 pub mod store;
+pub mod submit;
 pub mod track;
 pub mod train;
 pub mod verify;

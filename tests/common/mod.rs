@@ -29,6 +29,7 @@ pub fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
         save_checkpoint: None,
         progress: false,
         store: None,
+        deadline: None,
     }
 }
 

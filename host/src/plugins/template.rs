@@ -85,19 +85,23 @@ use speedrun_plugin_api::*;
 
 pub struct Linear {
     warmup_steps: usize,
+    lr_scale: f64,
 }
 
 impl Plugin for Linear {
-    /// `warmup_steps` takes the track's value.
+    /// `warmup_steps` takes the track's value; `lr_scale` multiplies the track's peak.
     fn default_config() -> serde_json::Value {
-        serde_json::json!({ "warmup_steps": 0 })
+        serde_json::json!({ "warmup_steps": 0, "lr_scale": 1.0 })
     }
 
     fn new(config: &serde_json::Value) -> Result<Self> {
         let Some(w) = config["warmup_steps"].as_u64() else {
             bail!("{name}: warmup_steps must be a non-negative integer");
         };
-        Ok(Linear { warmup_steps: w as usize })
+        let Some(lr_scale) = config["lr_scale"].as_f64() else {
+            bail!("{name}: lr_scale must be a number");
+        };
+        Ok(Linear { warmup_steps: w as usize, lr_scale })
     }
 }
 
@@ -109,7 +113,7 @@ impl Schedule for Linear {
             let left = total_steps.saturating_sub(step) as f64;
             left / total_steps.saturating_sub(self.warmup_steps).max(1) as f64
         };
-        Ok(ScheduleOut::new(lr_mult, 1.0))
+        Ok(ScheduleOut::new(self.lr_scale * lr_mult, 1.0))
     }
 }
 

@@ -1,10 +1,13 @@
 //! The run store: one SQLite file holding every run (its manifest, summary and
-//! verdict), its evaluations, its plugins and checks, and every bench
-//! comparison. Each write is one transaction, so a run killed at any point
+//! verdict), its evaluations, its plugins and checks, every bench
+//! comparison, every submission with its source, and each track's records. Each write is one transaction, so a run killed at any point
 //! leaves the file consistent; a run whose process is gone while the store
 //! still says `running` is marked `incomplete` the next time the store opens.
 
 mod schema;
+mod submissions;
+
+pub use submissions::{NewRecord, Record, Submission};
 
 use crate::train::{RunManifest, RunSummary};
 use crate::verify::{CheckResult, Verdict};

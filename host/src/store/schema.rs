@@ -82,6 +82,37 @@ const MIGRATIONS: &[&str] = &[
         run_id INTEGER NOT NULL REFERENCES runs (id),
         role TEXT NOT NULL CHECK (role IN ('candidate', 'baseline'))
     );",
+    // 2: submissions (with their source archives) and each track's records.
+    "CREATE TABLE submissions (
+        id INTEGER PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        track TEXT NOT NULL,
+        track_path TEXT NOT NULL,
+        crate_name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        source_sha256 TEXT NOT NULL,
+        source BLOB NOT NULL,
+        transport TEXT NOT NULL,
+        library_sha256 TEXT,
+        status TEXT NOT NULL,
+        verdict TEXT
+    );
+    CREATE TABLE records (
+        id INTEGER PRIMARY KEY,
+        track TEXT NOT NULL,
+        submission_id INTEGER NOT NULL REFERENCES submissions (id),
+        comparison_id INTEGER REFERENCES comparisons (id),
+        created_at TEXT NOT NULL,
+        description TEXT NOT NULL,
+        time_to_target_s REAL NOT NULL,
+        val_loss REAL NOT NULL,
+        p_target REAL NOT NULL,
+        p_speedup REAL NOT NULL,
+        speedup REAL NOT NULL,
+        previous TEXT NOT NULL,
+        seeds TEXT NOT NULL
+    );
+    CREATE INDEX records_by_track ON records (track, id);",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {

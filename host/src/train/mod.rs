@@ -39,7 +39,12 @@ pub struct RunOptions {
     pub progress: bool,
     /// Record the run in this SQLite store (none: the run directory only).
     pub store: Option<PathBuf>,
+    /// Stop the run (failed, not invalid) when this instant passes.
+    pub deadline: Option<std::time::Instant>,
 }
+
+/// What the error of a run stopped by its deadline says.
+pub const DEADLINE: &str = "the wall-clock limit ran out";
 
 /// The pluggable parts of the loop; `Components::reference` is the built-in stack.
 pub struct Components {
@@ -754,6 +759,12 @@ fn train_loop(
         cx.validate(0, 0, 0.0, summary)?;
     }
     for step in 0..steps {
+        if opts
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            bail!("{DEADLINE} before step {step}");
+        }
         timer.resume();
         let t0 = std::time::Instant::now();
         let out = train_step(

@@ -1,0 +1,567 @@
+//! `speedrun submit`: the agent's loop in one command. Snapshot the crate's
+//! source into the store, build it (wasm unless the policy approves it natively),
+//! admit it, run N seeds of it interleaved with the track's record (and the
+//! reference), verify and store every run, and answer one verdict: valid or
+//! not, the statistics against the record and the reference, the frontier,
+//! and whether it is the new record.
+//!
+//! Exit codes: 0 valid, 2 invalid (a check failed, or the policy refused it),
+//! 1 could not run (the crate does not build, the tooling is missing, the
+//! wall-clock limit ran out).
+
+pub mod records;
+pub mod snapshot;
+
+use crate::compare::{self, BenchRun, BenchVerdict, Report, Session, Side, StackSpec, TimeMeasure};
+use crate::plugins::{self, build};
+use crate::score::{self, Axis};
+use crate::stats::{Interval, Summary};
+use crate::store::{NewRecord, Record, Store};
+use crate::track::LoadedTrack;
+use crate::verify::{Check, Outcome};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use speedrun_sandbox_policy::LoadedPolicy;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The verdict's schema name; bump it when a field changes meaning.
+pub const SCHEMA: &str = "speedrun.submit/1";
+
+pub struct SubmitOptions {
+    pub crate_dir: PathBuf,
+    pub track: LoadedTrack,
+    pub seeds: Vec<u64>,
+    /// Build and run natively (only for a library the policy approves).
+    pub native: bool,
+    pub store: PathBuf,
+    pub policy: LoadedPolicy,
+    pub max_wall: Option<Duration>,
+    /// Fewer steps than the budget (a quick check; never a record).
+    pub steps: Option<usize>,
+    pub data_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubmissionInfo {
+    pub id: Option<i64>,
+    pub crate_name: String,
+    pub description: String,
+    /// SHA-256 of the source archive stored with the submission.
+    pub source_sha256: String,
+    pub transport: String,
+    pub library_sha256: Option<String>,
+    /// Where the snapshot was unpacked, built and run.
+    pub work_dir: String,
+}
+
+/// One check over every run of the submission.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergedCheck {
+    pub check: Check,
+    pub outcome: Outcome,
+    /// The first failing run's detail (else the first run's).
+    pub detail: String,
+    /// Seeds whose run failed the check.
+    pub seeds_failed: Vec<u64>,
+}
+
+/// The submission against one baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Against {
+    pub stack: String,
+    pub record_id: Option<i64>,
+    pub comparison_id: Option<i64>,
+    pub baseline_val_loss: Option<Summary>,
+    pub baseline_time_to_target_s: Option<Summary>,
+    pub time_measure: TimeMeasure,
+    /// Baseline time / submission time, with its 95% interval.
+    pub speedup: Option<Interval>,
+    /// One-sided Welch p-value that the submission is faster.
+    pub welch_p: Option<f64>,
+    /// Submission − baseline mean validation loss at equal budget, 95% interval.
+    pub loss_delta: Option<Interval>,
+    pub verdict: BenchVerdict,
+    pub verdict_text: String,
+}
+
+impl Against {
+    fn new(r: &Report, record_id: Option<i64>) -> Against {
+        Against {
+            stack: r.baseline.stack.clone(),
+            record_id,
+            comparison_id: r.comparison_id,
+            baseline_val_loss: r.baseline.val_loss,
+            baseline_time_to_target_s: r.baseline.time_to_target_s,
+            time_measure: r.time_measure,
+            speedup: r.speedup,
+            welch_p: r.welch.map(|w| w.p_less),
+            loss_delta: r.loss_delta,
+            verdict: r.verdict,
+            verdict_text: r.verdict_text.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Paths {
+    /// The folder of every run directory of this submission.
+    pub runs: Option<String>,
+    /// Each submission run's directory (manifest, metrics.jsonl, summary.json, curves.svg).
+    pub run_dirs: Vec<String>,
+    pub frontier_svg: Option<String>,
+}
+
+/// What `submit` answers (also as JSON, schema `SCHEMA`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SubmitVerdict {
+    pub schema: &'static str,
+    /// valid, invalid, or error (could not run).
+    pub status: String,
+    pub exit_code: i32,
+    pub valid: bool,
+    pub error: Option<String>,
+    pub submission: SubmissionInfo,
+    pub track: String,
+    pub target_val_loss: Option<f64>,
+    pub seeds: Vec<u64>,
+    pub steps: usize,
+    pub checks: Vec<MergedCheck>,
+    pub val_loss: Option<Summary>,
+    pub train_time_s: Option<Summary>,
+    pub time_to_target_s: Option<Summary>,
+    /// One-sided t-test p-value that the mean validation loss is under the target.
+    pub p_below_target: Option<f64>,
+    /// `p_below_target < 0.01`.
+    pub target_claim: bool,
+    /// Against the track's current record (the reference when there is none).
+    pub against_record: Option<Against>,
+    pub against_reference: Option<Against>,
+    /// Some run of the submission is on the track's (time, loss) frontier.
+    pub on_frontier: bool,
+    pub new_record: bool,
+    pub record: Option<Record>,
+    pub runs: Vec<BenchRun>,
+    pub paths: Paths,
+}
+
+impl SubmitVerdict {
+    fn stop(mut self, status: &str, code: i32, error: String) -> SubmitVerdict {
+        self.status = status.into();
+        self.exit_code = code;
+        self.valid = false;
+        self.error = Some(error);
+        self
+    }
+}
+
+/// Builds the crate at `dir` as the submission's transport.
+fn build_library(dir: &Path, native: bool) -> Result<PathBuf> {
+    if native {
+        build::build_native(dir)
+    } else {
+        build::build_wasm(dir)
+    }
+}
+
+/// The policy's word on the built library: a native one must be approved by
+/// hash whatever the policy's mode; either must use hooks and transports the
+/// policy allows.
+fn admit(lib: &Path, native: bool, policy: &LoadedPolicy) -> Result<()> {
+    let (module, _) = plugins::open(lib, !native, plugins::wasm_limits(policy))?;
+    let m = module.manifest()?;
+    if native {
+        let sha = plugins::sha256_file(lib)?;
+        if let speedrun_sandbox_policy::NativeVerdict::Unapproved(why) = policy
+            .policy
+            .native_verdict(&m.name, &m.version, &sha, &m.hooks)
+        {
+            anyhow::bail!(
+                "--native needs the policy's approval ({why}); submit without --native to run it sandboxed as wasm"
+            );
+        }
+    }
+    plugins::admit(policy, &m, &module, lib)?;
+    Ok(())
+}
+
+/// Unpacks and builds a stored submission's source into `into`; answers its library.
+pub fn rebuild(store: &Store, submission_id: i64, into: &Path) -> Result<PathBuf> {
+    let s = store.submission(submission_id)?;
+    let archive = store.submission_source(submission_id)?;
+    let dir = if into.join(&s.crate_name).join("Cargo.toml").is_file() {
+        into.join(&s.crate_name)
+    } else {
+        snapshot::extract(&archive, &s.crate_name, into)?
+    };
+    build_library(&dir, s.transport == "native")
+        .with_context(|| format!("rebuilding submission {submission_id} from its stored source"))
+}
+
+/// The folder submissions are unpacked and run in: beside the store.
+pub fn work_root(store: &Path) -> PathBuf {
+    store
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("submissions")
+}
+
+fn merge_checks(store: &Store, runs: &[BenchRun]) -> Result<Vec<MergedCheck>> {
+    let mut merged: Vec<MergedCheck> = Vec::new();
+    for r in runs {
+        let Some(id) = r.store_id else { continue };
+        let Some(v) = store.verdict(id)? else {
+            continue;
+        };
+        for c in v.checks {
+            match merged.iter_mut().find(|m| m.check == c.check) {
+                None => merged.push(MergedCheck {
+                    check: c.check,
+                    outcome: c.outcome,
+                    seeds_failed: if c.outcome == Outcome::Failed {
+                        vec![r.seed]
+                    } else {
+                        vec![]
+                    },
+                    detail: c.detail,
+                }),
+                Some(m) if c.outcome == Outcome::Failed => {
+                    if m.outcome != Outcome::Failed {
+                        m.detail = c.detail;
+                    }
+                    m.outcome = Outcome::Failed;
+                    m.seeds_failed.push(r.seed);
+                }
+                Some(m) if c.outcome == Outcome::Skipped && m.outcome == Outcome::Passed => {
+                    m.outcome = Outcome::Skipped;
+                    m.detail = c.detail;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// Runs a submission end to end. `Err` only when nothing could be recorded (no
+/// crate, no store); every later failure is in the verdict.
+pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
+    let deadline = o.max_wall.map(|d| Instant::now() + d);
+    let track = &o.track.track;
+    compare::check_seeds(&o.seeds)?;
+    let snap = snapshot::take(&o.crate_dir)?;
+    let store = Store::open(&o.store)?;
+    let transport = if o.native { "native" } else { "wasm" };
+    let id = store.add_submission(
+        &track.name,
+        &o.track.path.display().to_string(),
+        &snap.crate_name,
+        &snap.description,
+        &snap.sha256,
+        &snap.archive,
+        transport,
+    )?;
+    let work = work_root(&o.store).join(format!("{id}-{}", &snap.sha256[..12]));
+    let v = SubmitVerdict {
+        schema: SCHEMA,
+        status: "running".into(),
+        exit_code: 1,
+        valid: false,
+        error: None,
+        submission: SubmissionInfo {
+            id: Some(id),
+            crate_name: snap.crate_name.clone(),
+            description: snap.description.clone(),
+            source_sha256: snap.sha256.clone(),
+            transport: transport.into(),
+            library_sha256: None,
+            work_dir: work.display().to_string(),
+        },
+        track: track.name.clone(),
+        target_val_loss: track.target.val_loss,
+        seeds: o.seeds.clone(),
+        steps: o.steps.unwrap_or(track.steps()),
+        checks: Vec::new(),
+        val_loss: None,
+        train_time_s: None,
+        time_to_target_s: None,
+        p_below_target: None,
+        target_claim: false,
+        against_record: None,
+        against_reference: None,
+        on_frontier: false,
+        new_record: false,
+        record: None,
+        runs: Vec::new(),
+        paths: Paths::default(),
+    };
+    let v = match run_submission(o, &store, id, &work, deadline, v.clone()) {
+        Ok(done) => done,
+        Err(e) => v.stop("error", 1, format!("{e:#}")),
+    };
+    let status = match v.status.as_str() {
+        "error" if v.submission.library_sha256.is_none() => "build_failed",
+        s => s,
+    };
+    store.set_submission_status(id, status, Some(&serde_json::to_value(&v)?))?;
+    Ok(v)
+}
+
+fn run_submission(
+    o: &SubmitOptions,
+    store: &Store,
+    id: i64,
+    work: &Path,
+    deadline: Option<Instant>,
+    mut v: SubmitVerdict,
+) -> Result<SubmitVerdict> {
+    let track = &o.track.track;
+    let archive = store.submission_source(id)?;
+    let dir = snapshot::extract(&archive, &v.submission.crate_name, &work.join("source"))?;
+    // What runs is what was stored: the library is built from the unpacked snapshot.
+    let lib = build_library(&dir, o.native)?;
+    let lib_sha = plugins::sha256_file(&lib)?;
+    store.set_submission_library(id, &lib_sha)?;
+    v.submission.library_sha256 = Some(lib_sha);
+    if let Err(e) = admit(&lib, o.native, &o.policy) {
+        v.checks.push(MergedCheck {
+            check: Check::Plugins,
+            outcome: Outcome::Failed,
+            detail: format!("{e:#}"),
+            seeds_failed: o.seeds.clone(),
+        });
+        return Ok(v.stop("invalid", 2, format!("refused by the policy: {e:#}")));
+    }
+
+    let candidate = StackSpec {
+        plugins: vec![lib],
+        wasm: !o.native,
+        label: Some(format!("{} (submission {id})", v.submission.crate_name)),
+        ..StackSpec::default()
+    };
+    let current = store.records(&track.name)?.pop();
+    let record_stack = match &current {
+        Some(r) => Some(StackSpec {
+            plugins: vec![rebuild(
+                store,
+                r.submission_id,
+                &work_root(&o.store).join(format!("record-{}", r.id)),
+            )?],
+            wasm: r.transport != "native",
+            label: Some(format!("record {} ({})", r.id, r.crate_name)),
+            ..StackSpec::default()
+        }),
+        None => None,
+    };
+    let reference = StackSpec {
+        label: Some("reference".into()),
+        ..StackSpec::default()
+    };
+    let mut stacks = vec![("candidate", &candidate)];
+    if let Some(r) = &record_stack {
+        stacks.push(("record", r));
+    }
+    stacks.push(("reference", &reference));
+    let session = Session {
+        track: o.track.clone(),
+        seeds: o.seeds.clone(),
+        steps: o.steps,
+        data_dir: o.data_dir.clone(),
+        out: work.join("runs"),
+        store: Some(o.store.clone()),
+        policy: o.policy.clone(),
+        progress: o.progress,
+        deadline,
+    };
+    let mut sides = compare::run_stacks(&session, &stacks)?;
+    let target = track.target.val_loss;
+    let cand_runs = sides.remove(0);
+    let side = |runs: Vec<BenchRun>, stack: &StackSpec| Side::new(stack.describe(), runs, target);
+    let compare_to = |base: Side| -> Result<Report> {
+        let mut r = compare::analyse(
+            track.name.clone(),
+            target,
+            o.seeds.clone(),
+            v.steps,
+            side(cand_runs.clone(), &candidate),
+            base,
+        );
+        r.comparison_id = Some(compare::store_comparison(&o.store, &r)?);
+        Ok(r)
+    };
+    let vs_reference = compare_to(side(sides.pop().unwrap_or_default(), &reference))?;
+    let vs_record = match &record_stack {
+        Some(rs) => compare_to(side(sides.pop().unwrap_or_default(), rs))?,
+        None => vs_reference.clone(),
+    };
+
+    let c = &vs_reference.candidate;
+    v.checks = merge_checks(store, &cand_runs)?;
+    v.val_loss = c.val_loss;
+    v.train_time_s = c.train_time_s;
+    v.time_to_target_s = c.time_to_target_s;
+    v.p_below_target = c.below_target.map(|t| t.p_value);
+    v.target_claim = c.target_claim;
+    v.valid = c.all_valid;
+    v.against_record = Some(Against::new(&vs_record, current.as_ref().map(|r| r.id)));
+    v.against_reference = Some(Against::new(&vs_reference, None));
+    v.runs = cand_runs.clone();
+
+    // Frontier and plots.
+    let all = store.runs(Some(&track.name))?;
+    let ids: Vec<i64> = cand_runs.iter().filter_map(|r| r.store_id).collect();
+    v.on_frontier = score::frontier(&all, Axis::TrainTime)
+        .iter()
+        .any(|e| e.on_frontier && ids.contains(&e.run_id));
+    let frontier_svg = work.join("frontier.svg");
+    crate::views::frontier(store, &track.name, true, Some(&frontier_svg))?;
+    for run_id in &ids {
+        crate::views::show(store, &run_id.to_string(), true, None)?;
+    }
+    v.paths = Paths {
+        runs: Some(session.out.display().to_string()),
+        run_dirs: cand_runs.iter().map(|r| r.run_dir.clone()).collect(),
+        frontier_svg: Some(frontier_svg.display().to_string()),
+    };
+
+    // The record rule (compare::Report::beats_baseline), at the full budget only.
+    let full_budget = o.steps.is_none_or(|s| s == track.steps());
+    if v.valid && full_budget && vs_record.beats_baseline() {
+        let rid = store.add_record(&NewRecord {
+            track: &track.name,
+            submission_id: id,
+            comparison_id: vs_record.comparison_id,
+            description: &if v.submission.description.is_empty() {
+                v.submission.crate_name.clone()
+            } else {
+                format!("{}: {}", v.submission.crate_name, v.submission.description)
+            },
+            time_to_target_s: c.time_to_target_s.map_or(f64::NAN, |s| s.mean),
+            val_loss: c.val_loss.map_or(f64::NAN, |s| s.mean),
+            p_target: c.below_target.map_or(f64::NAN, |t| t.p_value),
+            p_speedup: vs_record.welch.map_or(f64::NAN, |w| w.p_less),
+            speedup: vs_record.speedup.map_or(f64::NAN, |s| s.estimate),
+            previous: &vs_record.baseline.stack,
+            seeds: &o.seeds,
+        })?;
+        v.new_record = true;
+        v.record = Some(store.record(rid)?);
+    }
+    if v.valid {
+        v.status = "valid".into();
+        v.exit_code = 0;
+    } else {
+        let failed: Vec<String> = v
+            .checks
+            .iter()
+            .filter(|c| c.outcome == Outcome::Failed)
+            .map(|c| c.check.to_string())
+            .collect();
+        v = v.stop(
+            "invalid",
+            2,
+            format!("failed checks: {}", failed.join(", ")),
+        );
+    }
+    Ok(v)
+}
+
+/// The verdict for a person.
+pub fn render(v: &SubmitVerdict) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let s = &v.submission;
+    let _ = writeln!(
+        o,
+        "submission {} — {} ({}), track {}, seeds {:?}",
+        s.id.map_or("-".into(), |i| i.to_string()),
+        s.crate_name,
+        s.transport,
+        v.track,
+        v.seeds
+    );
+    let _ = writeln!(o, "  source sha256   {}", s.source_sha256);
+    if let Some(l) = &s.library_sha256 {
+        let _ = writeln!(o, "  library sha256  {l}");
+    }
+    let _ = writeln!(o, "  verdict         {}", v.status.to_uppercase());
+    if let Some(e) = &v.error {
+        let _ = writeln!(o, "  error           {e}");
+    }
+    for c in &v.checks {
+        let _ = writeln!(
+            o,
+            "    {:<18} {:<8} {}",
+            c.check.name(),
+            format!("{:?}", c.outcome).to_lowercase(),
+            c.detail
+        );
+    }
+    let sm =
+        |x: &Option<Summary>| x.map_or("-".into(), |s| format!("{:.4} ± {:.4}", s.mean, s.std));
+    if v.val_loss.is_some() {
+        let _ = writeln!(
+            o,
+            "  val loss        {} (target {})",
+            sm(&v.val_loss),
+            v.target_val_loss
+                .map_or("none".into(), |t| format!("{t:.4}"))
+        );
+        let _ = writeln!(o, "  training time   {} s", sm(&v.train_time_s));
+        let _ = writeln!(o, "  time to target  {} s", sm(&v.time_to_target_s));
+        let _ = writeln!(
+            o,
+            "  p(loss < target) {} ({})",
+            v.p_below_target
+                .map_or("undefined".into(), |p| format!("{p:.3e}")),
+            if v.target_claim {
+                "claim holds at p < 0.01"
+            } else {
+                "no claim"
+            }
+        );
+    }
+    for (name, a) in [
+        ("record", &v.against_record),
+        ("reference", &v.against_reference),
+    ] {
+        let Some(a) = a else { continue };
+        let _ = writeln!(
+            o,
+            "  vs {name:<9}    {}: speedup {} , Welch p {}, loss delta {}; {}",
+            a.stack,
+            a.speedup.map_or("-".into(), |s| format!(
+                "{:.3}x [{:.3}, {:.3}]",
+                s.estimate, s.low, s.high
+            )),
+            a.welch_p.map_or("-".into(), |p| format!("{p:.3e}")),
+            a.loss_delta.map_or("-".into(), |d| format!(
+                "{:+.4} [{:+.4}, {:+.4}]",
+                d.estimate, d.low, d.high
+            )),
+            a.verdict_text
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  on frontier     {}",
+        if v.on_frontier { "yes" } else { "no" }
+    );
+    let _ = writeln!(
+        o,
+        "  new record      {}",
+        match &v.record {
+            Some(r) => format!("YES (record {} of track {})", r.id, r.track),
+            None => "no".into(),
+        }
+    );
+    if let Some(r) = &v.paths.runs {
+        let _ = writeln!(o, "  runs            {r}");
+    }
+    if let Some(f) = &v.paths.frontier_svg {
+        let _ = writeln!(o, "  frontier plot   {f}");
+    }
+    o
+}

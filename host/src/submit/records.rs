@@ -1,0 +1,282 @@
+//! A track's record history, in the speedrun's table style, and `reverify`:
+//! rebuild a record from its stored source and run it again here.
+
+use super::{rebuild, work_root, Against};
+use crate::compare::{self, BenchRun, Session, Side, StackSpec};
+use crate::plugins;
+use crate::stats::Summary;
+use crate::store::{Record, Store};
+use crate::track::LoadedTrack;
+use anyhow::{bail, Result};
+use serde::Serialize;
+use speedrun_sandbox_policy::LoadedPolicy;
+use std::fmt::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Markdown,
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "text" => Ok(Format::Text),
+            "markdown" | "md" => Ok(Format::Markdown),
+            "json" => Ok(Format::Json),
+            other => Err(format!("unknown format {other:?}: text, markdown or json")),
+        }
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// The history, oldest first, numbered as the speedrun numbers its records.
+pub fn render(track: &str, records: &[Record], format: Format) -> Result<String> {
+    if format == Format::Json {
+        #[derive(Serialize)]
+        struct J<'a> {
+            track: &'a str,
+            current: Option<&'a Record>,
+            records: &'a [Record],
+        }
+        return Ok(serde_json::to_string_pretty(&J {
+            track,
+            current: records.last(),
+            records,
+        })? + "\n");
+    }
+    let mut o = String::new();
+    let row = |r: &Record, i: usize| {
+        [
+            (i + 1).to_string(),
+            format!("{:.2} s", r.time_to_target_s),
+            r.description.clone(),
+            r.created_at.get(..10).unwrap_or(&r.created_at).to_string(),
+            format!("{:.3}x over {}", r.speedup, r.previous),
+            format!("{:.4}", r.val_loss),
+            format!(
+                "src {} lib {} ({})",
+                short(&r.source_sha256),
+                r.library_sha256.as_deref().map(short).unwrap_or("-"),
+                r.transport
+            ),
+        ]
+    };
+    let head = [
+        "#",
+        "record time",
+        "description",
+        "date",
+        "speedup",
+        "val loss",
+        "hashes",
+    ];
+    match format {
+        Format::Markdown => {
+            let _ = writeln!(o, "| {} |", head.join(" | "));
+            let _ = writeln!(o, "|{}", "---|".repeat(head.len()));
+            for (i, r) in records.iter().enumerate() {
+                let _ = writeln!(o, "| {} |", row(r, i).join(" | "));
+            }
+        }
+        _ => {
+            let _ = writeln!(
+                o,
+                "{:>3}  {:>11}  {:<40}  {:<10}  {:<28}  {:>8}  {}",
+                head[0], head[1], head[2], head[3], head[4], head[5], head[6]
+            );
+            for (i, r) in records.iter().enumerate() {
+                let c = row(r, i);
+                let _ = writeln!(
+                    o,
+                    "{:>3}  {:>11}  {:<40}  {:<10}  {:<28}  {:>8}  {}",
+                    c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+                );
+            }
+        }
+    }
+    if records.is_empty() {
+        let _ = writeln!(
+            o,
+            "(no records for track {track} yet: the reference stack stands)"
+        );
+    }
+    Ok(o)
+}
+
+/// What `reverify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reverification {
+    pub record: Record,
+    /// SHA-256 of the library rebuilt here from the stored source.
+    pub library_sha256: String,
+    /// The rebuild gave the same library bytes as the submission's build.
+    pub same_library: bool,
+    pub seeds: Vec<u64>,
+    pub valid: bool,
+    pub val_loss: Option<Summary>,
+    pub time_to_target_s: Option<Summary>,
+    pub p_below_target: Option<f64>,
+    pub target_claim: bool,
+    /// The mean validation loss equals the record's (same seeds, same curves on CPU).
+    pub val_loss_matches_record: bool,
+    pub against_reference: Against,
+    /// Valid and under the target at p < 0.01 again.
+    pub reproduced: bool,
+    pub runs: Vec<BenchRun>,
+}
+
+pub struct ReverifyOptions {
+    pub record: i64,
+    pub track: LoadedTrack,
+    pub store: PathBuf,
+    /// Default: the record's own seeds.
+    pub seeds: Option<Vec<u64>>,
+    pub policy: LoadedPolicy,
+    pub progress: bool,
+}
+
+/// Rebuilds record `o.record` from its stored source into a fresh folder and runs it
+/// (interleaved with the reference) on this machine.
+pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
+    let store = Store::open(&o.store)?;
+    let record = store.record(o.record)?;
+    if record.track != o.track.track.name {
+        bail!(
+            "record {} is of track {}, not {}",
+            record.id,
+            record.track,
+            o.track.track.name
+        );
+    }
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    let work = work_root(&o.store).join(format!("reverify-{}-{stamp}", record.id));
+    let lib = rebuild(&store, record.submission_id, &work.join("source"))?;
+    let library_sha256 = plugins::sha256_file(&lib)?;
+    let seeds = o.seeds.clone().unwrap_or_else(|| record.seeds.clone());
+    let stack = StackSpec {
+        plugins: vec![lib],
+        wasm: record.transport != "native",
+        label: Some(format!("record {} ({})", record.id, record.crate_name)),
+        ..StackSpec::default()
+    };
+    let reference = StackSpec {
+        label: Some("reference".into()),
+        ..StackSpec::default()
+    };
+    let session = Session {
+        track: o.track.clone(),
+        seeds: seeds.clone(),
+        steps: None,
+        data_dir: None,
+        out: work.join("runs"),
+        store: Some(o.store.clone()),
+        policy: o.policy.clone(),
+        progress: o.progress,
+        deadline: None,
+    };
+    let mut sides =
+        compare::run_stacks(&session, &[("record", &stack), ("reference", &reference)])?;
+    let target = o.track.track.target.val_loss;
+    let (runs, base) = (sides.remove(0), sides.remove(0));
+    let mut report = compare::analyse(
+        record.track.clone(),
+        target,
+        seeds.clone(),
+        o.track.track.steps(),
+        Side::new(stack.describe(), runs.clone(), target),
+        Side::new(reference.describe(), base, target),
+    );
+    report.comparison_id = Some(compare::store_comparison(&o.store, &report)?);
+    let c = &report.candidate;
+    let valid = c.all_valid;
+    Ok(Reverification {
+        same_library: record.library_sha256.as_deref() == Some(library_sha256.as_str()),
+        library_sha256,
+        val_loss_matches_record: c.val_loss.is_some_and(|s| {
+            (s.mean - record.val_loss).abs() <= 1e-9 * record.val_loss.abs().max(1.0)
+        }),
+        seeds,
+        valid,
+        val_loss: c.val_loss,
+        time_to_target_s: c.time_to_target_s,
+        p_below_target: c.below_target.map(|t| t.p_value),
+        target_claim: c.target_claim,
+        against_reference: Against::new(&report, None),
+        reproduced: valid && c.target_claim,
+        runs,
+        record,
+    })
+}
+
+pub fn render_reverification(r: &Reverification) -> String {
+    let mut o = String::new();
+    let sm =
+        |x: &Option<Summary>| x.map_or("-".into(), |s| format!("{:.4} ± {:.4}", s.mean, s.std));
+    let _ = writeln!(
+        o,
+        "record {} of track {} ({}), rebuilt from source {}",
+        r.record.id, r.record.track, r.record.description, r.record.source_sha256
+    );
+    let _ = writeln!(
+        o,
+        "  library        {} ({})",
+        r.library_sha256,
+        if r.same_library {
+            "identical to the submission's build"
+        } else {
+            "DIFFERS from the submission's build"
+        }
+    );
+    let _ = writeln!(o, "  seeds          {:?}", r.seeds);
+    let _ = writeln!(o, "  valid          {}", if r.valid { "yes" } else { "NO" });
+    let _ = writeln!(
+        o,
+        "  val loss       {} (record: {:.4}{})",
+        sm(&r.val_loss),
+        r.record.val_loss,
+        if r.val_loss_matches_record {
+            ", identical"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  time to target {} s (record: {:.2} s)",
+        sm(&r.time_to_target_s),
+        r.record.time_to_target_s
+    );
+    let _ = writeln!(
+        o,
+        "  vs reference   speedup {}, Welch p {}",
+        r.against_reference.speedup.map_or("-".into(), |s| format!(
+            "{:.3}x [{:.3}, {:.3}]",
+            s.estimate, s.low, s.high
+        )),
+        r.against_reference
+            .welch_p
+            .map_or("-".into(), |p| format!("{p:.3e}"))
+    );
+    let _ = writeln!(
+        o,
+        "  claim          {}",
+        if r.reproduced {
+            format!(
+                "reproduced (p(loss < target) = {:.3e})",
+                r.p_below_target.unwrap_or(f64::NAN)
+            )
+        } else {
+            "NOT reproduced".into()
+        }
+    );
+    o
+}
