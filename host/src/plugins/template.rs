@@ -33,8 +33,10 @@ fn number(config: &serde_json::Value, key: &str) -> Result<f64> {
 impl Plugin for Sgd {
     /// Keys named like the track's [optimizer] table (weight_decay, grad_clip)
     /// take the track's values; `--plugin-config {name}='{...}'` overrides any.
+    /// SGD wants a far larger step than AdamW's peak: `lr_scale` 25 reached a
+    /// validation loss of 3.23 on smoke (AdamW: 3.05).
     fn default_config() -> serde_json::Value {
-        serde_json::json!({ "momentum": 0.9, "weight_decay": 0.0, "grad_clip": 1.0, "lr_scale": 1.0 })
+        serde_json::json!({ "momentum": 0.9, "weight_decay": 0.0, "grad_clip": 1.0, "lr_scale": 25.0 })
     }
 
     fn new(config: &serde_json::Value) -> Result<Self> {
