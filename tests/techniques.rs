@@ -119,8 +119,8 @@ fn reference_step(
         } else {
             let decay = if dims.len() == 2 { wd } else { 0.0 };
             let (bc1, bc2) = (1.0 - 0.9f64.powi(t), 1.0 - 0.95f64.powi(t));
-            for i in 0..p.value.len() {
-                let gi = g[i] * clip;
+            for (i, &g_raw) in g.iter().enumerate() {
+                let gi = g_raw * clip;
                 p.buf[i] = beta1 * p.buf[i] + (1.0 - beta1) * gi;
                 p.v[i] = beta2 * p.v[i] + (1.0 - beta2) * gi * gi;
                 p.value[i] *= 1.0 - lr * decay;
