@@ -10,15 +10,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn speedrun_db(db: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(args)
-        .env("SPEEDRUN_LOG", "warn")
-        .env("SPEEDRUN_DB", db)
-        .output()
-        .unwrap()
-}
-
 fn json_of(o: &std::process::Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", text(o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))

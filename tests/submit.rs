@@ -7,16 +7,7 @@ mod common;
 use common::*;
 
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn speedrun_in(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(args)
-        .env("SPEEDRUN_LOG", "warn")
-        .env("SPEEDRUN_DB", db)
-        .output()
-        .unwrap()
-}
+use std::process::Output;
 
 fn scaffold(dir: &Path, hook: &str, name: &str) -> std::path::PathBuf {
     let o = speedrun(&[
@@ -75,7 +66,7 @@ fn a_scaffolded_optimizer_is_built_as_wasm_run_against_the_reference_and_judged(
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("store/runs.db");
     let krate = scaffold(tmp.path(), "optimizer", "agent-sgd");
-    let o = speedrun_in(
+    let o = speedrun_db(
         &db,
         &[
             "submit",
@@ -142,7 +133,7 @@ fn a_submission_that_breaks_a_check_exits_2_naming_it() {
         "Ok(ScheduleOut::new(self.lr_scale * lr_mult, 1.0))",
         "let mut out = ScheduleOut::new(self.lr_scale * lr_mult, 1.0);\n        if step == 2 { out.batch_tokens = Some(102400); }\n        Ok(out)",
     );
-    let o = speedrun_in(
+    let o = speedrun_db(
         &db,
         &[
             "submit",
@@ -176,7 +167,7 @@ fn a_submission_that_breaks_a_check_exits_2_naming_it() {
         v["error"]
     );
     // Without --json the check is named on the terminal too.
-    let o = speedrun_in(
+    let o = speedrun_db(
         &db,
         &[
             "submit",
@@ -203,7 +194,7 @@ fn a_crate_that_does_not_compile_exits_1_showing_the_compiler() {
         "pub struct Linear {",
         "pub struct Linear { oops: UndefinedType,",
     );
-    let o = speedrun_in(
+    let o = speedrun_db(
         &db,
         &[
             "submit",
@@ -235,7 +226,7 @@ fn native_needs_approval_and_max_wall_bounds_the_submission() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("runs.db");
     let krate = scaffold(tmp.path(), "schedule", "unapproved");
-    let o = speedrun_in(
+    let o = speedrun_db(
         &db,
         &[
             "submit",
@@ -258,7 +249,7 @@ fn native_needs_approval_and_max_wall_bounds_the_submission() {
     );
     assert_eq!(v["checks"][0]["check"], "plugins");
 
-    let o = speedrun_in(
+    let o = speedrun_db(
         &db,
         &[
             "submit",
@@ -284,12 +275,13 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("runs.db");
     // A track with a loose target and validation every 5 steps, so a schedule at
-    // 3x the peak learning rate reaches the target in half the reference's time.
+    // 5x the peak learning rate reaches the target in about a third of the
+    // reference's steps (15 against 40-45), a margin that survives a loaded machine.
     let track = root().join("tests/fixtures/smoke-record.toml");
     let track = track.to_str().unwrap();
     let fast = scaffold(tmp.path(), "schedule", "fast");
-    edit(&fast, "\"lr_scale\": 1.0", "\"lr_scale\": 3.0");
-    let o = speedrun_in(
+    edit(&fast, "\"lr_scale\": 1.0", "\"lr_scale\": 5.0");
+    let o = speedrun_db(
         &db,
         &[
             "submit",
@@ -305,18 +297,18 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
     let v = verdict(&o);
     assert_eq!(v["new_record"], true, "{:#}", v["against_record"]);
     assert_eq!(v["against_record"]["verdict"], "faster_to_target");
-    assert!(v["against_record"]["speedup"]["low"].as_f64().unwrap() > 1.0);
+    assert!(v["against_record"]["speedup"]["estimate"].as_f64().unwrap() > 1.5);
     let record_id = v["record"]["id"].as_i64().unwrap();
     let source = v["submission"]["source_sha256"]
         .as_str()
         .unwrap()
         .to_string();
 
-    let o = speedrun_in(&db, &["records", "--track", track, "--format", "json"]);
+    let o = speedrun_db(&db, &["records", "--track", track, "--format", "json"]);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["records"].as_array().unwrap().len(), 1);
     assert_eq!(r["current"]["source_sha256"], source.as_str());
-    let md = text(&speedrun_in(
+    let md = text(&speedrun_db(
         &db,
         &["records", "--track", track, "--format", "markdown"],
     ));
@@ -327,7 +319,7 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
 
     // The crate is gone: the record is rebuilt from the store alone.
     std::fs::remove_dir_all(&fast).unwrap();
-    let o = speedrun_in(&db, &["reverify", &record_id.to_string(), "--json"]);
+    let o = speedrun_db(&db, &["reverify", &record_id.to_string(), "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let re = verdict(&o);
     assert_eq!(re["same_library"], true, "the rebuild differs");
@@ -341,7 +333,7 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
     // A slower submission is run against the record (rebuilt from its source)
     // and the reference, and does not replace it.
     let slow = scaffold(tmp.path(), "schedule", "slow");
-    let o = speedrun_in(
+    let o = speedrun_db(
         &db,
         &[
             "submit",
@@ -362,7 +354,7 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
         .unwrap()
         .starts_with("record 1"));
     assert_eq!(v["against_reference"]["stack"], "reference");
-    let o = speedrun_in(&db, &["records", "--track", track, "--format", "json"]);
+    let o = speedrun_db(&db, &["records", "--track", track, "--format", "json"]);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["records"].as_array().unwrap().len(), 1);
 }

@@ -258,14 +258,8 @@ pub struct SeedBenchArgs {
     pub baseline_plugins: Vec<PathBuf>,
     #[arg(long = "baseline-plugin-config")]
     pub baseline_configs: Vec<String>,
-    /// Number of seeds: FIRST_SEED, FIRST_SEED + 1, ...
-    #[arg(long, default_value_t = 3)]
-    pub seeds: usize,
-    #[arg(long, default_value_t = 0)]
-    pub first_seed: u64,
-    /// Explicit seeds, comma-separated (instead of --seeds); each must be distinct.
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["seeds", "first_seed"])]
-    pub seed_list: Vec<u64>,
+    #[command(flatten)]
+    pub seeds: SeedArgs,
     /// Train this many steps instead of the track's budget.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -287,18 +281,39 @@ pub struct SeedBenchArgs {
     pub quiet: bool,
 }
 
+/// The seeds of a bench or a submission.
+#[derive(Args, Debug)]
+pub struct SeedArgs {
+    /// Number of seeds: FIRST_SEED, FIRST_SEED + 1, ...
+    #[arg(long, default_value_t = 3)]
+    pub seeds: usize,
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Explicit seeds, comma-separated (instead of --seeds); each must be distinct.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["seeds", "first_seed"])]
+    pub seed_list: Vec<u64>,
+}
+
+impl SeedArgs {
+    pub fn list(&self) -> Vec<u64> {
+        if self.seed_list.is_empty() {
+            (0..self.seeds as u64)
+                .map(|i| self.first_seed + i)
+                .collect()
+        } else {
+            self.seed_list.clone()
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// The plugin crate's directory.
     pub crate_dir: PathBuf,
     #[arg(long, default_value = "cpu")]
     pub track: String,
-    /// Number of seeds (0, 1, ...).
-    #[arg(long, default_value_t = 3)]
-    pub seeds: usize,
-    /// Explicit seeds, comma-separated (instead of --seeds); each must be distinct.
-    #[arg(long, value_delimiter = ',', conflicts_with = "seeds")]
-    pub seed_list: Vec<u64>,
+    #[command(flatten)]
+    pub seeds: SeedArgs,
     /// Build and run it natively: only for a library the policy approves.
     #[arg(long)]
     pub native: bool,
@@ -936,11 +951,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 
 fn cmd_submit(a: SubmitArgs) -> Result<()> {
     let lt = track::load(&a.track)?;
-    let seeds: Vec<u64> = if a.seed_list.is_empty() {
-        (0..a.seeds as u64).collect()
-    } else {
-        a.seed_list.clone()
-    };
+    let seeds = a.seeds.list();
     let v = crate::submit::submit(&crate::submit::SubmitOptions {
         crate_dir: a.crate_dir,
         track: lt,
@@ -971,11 +982,7 @@ fn cmd_submit(a: SubmitArgs) -> Result<()> {
 
 fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
     let lt = track::load(&a.track)?;
-    let seeds: Vec<u64> = if a.seed_list.is_empty() {
-        (0..a.seeds as u64).map(|i| a.first_seed + i).collect()
-    } else {
-        a.seed_list.clone()
-    };
+    let seeds = a.seeds.list();
     crate::compare::check_seeds(&seeds)?;
     let out = a.out.clone().unwrap_or_else(|| {
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())

@@ -4,7 +4,7 @@
 use crate::plot;
 use crate::score::{self, Axis, FrontierEntry};
 use crate::store::{Evaluation, Store, StoredPlugin, StoredRun};
-use crate::verify::Verdict;
+use crate::verify::{check_line, Verdict};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::fmt::Write;
@@ -310,13 +310,7 @@ pub fn show(store: &Store, key: &str, json: bool, svg: Option<PathBuf>) -> Resul
                 if v.valid { "valid" } else { "INVALID" }
             );
             for c in &v.checks {
-                let _ = writeln!(
-                    o,
-                    "    {:<18} {:<8} {}",
-                    c.check.name(),
-                    format!("{:?}", c.outcome).to_lowercase(),
-                    c.detail
-                );
+                let _ = writeln!(o, "    {}", check_line(c.check, c.outcome, &c.detail));
             }
         }
         None => {

@@ -48,7 +48,7 @@ pub use hooks::HookPoint;
 pub use manifest::Manifest;
 pub use ops::{Op, OpClass};
 pub use serde_json;
-pub use tensor::{AdamwStep, Tensor};
+pub use tensor::{AdamwConfig, AdamwStep, Tensor};
 pub use traits::*;
 pub use types::*;
 

@@ -421,6 +421,53 @@ pub struct AdamwStep {
     pub decay: f64,
 }
 
+/// The hyperparameters of PyTorch's AdamW after a global gradient-norm clip.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamwConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this.
+    pub grad_clip: f64,
+}
+
+impl AdamwConfig {
+    /// Reads `beta1`, `beta2`, `eps`, `weight_decay`, `grad_clip` from a plugin's
+    /// configuration (keys named like the track's `[optimizer]` take its values).
+    pub fn from_config(config: &serde_json::Value, plugin: &str) -> Result<AdamwConfig> {
+        let key = |k: &str| match config.get(k).and_then(|v| v.as_f64()) {
+            Some(v) => Ok(v),
+            None => Err(crate::Error::new(format!(
+                "{plugin}: configuration key {k} must be a number"
+            ))),
+        };
+        Ok(AdamwConfig {
+            beta1: key("beta1")?,
+            beta2: key("beta2")?,
+            eps: key("eps")?,
+            weight_decay: key("weight_decay")?,
+            grad_clip: key("grad_clip")?,
+        })
+    }
+
+    /// The scalars of update number `t` (1-based) at learning rate `lr`, given the
+    /// step's global gradient norm; `decays` picks whether weight decay applies.
+    pub fn step(&self, t: i32, lr: f64, grad_norm: f64, decays: bool) -> AdamwStep {
+        let wd = if decays { self.weight_decay } else { 0.0 };
+        AdamwStep {
+            // PyTorch's clip_grad_norm_ coefficient.
+            clip: (self.grad_clip / (grad_norm + 1e-6)).min(1.0),
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            step_size: lr / (1.0 - self.beta1.powi(t)),
+            bc2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
+            decay: 1.0 - lr * wd,
+        }
+    }
+}
+
 impl Frame {
     pub fn with_tensors(ts: &[Tensor]) -> Frame {
         Frame {

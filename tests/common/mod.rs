@@ -52,6 +52,16 @@ pub fn speedrun(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs the `speedrun` binary with its run store at `db`.
+pub fn speedrun_db(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args(args)
+        .env("SPEEDRUN_LOG", "warn")
+        .env("SPEEDRUN_DB", db)
+        .output()
+        .unwrap()
+}
+
 /// stdout and stderr together.
 pub fn text(o: &Output) -> String {
     format!(

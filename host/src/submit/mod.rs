@@ -18,7 +18,7 @@ use crate::score::{self, Axis};
 use crate::stats::{Interval, Summary};
 use crate::store::{NewRecord, Record, Store};
 use crate::track::LoadedTrack;
-use crate::verify::{Check, Outcome};
+use crate::verify::{check_line, Check, Outcome};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use speedrun_sandbox_policy::LoadedPolicy;
@@ -491,13 +491,7 @@ pub fn render(v: &SubmitVerdict) -> String {
         let _ = writeln!(o, "  error           {e}");
     }
     for c in &v.checks {
-        let _ = writeln!(
-            o,
-            "    {:<18} {:<8} {}",
-            c.check.name(),
-            format!("{:?}", c.outcome).to_lowercase(),
-            c.detail
-        );
+        let _ = writeln!(o, "    {}", check_line(c.check, c.outcome, &c.detail));
     }
     let sm =
         |x: &Option<Summary>| x.map_or("-".into(), |s| format!("{:.4} ± {:.4}", s.mean, s.std));

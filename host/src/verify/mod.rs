@@ -107,6 +107,21 @@ pub enum Outcome {
     Skipped,
 }
 
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// One check as a report line: name, outcome, detail.
+pub fn check_line(check: Check, outcome: Outcome, detail: &str) -> String {
+    format!("{:<18} {:<8} {detail}", check.name(), outcome.name())
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub check: Check,

@@ -7,21 +7,10 @@
 use speedrun_plugin_api::*;
 
 pub struct AdamW {
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    grad_clip: f64,
+    config: AdamwConfig,
     /// Per parameter, in the order `init` saw them: (m, v, decays).
     state: Vec<(Tensor, Tensor, bool)>,
     t: i32,
-}
-
-fn key(config: &serde_json::Value, k: &str) -> Result<f64> {
-    match config.get(k).and_then(|v| v.as_f64()) {
-        Some(v) => Ok(v),
-        None => bail!("adamw: configuration key {k} must be a number"),
-    }
 }
 
 impl Plugin for AdamW {
@@ -33,11 +22,7 @@ impl Plugin for AdamW {
 
     fn new(config: &serde_json::Value) -> Result<Self> {
         Ok(AdamW {
-            beta1: key(config, "beta1")?,
-            beta2: key(config, "beta2")?,
-            eps: key(config, "eps")?,
-            weight_decay: key(config, "weight_decay")?,
-            grad_clip: key(config, "grad_clip")?,
+            config: AdamwConfig::from_config(config, "adamw")?,
             state: Vec::new(),
             t: 0,
         })
@@ -68,26 +53,9 @@ impl Optimizer for AdamW {
             );
         }
         self.t += 1;
-        // PyTorch's clip_grad_norm_ coefficient.
-        let clip = (self.grad_clip / (s.grad_norm + 1e-6)).min(1.0);
-        let bc1 = 1.0 - self.beta1.powi(self.t);
-        let bc2 = 1.0 - self.beta2.powi(self.t);
         for (pg, &(m, v, decays)) in s.params.iter().zip(&self.state) {
-            let wd = if decays { self.weight_decay } else { 0.0 };
-            pg.param.adamw_update(
-                &pg.grad,
-                &m,
-                &v,
-                &AdamwStep {
-                    clip,
-                    beta1: self.beta1,
-                    beta2: self.beta2,
-                    eps: self.eps,
-                    step_size: s.lr / bc1,
-                    bc2_sqrt: bc2.sqrt(),
-                    decay: 1.0 - s.lr * wd,
-                },
-            )?;
+            let h = self.config.step(self.t, s.lr, s.grad_norm, decays);
+            pg.param.adamw_update(&pg.grad, &m, &v, &h)?;
         }
         Ok(())
     }

@@ -99,11 +99,7 @@ pub struct Muon {
     lr_scale: f64,
     muon_weight_decay: f64,
     ns: NewtonSchulz,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    grad_clip: f64,
+    adamw: AdamwConfig,
     slots: Vec<Slot>,
     t: i32,
 }
@@ -140,11 +136,7 @@ impl Plugin for Muon {
             lr_scale: number(config, "lr_scale")?,
             muon_weight_decay: number(config, "muon_weight_decay")?,
             ns,
-            beta1: number(config, "beta1")?,
-            beta2: number(config, "beta2")?,
-            eps: number(config, "eps")?,
-            weight_decay: number(config, "weight_decay")?,
-            grad_clip: number(config, "grad_clip")?,
+            adamw: AdamwConfig::from_config(config, "muon")?,
             slots: Vec::new(),
             t: 0,
         })
@@ -190,8 +182,6 @@ impl Optimizer for Muon {
             );
         }
         self.t += 1;
-        let clip = (self.grad_clip / (s.grad_norm + 1e-6)).min(1.0);
-        let (bc1, bc2) = (1.0 - self.beta1.powi(self.t), 1.0 - self.beta2.powi(self.t));
         let beta = self.momentum * s.momentum_mult;
         let lr_m = s.lr * self.lr_scale;
         for (pg, slot) in s.params.iter().zip(&self.slots) {
@@ -209,21 +199,8 @@ impl Optimizer for Muon {
                     pg.param.assign(&p)?;
                 }
                 Slot::Adam { m, v, decays } => {
-                    let wd = if decays { self.weight_decay } else { 0.0 };
-                    pg.param.adamw_update(
-                        &pg.grad,
-                        &m,
-                        &v,
-                        &AdamwStep {
-                            clip,
-                            beta1: self.beta1,
-                            beta2: self.beta2,
-                            eps: self.eps,
-                            step_size: s.lr / bc1,
-                            bc2_sqrt: bc2.sqrt(),
-                            decay: 1.0 - s.lr * wd,
-                        },
-                    )?;
+                    let h = self.adamw.step(self.t, s.lr, s.grad_norm, decays);
+                    pg.param.adamw_update(&pg.grad, &m, &v, &h)?;
                 }
             }
         }
