@@ -1,28 +1,10 @@
 //! The `speedrun` binary: the report, exit codes and error messages a user sees.
 
+mod common;
+use common::{speedrun, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn speedrun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(args)
-        .env("SPEEDRUN_LOG", "warn")
-        // Runs record themselves in a store; keep the tests' out of the tree.
-        .env(
-            "SPEEDRUN_DB",
-            std::env::temp_dir().join(format!("speedrun-tests-{}.db", std::process::id())),
-        )
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::process::Command;
 
 /// Runs `speedrun args` and asserts it fails with `needle` in its output.
 fn fails_saying(args: &[&str], needle: &str) -> String {

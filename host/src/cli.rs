@@ -266,13 +266,20 @@ pub struct SeedBenchArgs {
     /// Build plugin crate directories (candidate and baseline) to wasm.
     #[arg(long)]
     pub wasm: bool,
+    /// Folder for the runs (default: runs/bench-TRACK-TIMESTAMP).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: BenchRunArgs,
+}
+
+/// What a bench and a submission share besides seeds: policy, data, store, output.
+#[derive(Args, Debug)]
+pub struct BenchRunArgs {
     #[arg(long)]
     pub policy: Option<PathBuf>,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Folder for the runs (default: runs/bench-TRACK-TIMESTAMP).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub db: DbArg,
     #[arg(long)]
@@ -323,16 +330,8 @@ pub struct SubmitArgs {
     /// Train fewer steps than the budget: a quick check, never a record.
     #[arg(long)]
     pub steps: Option<usize>,
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
     #[command(flatten)]
-    pub db: DbArg,
-    #[arg(long)]
-    pub json: bool,
-    #[arg(long)]
-    pub quiet: bool,
+    pub run: BenchRunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -957,14 +956,14 @@ fn cmd_submit(a: SubmitArgs) -> Result<()> {
         track: lt,
         seeds,
         native: a.native,
-        store: a.db.path(),
-        policy: load_policy(a.policy.as_deref())?,
+        store: a.run.db.path(),
+        policy: load_policy(a.run.policy.as_deref())?,
         max_wall: a.max_wall.map(Into::into),
         steps: a.steps,
-        data_dir: a.data_dir,
-        progress: !a.quiet && !a.json,
+        data_dir: a.run.data_dir,
+        progress: !a.run.quiet && !a.run.json,
     })?;
-    if a.json {
+    if a.run.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", crate::submit::render(&v));
@@ -995,11 +994,11 @@ fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
             track: lt,
             seeds,
             steps: a.steps,
-            data_dir: a.data_dir,
+            data_dir: a.run.data_dir,
             out,
-            store: Some(a.db.path()),
-            policy: load_policy(a.policy.as_deref())?,
-            progress: !a.quiet && !a.json,
+            store: Some(a.run.db.path()),
+            policy: load_policy(a.run.policy.as_deref())?,
+            progress: !a.run.quiet && !a.run.json,
             deadline: None,
         },
         candidate: crate::compare::StackSpec {
@@ -1016,7 +1015,7 @@ fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
         },
     };
     let report = crate::compare::run(&spec)?;
-    if a.json {
+    if a.run.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", crate::compare::render(&report));

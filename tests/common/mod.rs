@@ -38,18 +38,11 @@ pub fn default_policy() -> speedrun_sandbox_policy::LoadedPolicy {
         .unwrap()
 }
 
-/// Runs the `speedrun` binary with warnings-only logging.
+/// Runs the `speedrun` binary with warnings-only logging; runs record themselves
+/// in a store, kept out of the tree.
 pub fn speedrun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(args)
-        .env("SPEEDRUN_LOG", "warn")
-        // Runs record themselves in a store; keep the tests' out of the tree.
-        .env(
-            "SPEEDRUN_DB",
-            std::env::temp_dir().join(format!("speedrun-tests-{}.db", std::process::id())),
-        )
-        .output()
-        .unwrap()
+    let db = std::env::temp_dir().join(format!("speedrun-tests-{}.db", std::process::id()));
+    speedrun_db(&db, args)
 }
 
 /// Runs the `speedrun` binary with its run store at `db`.
