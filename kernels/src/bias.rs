@@ -11,8 +11,8 @@ use rayon::prelude::*;
 
 struct Forward;
 /// Sums `[N, M]` over its rows into `[M]`, in fixed chunks of rows.
-struct ColumnSum {
-    m: usize,
+pub(crate) struct ColumnSum {
+    pub(crate) m: usize,
 }
 
 fn fwd<T: Real>(x: &[T], b: &[T]) -> Vec<T> {

@@ -3,7 +3,8 @@
 //!
 //! This crate owns the hot elementwise and row-wise ops of the reference GPT
 //! (GELU, ReLU², LayerNorm, RMSNorm, the causal masked softmax, log-softmax +
-//! cross-entropy): one pass over memory each way instead of candle's chain of
+//! cross-entropy) and the optimizer's (in-place AdamW, Muon's Newton–Schulz
+//! iteration on the gemm path): one pass over memory each way instead of candle's chain of
 //! temporaries. Rows are reduced in a fixed order and parameter-gradient sums go
 //! through fixed chunks, so results do not depend on the thread count.
 //! It owns no model and no training loop. CUDA sources (NVRTC) are the GPU
@@ -12,16 +13,23 @@
 
 mod activation;
 mod adamw;
+mod attention;
 mod bias;
 mod cross_entropy;
+mod gemm_call;
+mod linear;
+mod newton_schulz;
 mod norm;
 mod real;
 mod softmax;
 
 pub use activation::{gelu, relu2};
 pub use adamw::{adamw_update, AdamwStep};
+pub use attention::causal_attention_packed;
 pub use bias::add_rows;
 pub use cross_entropy::cross_entropy;
+pub use linear::linear;
+pub use newton_schulz::{newton_schulz, NsCoefficients};
 pub use norm::{layer_norm, rms_norm};
 pub use real::{exp_f32, tanh_f32};
 pub use softmax::causal_softmax;

@@ -3,7 +3,7 @@
 //! gain/bias gradients are summed per fixed chunk of rows, then over chunks in
 //! order, so the result does not depend on the thread count.
 
-use crate::real::{with_float, Real};
+use crate::real::{typed_slice, with_float, Real};
 use crate::ROW_CHUNK;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -37,40 +37,6 @@ struct Forward {
 struct Backward {
     kind: Kind,
     eps: f64,
-}
-
-fn slice3<'a, T>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]>
-where
-    CpuStorage: AsSlice<T>,
-{
-    crate::real::slice(s.as_slice_of()?, l, op)
-}
-
-/// Typed access to a storage the first argument's dtype already fixed.
-trait AsSlice<T> {
-    fn as_slice_of(&self) -> Result<&[T]>;
-}
-impl AsSlice<f32> for CpuStorage {
-    fn as_slice_of(&self) -> Result<&[f32]> {
-        match self {
-            CpuStorage::F32(v) => Ok(v),
-            o => candle_core::bail!(
-                "norm: expected f32, got {:?}",
-                candle_core::backend::BackendStorage::dtype(o)
-            ),
-        }
-    }
-}
-impl AsSlice<f64> for CpuStorage {
-    fn as_slice_of(&self) -> Result<&[f64]> {
-        match self {
-            CpuStorage::F64(v) => Ok(v),
-            o => candle_core::bail!(
-                "norm: expected f64, got {:?}",
-                candle_core::backend::BackendStorage::dtype(o)
-            ),
-        }
-    }
 }
 
 fn fwd<T: Real>(x: &[T], w: &[T], b: &[T], kind: Kind, eps: f64) -> Vec<T> {
@@ -154,8 +120,8 @@ impl CustomOp3 for Forward {
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         with_float!(name, s1, l1, |x| {
-            let w = slice3(s2, l2, name)?;
-            let b = slice3(s3, l3, name)?;
+            let w = typed_slice(s2, l2, name)?;
+            let b = typed_slice(s3, l3, name)?;
             Ok((
                 Real::storage(fwd(x, w, b, self.kind, self.eps)),
                 l1.shape().clone(),
@@ -204,8 +170,8 @@ impl CustomOp3 for Backward {
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         with_float!(name, s1, l1, |x| {
-            let w = slice3(s2, l2, name)?;
-            let g = slice3(s3, l3, name)?;
+            let w = typed_slice(s2, l2, name)?;
+            let g = typed_slice(s3, l3, name)?;
             let d = w.len();
             Ok((
                 Real::storage(bwd(x, w, g, self.kind, self.eps)),

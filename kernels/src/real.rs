@@ -95,6 +95,39 @@ pub fn slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]>
     }
 }
 
+/// The contiguous slice of a storage whose float type another argument already
+/// fixed (`T`), or an error naming the op and the dtype found.
+pub fn typed_slice<'a, T>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]>
+where
+    CpuStorage: AsSlice<T>,
+{
+    slice(s.as_slice_of(op)?, l, op)
+}
+
+/// Typed access to a CPU storage.
+pub trait AsSlice<T> {
+    fn as_slice_of(&self, op: &str) -> Result<&[T]>;
+}
+
+macro_rules! as_slice {
+    ($t:ty, $variant:ident) => {
+        impl AsSlice<$t> for CpuStorage {
+            fn as_slice_of(&self, op: &str) -> Result<&[$t]> {
+                match self {
+                    CpuStorage::$variant(v) => Ok(v),
+                    o => candle_core::bail!(
+                        "{op}: expected {}, got {:?}",
+                        stringify!($t),
+                        candle_core::backend::BackendStorage::dtype(o)
+                    ),
+                }
+            }
+        }
+    };
+}
+as_slice!(f32, F32);
+as_slice!(f64, F64);
+
 /// Runs `$body` with `$x` bound to the f32 or f64 slice of `$storage`.
 macro_rules! with_float {
     ($op:expr, $storage:expr, $layout:expr, |$x:ident| $body:expr) => {

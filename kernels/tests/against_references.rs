@@ -462,3 +462,388 @@ fn adamw_update_refuses_aliasing_and_mismatches() {
         .to_string();
     assert!(err.contains("expected f32"), "{err}");
 }
+
+/// Newton–Schulz written out in f64 with plain loops: X ← G/(‖G‖·s+ε) (Gᵀ when
+/// tall), per (a, b, c): A = X Xᵀ, X ← a X + (b A + c A²) X.
+fn ref_newton_schulz(
+    g: &[f64],
+    rows: usize,
+    cols: usize,
+    coeffs: &[(f32, f32, f32)],
+    s: f64,
+    eps: f64,
+) -> Vec<f64> {
+    let tall = rows > cols;
+    let (m, n) = if tall { (cols, rows) } else { (rows, cols) };
+    let at = |i: usize, j: usize| {
+        if tall {
+            g[j * cols + i]
+        } else {
+            g[i * cols + j]
+        }
+    };
+    let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let mut x: Vec<Vec<f64>> = (0..m)
+        .map(|i| (0..n).map(|j| at(i, j) / (norm * s + eps)).collect())
+        .collect();
+    let mul = |p: &Vec<Vec<f64>>, q: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+        (0..p.len())
+            .map(|i| {
+                (0..q[0].len())
+                    .map(|j| (0..q.len()).map(|k| p[i][k] * q[k][j]).sum())
+                    .collect()
+            })
+            .collect()
+    };
+    for &(a, b, c) in coeffs {
+        let xt: Vec<Vec<f64>> = (0..n).map(|j| (0..m).map(|i| x[i][j]).collect()).collect();
+        let gram = mul(&x, &xt);
+        let gram2 = mul(&gram, &gram);
+        let poly: Vec<Vec<f64>> = (0..m)
+            .map(|i| {
+                (0..m)
+                    .map(|j| b as f64 * gram[i][j] + c as f64 * gram2[i][j])
+                    .collect()
+            })
+            .collect();
+        let px = mul(&poly, &x);
+        x = (0..m)
+            .map(|i| (0..n).map(|j| a as f64 * x[i][j] + px[i][j]).collect())
+            .collect();
+    }
+    let mut out = vec![0.0; rows * cols];
+    for i in 0..m {
+        for j in 0..n {
+            if tall {
+                out[j * cols + i] = x[i][j]
+            } else {
+                out[i * cols + j] = x[i][j]
+            }
+        }
+    }
+    out
+}
+
+const NS_STANDARD: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
+
+#[test]
+fn newton_schulz_matches_a_naive_f64_reference() {
+    // Wide, tall, square and odd shapes; the standard coefficients and a varied set.
+    let varied = [
+        (8.156_554, -22.483_293, 15.878_77),
+        (4.042_93, -2.808_917_5, 0.500_017_8),
+        (2.346_541_3, -1.709_782_8, 0.423_235_5),
+    ];
+    for (i, &(rows, cols)) in [(7, 19), (19, 7), (16, 16), (1, 5), (33, 64), (64, 33)]
+        .iter()
+        .enumerate()
+    {
+        let g = rand_t(&[rows, cols], 30 + i as u64, 3.0, DType::F32);
+        let gv: Vec<f64> = g
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (coeffs, s, eps) in [
+            (vec![NS_STANDARD; 5], 1.0, 1e-7),
+            (varied.to_vec(), 1.02, 1e-6),
+        ] {
+            let got = k::newton_schulz(&g, &coeffs, s as f32, eps as f32).unwrap();
+            assert_eq!(got.dims(), &[rows, cols]);
+            let want = Tensor::from_vec(
+                ref_newton_schulz(&gv, rows, cols, &coeffs, s, eps),
+                (rows, cols),
+                &DEV,
+            )
+            .unwrap();
+            let err = max_rel_err(&got, &want);
+            assert!(err < 1e-5, "{rows}x{cols}: relative error {err}");
+        }
+    }
+    // The standard iteration does push singular values towards 1: XᵀX ≈ I for a wide X is
+    // too much to ask of 5 steps, but every entry of X Xᵀ's diagonal lands in (0.5, 1.5).
+    let g = rand_t(&[8, 40], 40, 1.0, DType::F32);
+    let x = k::newton_schulz(&g, &[NS_STANDARD; 5], 1.0, 1e-7).unwrap();
+    let gram = x.matmul(&x.t().unwrap()).unwrap();
+    for d in gram
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r[i])
+    {
+        assert!((0.5..1.5).contains(&d), "diagonal {d}");
+    }
+}
+
+#[test]
+fn newton_schulz_reads_any_layout_and_any_thread_count() {
+    let view = transposed_view(&[24, 40], 41, 1.0, DType::F32);
+    let copy = view.contiguous().unwrap();
+    let coeffs = [NS_STANDARD; 5];
+    let a = k::newton_schulz(&view, &coeffs, 1.0, 1e-7).unwrap();
+    let b = k::newton_schulz(&copy, &coeffs, 1.0, 1e-7).unwrap();
+    assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+    let big = rand_t(&[96, 200], 42, 1.0, DType::F32);
+    let run = || {
+        k::newton_schulz(&big, &coeffs, 1.0, 1e-7)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(run);
+    let three = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(run);
+    assert_eq!(one, three);
+}
+
+#[test]
+fn newton_schulz_refuses_what_it_cannot_orthogonalise() {
+    let g = rand_t(&[4, 5], 43, 1.0, DType::F64);
+    assert!(k::newton_schulz(&g, &[NS_STANDARD], 1.0, 1e-7)
+        .unwrap_err()
+        .to_string()
+        .contains("f32"));
+    let g3 = rand_t(&[2, 4, 5], 44, 1.0, DType::F32);
+    assert!(k::newton_schulz(&g3, &[NS_STANDARD], 1.0, 1e-7).is_err());
+    // No coefficients: just the normalisation.
+    let g = rand_t(&[3, 4], 45, 1.0, DType::F32);
+    let x = k::newton_schulz(&g, &[], 1.0, 0.0).unwrap();
+    let n: f32 = x.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    assert!((n - 1.0).abs() < 1e-5, "{n}");
+}
+
+fn ref_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    let (inner, out) = w.dims2().unwrap();
+    let mut dims = x.dims().to_vec();
+    let rows = x.elem_count() / inner;
+    let y = x.reshape((rows, inner)).unwrap().matmul(w).unwrap();
+    let y = match b {
+        Some(b) => y.broadcast_add(b).unwrap(),
+        None => y,
+    };
+    *dims.last_mut().unwrap() = out;
+    y.reshape(dims).unwrap()
+}
+
+#[test]
+fn linear_matches_matmul_plus_bias() {
+    for (i, (lead, inner, out)) in [
+        (vec![5], 7, 3),
+        (vec![2, 9], 16, 33),
+        (vec![3, 4, 5], 1, 8),
+        (vec![1], 64, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut xs = lead.clone();
+        xs.push(inner);
+        let x = rand_t(&xs, 50 + i as u64, 2.0, DType::F32);
+        let w = rand_t(&[inner, out], 60 + i as u64, 1.0, DType::F32);
+        let b = rand_t(&[out], 70 + i as u64, 1.0, DType::F32);
+        for bias in [Some(&b), None] {
+            let got = k::linear(&x, &w, bias).unwrap();
+            let err = max_rel_err(&got, &ref_linear(&x, &w, bias));
+            assert!(err < 1e-5, "{xs:?} x [{inner}, {out}]: {err}");
+        }
+    }
+    // A transposed weight view (the tied head's wteᵀ) and a transposed input.
+    let w = transposed_view(&[12, 20], 80, 1.0, DType::F32);
+    let x = transposed_view(&[6, 12], 81, 1.0, DType::F32);
+    let err = max_rel_err(&k::linear(&x, &w, None).unwrap(), &ref_linear(&x, &w, None));
+    assert!(err < 1e-5, "{err}");
+}
+
+#[test]
+fn linear_backward_matches_finite_differences() {
+    let x = rand_t(&[2, 3, 5], 82, 1.0, DType::F64);
+    let w = rand_t(&[5, 4], 83, 1.0, DType::F64);
+    let b = rand_t(&[4], 84, 1.0, DType::F64);
+    check_grad(&[x.clone(), w.clone(), b], &|a| {
+        k::linear(&a[0], &a[1], Some(&a[2])).unwrap()
+    });
+    check_grad(&[x, w], &|a| k::linear(&a[0], &a[1], None).unwrap());
+    let wt = transposed_view(&[5, 3], 85, 1.0, DType::F64);
+    check_grad(&[rand_t(&[4, 5], 86, 1.0, DType::F64), wt], &|a| {
+        k::linear(&a[0], &a[1], None).unwrap()
+    });
+}
+
+#[test]
+fn linear_is_independent_of_the_thread_count_and_refuses_bad_shapes() {
+    let x = rand_t(&[64, 48], 87, 1.0, DType::F32);
+    let w = rand_t(&[48, 80], 88, 1.0, DType::F32);
+    let b = rand_t(&[80], 89, 1.0, DType::F32);
+    let run = || {
+        let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+        let y = k::linear(xv.as_tensor(), wv.as_tensor(), Some(&b)).unwrap();
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        (
+            y.to_vec2::<f32>().unwrap(),
+            g.get(wv.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+            g.get(xv.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+        )
+    };
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(run);
+    let three = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(run);
+    assert_eq!(one, three);
+    let err = k::linear(&x, &rand_t(&[47, 80], 90, 1.0, DType::F32), None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not end in the weight's 47 rows"),
+        "{err}"
+    );
+    let err = k::linear(&x, &w, Some(&rand_t(&[79], 91, 1.0, DType::F32))).unwrap_err();
+    assert!(err.to_string().contains("bias [79]"), "{err}");
+    let err = k::linear(&x.to_dtype(DType::F64).unwrap(), &w, None).unwrap_err();
+    assert!(err.to_string().contains("expected f64"), "{err}");
+}
+
+/// Packed attention the long way: narrow q, k, v out of [B, T, 3D], split heads,
+/// masked softmax of the scaled scores, recombine.
+fn ref_attention_packed(qkv: &Tensor, heads: usize) -> Tensor {
+    let (b, t, d3) = qkv.dims3().unwrap();
+    let d = d3 / 3;
+    let hd = d / heads;
+    let part = |i: usize| {
+        qkv.narrow(2, i * d, d)
+            .unwrap()
+            .reshape((b, t, heads, hd))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let (q, k, v) = (part(0), part(1), part(2));
+    let s = q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap();
+    let p = ref_causal_softmax(&s, 1.0 / (hd as f64).sqrt());
+    p.matmul(&v)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((b, t, d))
+        .unwrap()
+}
+
+#[test]
+fn packed_attention_matches_the_composed_ops() {
+    for (i, &(b, t, heads, hd)) in [(2, 5, 2, 3), (1, 17, 3, 8), (3, 1, 1, 4), (2, 33, 4, 16)]
+        .iter()
+        .enumerate()
+    {
+        let qkv = rand_t(&[b, t, 3 * heads * hd], 100 + i as u64, 2.0, DType::F32);
+        let got = k::causal_attention_packed(&qkv, heads).unwrap();
+        let err = max_rel_err(&got, &ref_attention_packed(&qkv, heads));
+        assert!(err < 1e-5, "{b}x{t}, {heads} heads of {hd}: {err}");
+    }
+    // A non-contiguous input gives the same result.
+    let qkv = rand_t(&[2, 9, 12], 110, 1.0, DType::F32);
+    let view = qkv
+        .transpose(0, 1)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .transpose(0, 1)
+        .unwrap();
+    assert!(!view.is_contiguous());
+    let a = k::causal_attention_packed(&view, 2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = k::causal_attention_packed(&qkv, 2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn packed_attention_backward_matches_finite_differences() {
+    let qkv = rand_t(&[2, 6, 12], 111, 1.0, DType::F64);
+    check_grad(&[qkv], &|a| k::causal_attention_packed(&a[0], 2).unwrap());
+    let qkv = rand_t(&[1, 9, 9], 112, 1.5, DType::F64);
+    check_grad(&[qkv], &|a| k::causal_attention_packed(&a[0], 1).unwrap());
+}
+
+#[test]
+fn packed_attention_is_causal_thread_independent_and_checks_shapes() {
+    // Changing the last position changes no earlier output.
+    let qkv = rand_t(&[1, 8, 12], 113, 1.0, DType::F32);
+    let mut v = qkv.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for x in &mut v[7 * 12..] {
+        *x += 3.0;
+    }
+    let moved = Tensor::from_vec(v, (1, 8, 12), &DEV).unwrap();
+    let a = k::causal_attention_packed(&qkv, 2)
+        .unwrap()
+        .narrow(1, 0, 7)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = k::causal_attention_packed(&moved, 2)
+        .unwrap()
+        .narrow(1, 0, 7)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(a, b);
+    let qkv = rand_t(&[4, 40, 48], 114, 1.0, DType::F32);
+    let run = || {
+        let xv = Var::from_tensor(&qkv).unwrap();
+        let y = k::causal_attention_packed(xv.as_tensor(), 4).unwrap();
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        (
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            g.get(xv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        )
+    };
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(run);
+    let three = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(run);
+    assert_eq!(one, three);
+    let err =
+        k::causal_attention_packed(&rand_t(&[1, 4, 10], 115, 1.0, DType::F32), 2).unwrap_err();
+    assert!(err.to_string().contains("not 3 x heads (2)"), "{err}");
+    assert!(k::causal_attention_packed(&rand_t(&[4, 12], 116, 1.0, DType::F32), 2).is_err());
+}

@@ -149,6 +149,9 @@ ops! {
     IndexSelect = 71, "index_select", Compute;
     /// Rows of a table: T = [table [N, D], ids (u32) any shape] → [ids..., D].
     Embedding = 72, "embedding", Compute;
+    /// x @ w (+ b) for x [..., in], w [in, out], b [out]: one fused autograd node.
+    /// T = [x, w, b?].
+    Linear = 73, "linear", Compute;
 
     // --- fused, differentiable ---
     /// Over the last dim. T = [x].
@@ -169,6 +172,14 @@ ops! {
     MaskedFill = 87, "masked_fill", Compute;
     /// I = [dtype].
     ToDtype = 88, "to_dtype", Compute;
+    /// Muon's Newton–Schulz orthogonalisation of a 2-D f32 matrix G, on the gemm
+    /// path, no gradient: X = G/(‖G‖_F·s + ε) (Gᵀ when G is tall), then per
+    /// (a, b, c): X ← aX + (b·XXᵀ + c·(XXᵀ)²)X. T = [g], F = [s, ε, a1, b1, c1, a2, ...].
+    NewtonSchulz = 89, "newton_schulz", Compute;
+    /// Causal multi-head attention from a packed [B, T, 3D] projection (every
+    /// head's q, then k, then v) to [B, T, D], scale 1/√hd, one fused node (the
+    /// reference model's path). T = [qkv], I = [heads].
+    CausalAttentionPacked = 93, "causal_attention_packed", Compute;
 
     // --- reading back ---
     /// A one-element tensor's value. T = [x] → F = [value].

@@ -317,9 +317,40 @@ impl Tensor {
             scale.into_iter().collect(),
         )
     }
+    /// Causal attention of every head from a packed `[B, T, 3D]` projection (q,
+    /// then k, then v, heads side by side) to `[B, T, D]`: the reference model's
+    /// fused kernel.
+    pub fn causal_attention_packed(&self, heads: usize) -> Result<Tensor> {
+        make(
+            Op::CausalAttentionPacked,
+            vec![self.0],
+            vec![heads as i64],
+            vec![],
+        )
+    }
+    /// `self @ w (+ b)` for `self` `[..., in]`, `w` `[in, out]`, `b` `[out]`: one
+    /// fused node (the reference model's linear layers).
+    pub fn linear(&self, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let mut tensors = vec![self.0, w.0];
+        tensors.extend(b.map(|b| b.0));
+        make(Op::Linear, tensors, vec![], vec![])
+    }
     /// Rotary position embedding of `[B, H, T, hd]`.
     pub fn rotary(&self, base: f64) -> Result<Tensor> {
         self.with_floats(Op::Rotary, vec![base])
+    }
+    /// Muon's Newton–Schulz orthogonalisation of this 2-D matrix, one iteration per
+    /// `(a, b, c)`, after dividing by `‖G‖_F · norm_scale + eps` (see
+    /// [`Op::NewtonSchulz`]). The host's fused kernel; carries no gradient.
+    pub fn newton_schulz(
+        &self,
+        coefficients: &[(f64, f64, f64)],
+        norm_scale: f64,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let mut floats = vec![norm_scale, eps];
+        floats.extend(coefficients.iter().flat_map(|&(a, b, c)| [a, b, c]));
+        self.with_floats(Op::NewtonSchulz, floats)
     }
     /// `mask ? on_true : on_false`.
     pub fn where_cond(mask: &Tensor, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {

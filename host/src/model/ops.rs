@@ -8,19 +8,10 @@
 
 use candle_core::{Result, Tensor, D};
 
-/// `x @ w + b` for `x` of shape `[..., in]`, `w` of shape `[in, out]` (GPT-2's Conv1D layout).
+/// `x @ w + b` for `x` of shape `[..., in]`, `w` of shape `[in, out]` (GPT-2's
+/// Conv1D layout): one autograd node (fused kernel), not four.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let inner = *dims.last().expect("linear input has at least one dim");
-    let rows = x.elem_count() / inner;
-    let y = x.reshape((rows, inner))?.matmul(w)?;
-    let y = match b {
-        Some(b) => speedrun_kernels::add_rows(&y, b)?,
-        None => y,
-    };
-    let mut out = dims;
-    *out.last_mut().unwrap() = w.dim(1)?;
-    y.reshape(out)
+    speedrun_kernels::linear(x, w, b)
 }
 
 /// LayerNorm over the last dimension, with gain and bias (fused kernel).

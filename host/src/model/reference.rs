@@ -84,25 +84,14 @@ impl NormHook for ReferenceGpt {
 
 impl AttentionHook for ReferenceGpt {
     fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let (h, hd) = (cx.spec.heads, cx.spec.head_dim());
-        // Slice the weight, not the activations: the gradient of a narrow is a
-        // zero-padded copy of its input's size, small for a [D, 3D] weight and
-        // large for a [B, T, 3D] activation.
-        let w = layer_param(cx, layer, "attn.c_attn.weight")?;
-        let bias = layer_param(cx, layer, "attn.c_attn.bias")?;
-        let split = |i: usize| -> candle_core::Result<Tensor> {
-            let wi = w.narrow(1, i * d, d)?.contiguous()?;
-            let bi = bias.narrow(0, i * d, d)?;
-            ops::linear(x, &wi, Some(&bi))?
-                .reshape((b, t, h, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let y = ops::causal_attention(&q, &k, &v)?
-            .transpose(1, 2)?
-            .reshape((b, t, d))?;
+        // One packed projection [B, T, 3D] read in place by the fused attention
+        // kernel: no head splits, transposes or copies in the autograd graph.
+        let qkv = ops::linear(
+            x,
+            layer_param(cx, layer, "attn.c_attn.weight")?,
+            Some(layer_param(cx, layer, "attn.c_attn.bias")?),
+        )?;
+        let y = speedrun_kernels::causal_attention_packed(&qkv, cx.spec.heads)?;
         Ok(ops::linear(
             &y,
             layer_param(cx, layer, "attn.c_proj.weight")?,
@@ -138,10 +127,8 @@ impl BlockHook for ReferenceGpt {
 impl HeadHook for ReferenceGpt {
     /// Tied head: logits = x @ wteᵀ.
     fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
         let wte = cx.params.get("transformer.wte.weight")?;
-        let logits = x.reshape((b * t, d))?.matmul(&wte.t()?)?;
-        Ok(logits.reshape((b, t, cx.spec.vocab))?)
+        Ok(ops::linear(x, &wte.t()?, None)?)
     }
 }
 

@@ -363,6 +363,33 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
             }
         }
         Op::Rotary => rotary(t(0)?, float(0)?)?,
+        Op::Linear => {
+            let b = if f.tensors.len() > 2 {
+                Some(t(2)?)
+            } else {
+                None
+            };
+            speedrun_kernels::linear(t(0)?, t(1)?, b)?
+        }
+        Op::CausalAttentionPacked => {
+            let heads = int(0)?;
+            speedrun_kernels::causal_attention_packed(t(0)?, heads)?
+        }
+        Op::NewtonSchulz => {
+            let (s, eps) = (float(0)?, float(1)?);
+            let rest = &f.floats[2..];
+            if rest.len() % 3 != 0 {
+                bail!(
+                    "newton_schulz: coefficients come in (a, b, c) triples; got {} numbers",
+                    rest.len()
+                );
+            }
+            let coeffs: Vec<_> = rest
+                .chunks_exact(3)
+                .map(|c| (c[0] as f32, c[1] as f32, c[2] as f32))
+                .collect();
+            speedrun_kernels::newton_schulz(t(0)?, &coeffs, s as f32, eps as f32)?
+        }
         Op::WhereCond => t(0)?.where_cond(t(1)?, t(2)?)?,
         Op::MaskedFill => {
             let (x, mask) = (t(0)?, t(1)?);

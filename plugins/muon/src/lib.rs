@@ -59,27 +59,10 @@ impl NewtonSchulz {
         }
     }
 
-    /// The approximately orthogonal factor of the `[rows, cols]` matrix `g`.
-    pub fn orthogonalize(&self, g: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
-        let tall = rows > cols;
-        let x = if tall {
-            g.transpose(0, 1)?.contiguous()?
-        } else {
-            *g
-        };
-        let norm = x.sqr()?.sum(&[], false)?.to_scalar()?.sqrt();
-        let mut x = x.scale(1.0 / (norm * self.norm_scale + self.eps))?;
-        for &(a, b, c) in &self.coefficients {
-            let xt = x.transpose(0, 1)?.contiguous()?;
-            let gram = x.matmul(&xt)?;
-            let poly = gram.scale(b)?.add(&gram.matmul(&gram)?.scale(c)?)?;
-            x = x.scale(a)?.add(&poly.matmul(&x)?)?;
-        }
-        if tall {
-            x.transpose(0, 1)?.contiguous()
-        } else {
-            Ok(x)
-        }
+    /// The approximately orthogonal factor of the `[rows, cols]` matrix `g`: the
+    /// host's fused Newton–Schulz op (gemm, no temporaries per iteration).
+    pub fn orthogonalize(&self, g: &Tensor) -> Result<Tensor> {
+        g.newton_schulz(&self.coefficients, self.norm_scale, self.eps)
     }
 }
 
@@ -190,7 +173,7 @@ impl Optimizer for Muon {
                     let next = buf.scale(beta)?.add(&pg.grad.scale(1.0 - beta)?)?;
                     buf.assign(&next)?;
                     let u = pg.grad.scale(1.0 - beta)?.add(&next.scale(beta)?)?;
-                    let o = self.ns.orthogonalize(&u, rows, cols)?;
+                    let o = self.ns.orthogonalize(&u)?;
                     let gain = (cols as f64 / rows as f64).max(1.0).sqrt();
                     let p = pg
                         .param

@@ -1,0 +1,308 @@
+//! Causal multi-head self-attention straight from a packed `[B, T, 3·D]`
+//! projection (q | k | v, heads side by side in each) to `[B, T, D]`, as one
+//! autograd node.
+//!
+//! Composed from candle ops the same attention is ~14 nodes (narrows, reshapes,
+//! head transposes and their copies, two batched matmuls, the softmax), each of
+//! whose backwards candle accumulates into a fresh zero tensor, and it keeps two
+//! `[B, H, T, T]` tensors alive for the backward. Here every (batch, head) pair is
+//! one task: its q, k, v are read in place through strides, the scores live in a
+//! T x T scratch buffer, and the backward recomputes them (flash attention's
+//! trade: a cheap matmul instead of storing probabilities). Each task runs gemm
+//! single-threaded and writes a disjoint slice, so the result does not depend on
+//! the thread count.
+
+use crate::gemm_call::{matmul, View};
+use crate::real::{typed_slice, AsSlice, Real};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    heads: usize,
+    hd: usize,
+}
+
+impl Dims {
+    fn of(shape: &Shape, heads: usize) -> Result<Dims> {
+        let (b, t, d3) = shape.dims3()?;
+        if heads == 0 || d3 % (3 * heads) != 0 {
+            bail!(
+                "causal_attention_packed: the last dim {d3} is not 3 x heads ({heads}) x head size"
+            )
+        }
+        Ok(Dims {
+            b,
+            t,
+            heads,
+            hd: d3 / (3 * heads),
+        })
+    }
+    fn d(&self) -> usize {
+        self.heads * self.hd
+    }
+    /// Offsets of (q, k, v) of task `(batch, head)` in the packed input, whose rows are 3D apart.
+    fn qkv(&self, task: usize) -> [usize; 3] {
+        let (bi, h) = (task / self.heads, task % self.heads);
+        let base = bi * self.t * 3 * self.d() + h * self.hd;
+        [base, base + self.d(), base + 2 * self.d()]
+    }
+    /// Offset of task `(batch, head)` in a `[B, T, D]` tensor.
+    fn out(&self, task: usize) -> usize {
+        let (bi, h) = (task / self.heads, task % self.heads);
+        bi * self.t * self.d() + h * self.hd
+    }
+    fn scale(&self) -> f64 {
+        1.0 / (self.hd as f64).sqrt()
+    }
+}
+
+/// A pointer tasks may share because each writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// Through a method, so closures capture the `Send` wrapper, not its raw field.
+    fn at(&self, offset: usize) -> *mut T {
+        // SAFETY: callers pass offsets inside the buffer the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// P = causal softmax(Q Kᵀ · scale) of one task into `p` ([T, T], zero above the diagonal).
+///
+/// # Safety
+/// `qkv` must hold the packed input of `dims`.
+unsafe fn probabilities<T: Real>(qkv: &[T], dims: Dims, task: usize, p: &mut [T]) {
+    let (t, hd, row) = (dims.t, dims.hd, 3 * dims.d());
+    let [q, k, _] = dims.qkv(task);
+    matmul(
+        (t, t, hd),
+        p.as_mut_ptr(),
+        t,
+        None,
+        View::rows(qkv.as_ptr().add(q), row),
+        View::rows(qkv.as_ptr().add(k), row).t(),
+        T::of(dims.scale()),
+        Parallelism::None,
+    );
+    for (i, r) in p.chunks_exact_mut(t).enumerate() {
+        let (live, masked) = r.split_at_mut(i + 1);
+        let max = live.iter().fold(live[0], |m, &v| if v > m { v } else { m });
+        let mut sum = T::ZERO;
+        for v in live.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = T::ONE / sum;
+        live.iter_mut().for_each(|v| *v = *v * inv);
+        masked.iter_mut().for_each(|v| *v = T::ZERO);
+    }
+}
+
+fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
+    let (t, hd, d) = (dims.t, dims.hd, dims.d());
+    let mut y = vec![T::ZERO; dims.b * t * d];
+    let out = Shared(y.as_mut_ptr());
+    (0..dims.b * dims.heads).into_par_iter().for_each_init(
+        || vec![T::ZERO; t * t],
+        |p, task| {
+            let [_, _, v] = dims.qkv(task);
+            // SAFETY: offsets and strides stay inside the [B, T, 3D] input and the
+            // [B, T, D] output; each task writes only its own head's columns.
+            unsafe {
+                probabilities(qkv, dims, task, p);
+                matmul(
+                    (t, hd, t),
+                    out.at(dims.out(task)),
+                    d,
+                    None,
+                    View::rows(p.as_ptr(), t),
+                    View::rows(qkv.as_ptr().add(v), 3 * d),
+                    T::ONE,
+                    Parallelism::None,
+                );
+            }
+        },
+    );
+    y
+}
+
+/// d(qkv) from the packed input and dY ([B, T, D]).
+fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
+    let (t, hd, d) = (dims.t, dims.hd, dims.d());
+    let row = 3 * d;
+    let mut dqkv = vec![T::ZERO; qkv.len()];
+    let out = Shared(dqkv.as_mut_ptr());
+    (0..dims.b * dims.heads).into_par_iter().for_each_init(
+        || (vec![T::ZERO; t * t], vec![T::ZERO; t * t]),
+        |(p, dp), task| {
+            let [q, k, v] = dims.qkv(task);
+            let dy_view = View::rows(unsafe { dy.as_ptr().add(dims.out(task)) }, d);
+            let at = |off: usize| View::rows(unsafe { qkv.as_ptr().add(off) }, row);
+            // SAFETY: as in the forward; this task writes only its own head's q, k and
+            // v columns of dqkv.
+            unsafe {
+                probabilities(qkv, dims, task, p);
+                // dV = Pᵀ dY
+                let one = T::ONE;
+                let s = Parallelism::None;
+                matmul(
+                    (t, hd, t),
+                    out.at(v),
+                    row,
+                    None,
+                    View::rows(p.as_ptr(), t).t(),
+                    dy_view,
+                    one,
+                    s,
+                );
+                // dP = dY Vᵀ
+                matmul(
+                    (t, t, hd),
+                    dp.as_mut_ptr(),
+                    t,
+                    None,
+                    dy_view,
+                    at(v).t(),
+                    one,
+                    s,
+                );
+                // dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale (zero where P is masked)
+                let scale = T::of(dims.scale());
+                for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
+                    let mut dot = T::ZERO;
+                    for j in 0..=i {
+                        dot += pr[j] * dr[j];
+                    }
+                    for j in 0..=i {
+                        dr[j] = pr[j] * (dr[j] - dot) * scale;
+                    }
+                    dr[i + 1..].iter_mut().for_each(|x| *x = T::ZERO);
+                }
+                // dQ = dS K, dK = dSᵀ Q
+                matmul(
+                    (t, hd, t),
+                    out.at(q),
+                    row,
+                    None,
+                    View::rows(dp.as_ptr(), t),
+                    at(k),
+                    one,
+                    s,
+                );
+                matmul(
+                    (t, hd, t),
+                    out.at(k),
+                    row,
+                    None,
+                    View::rows(dp.as_ptr(), t).t(),
+                    at(q),
+                    one,
+                    s,
+                );
+            }
+        },
+    );
+    dqkv
+}
+
+struct Forward {
+    heads: usize,
+}
+struct Backward {
+    heads: usize,
+}
+
+fn dispatch<T: Real>(
+    name: &str,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: Option<(&CpuStorage, &Layout)>,
+    heads: usize,
+) -> Result<(CpuStorage, Shape)>
+where
+    CpuStorage: AsSlice<T>,
+{
+    let dims = Dims::of(l1.shape(), heads)?;
+    let qkv = typed_slice::<T>(s1, l1, name)?;
+    Ok(match s2 {
+        None => (
+            T::storage(forward(qkv, dims)),
+            Shape::from((dims.b, dims.t, dims.d())),
+        ),
+        Some((s2, l2)) => {
+            if l2.shape().dims() != [dims.b, dims.t, dims.d()] {
+                bail!(
+                    "{name}: gradient {:?} does not match the output",
+                    l2.shape()
+                )
+            }
+            let dy = typed_slice::<T>(s2, l2, name)?;
+            (T::storage(backward(qkv, dy, dims)), l1.shape().clone())
+        }
+    })
+}
+
+fn run(
+    name: &str,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: Option<(&CpuStorage, &Layout)>,
+    heads: usize,
+) -> Result<(CpuStorage, Shape)> {
+    match s1 {
+        CpuStorage::F32(_) => dispatch::<f32>(name, s1, l1, s2, heads),
+        CpuStorage::F64(_) => dispatch::<f64>(name, s1, l1, s2, heads),
+        o => bail!(
+            "{name}: unsupported dtype {:?} (f32 or f64)",
+            candle_core::backend::BackendStorage::dtype(o)
+        ),
+    }
+}
+
+impl CustomOp1 for Forward {
+    fn name(&self) -> &'static str {
+        "speedrun-causal-attention-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        run(self.name(), s, l, None, self.heads)
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(
+            qkv.apply_op2_no_bwd(&g, &Backward { heads: self.heads })?,
+        ))
+    }
+}
+
+impl CustomOp2 for Backward {
+    fn name(&self) -> &'static str {
+        "speedrun-causal-attention-packed-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        run(self.name(), s1, l1, Some((s2, l2)), self.heads)
+    }
+}
+
+/// softmax(q kᵀ / √hd + causal mask) v for every head, with q, k, v packed in the
+/// last dim of `qkv` (`[B, T, 3·D]`: all heads' q, then k, then v, as a fused
+/// `c_attn` projection makes them) and the heads' outputs side by side in `[B, T, D]`.
+pub fn causal_attention_packed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    Dims::of(qkv.shape(), heads)?;
+    qkv.contiguous()?.apply_op1(Forward { heads })
+}
