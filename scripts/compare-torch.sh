@@ -27,7 +27,7 @@ print(m["layers"], m["width"], m["heads"], m["seq_len"], t["train"]["batch_token
 echo "track $track: L D H T B V = $shape, $THREADS threads"
 ratios=()
 for i in $(seq "$pairs"); do
-  ours=$($bin bench throughput --track "$track" --steps 10 --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["tokens_per_s"])')
+  ours=$($bin bench throughput --track "$track" --steps 10 --json | "$py" -c 'import json,sys; print(round(json.load(sys.stdin)["tokens_per_s"]))')
   # shellcheck disable=SC2086
   theirs=$("$py" scripts/torch_ref.py $shape 10 | sed -E 's/.*tok\/s=([0-9.]+).*/\1/')
   ratio=$("$py" -c "print(f'{$ours / $theirs:.3f}')")

@@ -173,13 +173,10 @@ impl ForwardCtx {
 }
 
 /// `x @ w + b` for `x [..., in]` and `w [in, out]` (GPT-2's Conv1D layout), the
-/// building block of most model hooks.
+/// building block of most model hooks: the host's fused `linear` op, one autograd
+/// node like the reference model's.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.matmul(w)?;
-    match b {
-        Some(b) => y.add(b),
-        None => Ok(y),
-    }
+    x.linear(w, b)
 }
 
 // Keeps `Op` referenced for rustdoc links above.
