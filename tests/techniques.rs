@@ -301,3 +301,277 @@ fn muon_and_wsd_train_the_smoke_model_natively_and_as_wasm() {
         reference.final_val_loss
     );
 }
+
+/// The plugins in `dirs` (with `configs` as `NAME=JSON`), natively or as wasm.
+fn stack_of(dirs: &[&str], configs: &[&str], wasm: bool) -> train::Components {
+    let specs: Vec<PathBuf> = dirs.iter().map(|d| root().join(d)).collect();
+    let configs: Vec<String> = configs.iter().map(|c| c.to_string()).collect();
+    plugins::stack(&smoke_track(), 0, &specs, &configs, wasm, &default_policy()).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn random_stream(scale: f64) -> Tensor {
+    let width = smoke_track().model.width;
+    let v: Vec<f32> = seeded(2 * 5 * width, 7, scale)
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    Tensor::from_vec(v, (2, 5, width), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn softcap_bounds_the_reference_logits_by_cap_tanh() {
+    use speedrun::model::{hooks::ForwardCtx, Model, ModelHooks};
+    let track = smoke_track();
+    let comps = stack_of(&["plugins/softcap"], &[r#"softcap={"cap": 2.0}"#], false);
+    let model = Model::build(&track.model, ModelHooks::default(), 3, &Device::Cpu).unwrap();
+    let cx = ForwardCtx {
+        params: &model.params,
+        spec: &track.model,
+        train: true,
+    };
+    let x = random_stream(40.0);
+    let got = values(&comps.hooks.head.head(&cx, &x).unwrap());
+    let plain = values(&model.head(&cx, &x).unwrap());
+    // The test means something only if some logits are well past the cap.
+    assert!(
+        plain.iter().any(|l| l.abs() > 3.0),
+        "logits too small to test the cap"
+    );
+    for (g, l) in got.iter().zip(&plain) {
+        let want = 2.0 * (l / 2.0).tanh();
+        assert!(
+            (g - want).abs() < 1e-5,
+            "cap·tanh({l}/cap) = {want}, plugin {g}"
+        );
+        assert!(g.abs() < 2.0);
+    }
+    let bad = plugins::stack(
+        &track,
+        0,
+        &[root().join("plugins/softcap")],
+        &[r#"softcap={"cap": 0}"#.to_string()],
+        false,
+        &default_policy(),
+    );
+    assert!(format!("{:#}", bad.err().unwrap()).contains("cap must be a positive number"));
+}
+
+#[test]
+fn rmsnorm_drops_the_layernorm_parameters_and_normalises_by_the_rms() {
+    use speedrun::model::{hooks::ForwardCtx, hooks::NormSite, Model};
+    let track = smoke_track();
+    let model = Model::build(
+        &track.model,
+        stack_of(&["plugins/rmsnorm"], &[], false).hooks,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let names: Vec<&str> = model.params.iter().map(|p| p.spec.name.as_str()).collect();
+    assert!(!names.iter().any(|n| n.contains(".ln_")), "{names:?}");
+    assert!(names.contains(&"transformer.h.0.attn.c_attn.weight"));
+    let cx = ForwardCtx {
+        params: &model.params,
+        spec: &track.model,
+        train: true,
+    };
+    let x = random_stream(3.0);
+    let got = values(&model.norm(&cx, NormSite::Mlp(1), &x).unwrap());
+    let xs = values(&x);
+    let d = track.model.width;
+    for (row_got, row) in got.chunks(d).zip(xs.chunks(d)) {
+        let rms = (row.iter().map(|v| v * v).sum::<f64>() / d as f64 + 1e-5).sqrt();
+        for (g, v) in row_got.iter().zip(row) {
+            assert!((g - v / rms).abs() < 1e-5, "{g} vs {}", v / rms);
+        }
+    }
+    // With a gain the gains stay (and are used), the biases still go.
+    let with_gain = Model::build(
+        &track.model,
+        stack_of(&["plugins/rmsnorm"], &[r#"rmsnorm={"gain": true}"#], false).hooks,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let kinds: Vec<ParamKind> = with_gain.params.iter().map(|p| p.spec.kind).collect();
+    assert!(kinds.contains(&ParamKind::NormGain) && !kinds.contains(&ParamKind::NormBias));
+}
+
+#[test]
+fn zero_init_zeroes_the_residual_projections_and_nothing_else() {
+    use speedrun::model::{Model, ModelHooks};
+    let track = smoke_track();
+    let zero = Model::build(
+        &track.model,
+        stack_of(&["plugins/zero-init"], &[], false).hooks,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let reference = Model::build(&track.model, ModelHooks::default(), 3, &Device::Cpu).unwrap();
+    let mut zeroed = 0;
+    for (z, r) in zero.params.iter().zip(reference.params.iter()) {
+        assert_eq!(z.spec.name, r.spec.name);
+        let (zv, rv) = (values(z.var.as_tensor()), values(r.var.as_tensor()));
+        if z.spec.kind == ParamKind::ResidualProjection {
+            assert!(zv.iter().all(|&v| v == 0.0), "{} not zero", z.spec.name);
+            assert!(rv.iter().any(|&v| v != 0.0));
+            zeroed += 1;
+        } else {
+            assert_eq!(zv, rv, "{} changed", z.spec.name);
+        }
+    }
+    // Both output projections (attention, MLP) of every layer.
+    assert_eq!(zeroed, 2 * track.model.layers);
+}
+
+#[test]
+fn architecture_plugins_stacked_train_the_smoke_model_natively_and_as_wasm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = [
+        "plugins/rmsnorm",
+        "plugins/zero-init",
+        "plugins/softcap",
+        "plugins/rotary",
+    ];
+    let mut finals = Vec::new();
+    for wasm in [false, true] {
+        let s = train::run(
+            &smoke_options(&tmp.path().join(format!("w{wasm}")), Some(40)),
+            stack_of(&dirs, &[r#"rotary={"qk_norm": true}"#], wasm),
+        )
+        .unwrap();
+        assert!(s.verdict.valid, "{:?}", s.verdict.failed());
+        assert!(
+            s.train_losses[39] < s.train_losses[0] - 0.5,
+            "{:?}",
+            s.train_losses
+        );
+        finals.push(s.final_val_loss.unwrap());
+    }
+    assert_eq!(finals[0], finals[1]);
+}
+
+/// Rotary attention written out in f64: c_attn, per head q and k (RMS-normalised
+/// when `qk_norm`), rotated by rotate-half with angle pos·base^(−2i/hd), causal
+/// softmax of q·k/√hd, then c_proj.
+fn naive_rotary_attention(
+    x: &[f64],
+    (t, d, heads): (usize, usize, usize),
+    w: &[f64],
+    bias: &[f64],
+    wp: &[f64],
+    bp: &[f64],
+    qk_norm: bool,
+) -> Vec<f64> {
+    let hd = d / heads;
+    let qkv: Vec<Vec<f64>> = (0..t)
+        .map(|i| {
+            (0..3 * d)
+                .map(|j| bias[j] + (0..d).map(|k| x[i * d + k] * w[k * 3 * d + j]).sum::<f64>())
+                .collect()
+        })
+        .collect();
+    let rotate = |v: &[f64], pos: usize| -> Vec<f64> {
+        let v: Vec<f64> = if qk_norm {
+            let rms = (v.iter().map(|a| a * a).sum::<f64>() / hd as f64 + 1e-6).sqrt();
+            v.iter().map(|a| a / rms).collect()
+        } else {
+            v.to_vec()
+        };
+        let half = hd / 2;
+        let mut out = vec![0.0; hd];
+        for i in 0..half {
+            let ang = pos as f64 / 10000f64.powf(2.0 * i as f64 / hd as f64);
+            out[i] = v[i] * ang.cos() - v[i + half] * ang.sin();
+            out[i + half] = v[i] * ang.sin() + v[i + half] * ang.cos();
+        }
+        out
+    };
+    let mut y = vec![vec![0.0; d]; t];
+    for h in 0..heads {
+        let head =
+            |i: usize, which: usize| qkv[i][which * d + h * hd..which * d + (h + 1) * hd].to_vec();
+        for i in 0..t {
+            let q = rotate(&head(i, 0), i);
+            let scores: Vec<f64> = (0..=i)
+                .map(|j| {
+                    let k = rotate(&head(j, 1), j);
+                    q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for (j, ej) in e.iter().enumerate() {
+                for c in 0..hd {
+                    y[i][h * hd + c] += ej / z * head(j, 2)[c];
+                }
+            }
+        }
+    }
+    (0..t)
+        .flat_map(|i| {
+            let yi = &y[i];
+            (0..d).map(move |j| bp[j] + (0..d).map(|k| yi[k] * wp[k * d + j]).sum::<f64>())
+        })
+        .collect()
+}
+
+#[test]
+fn rotary_attention_matches_a_naive_f64_reference_and_drops_learned_positions() {
+    use speedrun::model::{hooks::ForwardCtx, Model};
+    let track = smoke_track();
+    let (d, heads) = (track.model.width, track.model.heads);
+    for qk_norm in [false, true] {
+        let config = format!(r#"rotary={{"qk_norm": {qk_norm}}}"#);
+        let model = Model::build(
+            &track.model,
+            stack_of(&["plugins/rotary"], &[&config], false).hooks,
+            3,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(model
+            .params
+            .iter()
+            .all(|p| p.spec.kind != ParamKind::PositionEmbedding));
+        let cx = ForwardCtx {
+            params: &model.params,
+            spec: &track.model,
+            train: true,
+        };
+        let t = 5;
+        let xs: Vec<f32> = seeded(t * d, 9, 2.0).iter().map(|&v| v as f32).collect();
+        let x = Tensor::from_vec(xs.clone(), (1, t, d), &Device::Cpu).unwrap();
+        let got = values(&model.attention(&cx, 1, &x).unwrap());
+        let p = |n: &str| values(model.params.get(&format!("transformer.h.1.{n}")).unwrap());
+        let want = naive_rotary_attention(
+            &xs.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            (t, d, heads),
+            &p("attn.c_attn.weight"),
+            &p("attn.c_attn.bias"),
+            &p("attn.c_proj.weight"),
+            &p("attn.c_proj.bias"),
+            qk_norm,
+        );
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "qk_norm {qk_norm}: {g} vs {w}");
+        }
+        // The embedding is the token embedding alone.
+        let tokens = Tensor::from_vec(vec![3u32, 7, 3], (1, 3), &Device::Cpu).unwrap();
+        let e = values(&model.embed(&cx, &tokens).unwrap());
+        let wte = values(model.params.get("transformer.wte.weight").unwrap());
+        assert_eq!(&e[..d], &wte[3 * d..4 * d]);
+        assert_eq!(&e[..d], &e[2 * d..]);
+    }
+}
