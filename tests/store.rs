@@ -97,6 +97,8 @@ fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
             "--seeds",
             "2",
             "--json",
+            "--label",
+            "reference again",
             "--out",
             out.to_str().unwrap(),
         ],
@@ -215,6 +217,81 @@ fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
         ],
     ));
     assert_eq!(by_dir["run"]["id"], ids[0]);
+
+    // The techniques table: one row, every figure from the stored report.
+    let ladder = json_of(&speedrun_db(
+        &db,
+        &[
+            "ladder",
+            "--track",
+            "smoke",
+            "--min-seeds",
+            "2",
+            "--format",
+            "json",
+        ],
+    ));
+    let rows = ladder["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{ladder}");
+    let row = &rows[0];
+    assert_eq!(row["stack"], "reference again");
+    assert_eq!(row["seeds"], 2);
+    assert_eq!(row["comparison_id"], comparison);
+    assert_eq!(
+        row["p_below_target"],
+        r["candidate"]["below_target"]["p_value"]
+    );
+    assert_eq!(row["speedup"], r["speedup"]["estimate"]);
+    assert_eq!(row["val_loss_mean"], r["candidate"]["val_loss"]["mean"]);
+    let command = row["command"].as_str().unwrap();
+    assert_eq!(
+        command,
+        "speedrun bench --track smoke --seed-list 0,1 --label 'reference again'"
+    );
+    let md = text(&speedrun_db(
+        &db,
+        &[
+            "ladder",
+            "--track",
+            "smoke",
+            "--min-seeds",
+            "2",
+            "--format",
+            "markdown",
+        ],
+    ));
+    assert!(md.starts_with("| # | stack |"), "{md}");
+    assert!(md.contains(&format!("`{command}`")), "{md}");
+    // Too few seeds for the default of 5: left out, and said so.
+    let few = text(&speedrun_db(&db, &["ladder", "--track", "smoke"]));
+    assert!(
+        few.contains("0 rows") && few.contains("1 stored comparison(s) left out"),
+        "{few}"
+    );
+
+    // The row's command reproduces its figures.
+    let mut args = split_command(command);
+    assert_eq!(args.remove(0), "speedrun");
+    args.extend(["--json", "--out"].map(String::from));
+    args.push(tmp.path().join("again").display().to_string());
+    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let again = json_of(&speedrun_db(&db, &argv));
+    assert_eq!(again["candidate"]["val_loss"], r["candidate"]["val_loss"]);
+    assert_eq!(again["command"], command);
+}
+
+/// Splits a command line at spaces, keeping '...' quoted words whole.
+fn split_command(c: &str) -> Vec<String> {
+    let (mut out, mut word, mut quoted) = (Vec::new(), String::new(), false);
+    for ch in c.chars() {
+        match ch {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => out.extend((!word.is_empty()).then(|| std::mem::take(&mut word))),
+            _ => word.push(ch),
+        }
+    }
+    out.extend((!word.is_empty()).then_some(word));
+    out
 }
 
 #[test]

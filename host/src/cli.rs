@@ -69,6 +69,20 @@ pub enum Command {
         #[arg(long, default_value = "text")]
         format: crate::submit::records::Format,
     },
+    /// The techniques table: every stored bench of a stack against the reference
+    /// on the track, oldest first, with the command that reproduces each row.
+    Ladder {
+        #[arg(long, default_value = "cpu")]
+        track: String,
+        #[command(flatten)]
+        db: DbArg,
+        /// text, markdown or json.
+        #[arg(long, default_value = "text")]
+        format: crate::submit::records::Format,
+        /// Leave out benches with fewer seeds.
+        #[arg(long, default_value_t = 5)]
+        min_seeds: usize,
+    },
     /// Rebuild a record from its stored source and run it again on this machine.
     Reverify {
         /// The record's id (see `speedrun records`).
@@ -269,6 +283,10 @@ pub struct SeedBenchArgs {
     /// Folder for the runs (default: runs/bench-TRACK-TIMESTAMP).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// What to call the candidate in reports and in `speedrun ladder`
+    /// (default: its plugins' names), e.g. "+ muon + wsd".
+    #[arg(long)]
+    pub label: Option<String>,
     #[command(flatten)]
     pub run: BenchRunArgs,
 }
@@ -494,6 +512,20 @@ pub fn run(cli: Cli) -> Result<()> {
             print!(
                 "{}",
                 crate::submit::records::render(&t.track.name, &records, format)?
+            );
+            Ok(())
+        }
+        Command::Ladder {
+            track,
+            db,
+            format,
+            min_seeds,
+        } => {
+            let t = track::load(&track)?;
+            let (rows, left_out) = crate::ladder::rows(&db.open()?, &t.track.name, min_seeds)?;
+            print!(
+                "{}",
+                crate::ladder::render(&t.track.name, &rows, left_out, format)?
             );
             Ok(())
         }
@@ -1005,7 +1037,7 @@ fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
             plugins: a.plugins,
             configs: a.plugin_configs,
             wasm: a.wasm,
-            label: None,
+            label: a.label,
         },
         baseline: crate::compare::StackSpec {
             plugins: a.baseline_plugins,

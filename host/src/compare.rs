@@ -96,6 +96,48 @@ pub struct BenchSpec {
     pub baseline: StackSpec,
 }
 
+impl BenchSpec {
+    /// The `speedrun bench` command line that reproduces this comparison: the
+    /// seeds listed, every plugin and configuration in order.
+    pub fn command(&self) -> String {
+        let s = &self.session;
+        // A track from the registry by name; one loaded from a file by its path.
+        let builtin = s
+            .track
+            .root
+            .join("tracks")
+            .join(format!("{}.toml", s.track.track.name));
+        let track = if builtin == s.track.path {
+            s.track.track.name.clone()
+        } else {
+            s.track.path.display().to_string()
+        };
+        let seeds: Vec<String> = s.seeds.iter().map(|x| x.to_string()).collect();
+        let mut c = format!(
+            "speedrun bench --track {track} --seed-list {}",
+            seeds.join(",")
+        );
+        if let Some(n) = s.steps {
+            c += &format!(" --steps {n}");
+        }
+        for (flag, stack) in [("", &self.candidate), ("baseline-", &self.baseline)] {
+            for p in &stack.plugins {
+                c += &format!(" --{flag}plugin {}", p.display());
+            }
+            for k in &stack.configs {
+                c += &format!(" --{flag}plugin-config '{k}'");
+            }
+        }
+        if self.candidate.wasm {
+            c += " --wasm";
+        }
+        if let Some(l) = &self.candidate.label {
+            c += &format!(" --label '{l}'");
+        }
+        c
+    }
+}
+
 /// The seeds of a bench: distinct, or refused.
 pub fn check_seeds(seeds: &[u64]) -> Result<()> {
     if seeds.len() < 2 {
@@ -126,6 +168,7 @@ pub struct BenchRun {
     pub best_val_loss: Option<f64>,
     pub train_time_s: f64,
     pub time_to_target_s: Option<f64>,
+    pub tokens_to_target: Option<u64>,
     pub tokens: u64,
     pub flops: f64,
     pub error: Option<String>,
@@ -235,6 +278,8 @@ pub struct Report {
     pub verdict_text: String,
     /// The comparison's id in the run store.
     pub comparison_id: Option<i64>,
+    /// The `speedrun bench` command that reproduces this comparison (seeds listed).
+    pub command: String,
 }
 
 impl Report {
@@ -261,6 +306,7 @@ fn bench_run(s: &RunSummary) -> BenchRun {
         best_val_loss: s.best_val_loss,
         train_time_s: s.train_time_s,
         time_to_target_s: s.time_to_target_s,
+        tokens_to_target: s.tokens_to_target,
         tokens: s.tokens,
         flops: s.flops,
         error: s.error.clone(),
@@ -355,6 +401,7 @@ pub fn run(spec: &BenchSpec) -> Result<Report> {
         Side::new(spec.candidate.describe(), cand, target),
         Side::new(spec.baseline.describe(), base, target),
     );
+    report.command = spec.command();
     if let Some(path) = &s.store {
         report.comparison_id = Some(store_comparison(path, &report)?);
     }
@@ -467,6 +514,7 @@ pub fn analyse(
         verdict,
         verdict_text,
         comparison_id: None,
+        command: String::new(),
     }
 }
 

@@ -59,6 +59,17 @@ pub struct StoredRun {
 }
 
 /// One validation of a stored run.
+/// A stored significance comparison (`speedrun bench`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredComparison {
+    pub id: i64,
+    pub created_at: String,
+    pub candidate: String,
+    pub baseline: String,
+    pub verdict: String,
+    pub report: serde_json::Value,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Evaluation {
     pub step: u64,
@@ -285,6 +296,40 @@ impl Store {
     }
 
     /// Stores a bench comparison and the runs it compared; returns its id.
+    /// The track's stored comparisons, oldest first, with their reports as JSON.
+    pub fn comparisons(&self, track: &str) -> Result<Vec<StoredComparison>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, created_at, candidate, baseline, verdict, report
+             FROM comparisons WHERE track = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map(params![track], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, created_at, candidate, baseline, verdict, report)| {
+                Ok(StoredComparison {
+                    id,
+                    created_at,
+                    candidate,
+                    baseline,
+                    verdict,
+                    report: serde_json::from_str(&report).with_context(|| {
+                        format!("the run store's comparison {id} holds a report that is not JSON")
+                    })?,
+                })
+            })
+            .collect()
+    }
+
     pub fn add_comparison(
         &mut self,
         track: &str,
