@@ -604,6 +604,7 @@ mod tests {
             best_val_loss: Some(loss),
             train_time_s: time,
             time_to_target_s: ttt,
+            tokens_to_target: ttt.map(|_| 4096),
             tokens: 0,
             flops: 0.0,
             error: None,
