@@ -501,7 +501,7 @@ fn naive_rotary_attention(
     for h in 0..heads {
         let head =
             |i: usize, which: usize| qkv[i][which * d + h * hd..which * d + (h + 1) * hd].to_vec();
-        for i in 0..t {
+        for (i, yi) in y.iter_mut().enumerate() {
             let q = rotate(&head(i, 0), i);
             let scores: Vec<f64> = (0..=i)
                 .map(|j| {
@@ -513,8 +513,8 @@ fn naive_rotary_attention(
             let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let z: f64 = e.iter().sum();
             for (j, ej) in e.iter().enumerate() {
-                for c in 0..hd {
-                    y[i][h * hd + c] += ej / z * head(j, 2)[c];
+                for (c, vc) in head(j, 2).iter().enumerate() {
+                    yi[h * hd + c] += ej / z * vc;
                 }
             }
         }
