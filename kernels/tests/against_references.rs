@@ -43,6 +43,20 @@ fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Runs `run` in a 1-thread and a 3-thread pool and asserts identical results.
+fn same_on_1_and_3_threads<T: PartialEq + std::fmt::Debug + Send>(
+    run: impl Fn() -> T + Send + Sync,
+) {
+    let on = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(&run)
+    };
+    assert_eq!(on(1), on(3));
+}
+
 // ---- unfused references ----
 
 fn ref_gelu(x: &Tensor) -> Tensor {
@@ -319,17 +333,7 @@ fn results_do_not_depend_on_the_thread_count() {
         let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
         g.get(wv.as_tensor()).unwrap().to_vec1::<f32>().unwrap()
     };
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-        .install(run);
-    let three = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap()
-        .install(run);
-    assert_eq!(one, three);
+    same_on_1_and_3_threads(run);
 }
 
 #[test]
@@ -593,17 +597,7 @@ fn newton_schulz_reads_any_layout_and_any_thread_count() {
             .to_vec2::<f32>()
             .unwrap()
     };
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-        .install(run);
-    let three = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap()
-        .install(run);
-    assert_eq!(one, three);
+    same_on_1_and_3_threads(run);
 }
 
 #[test]
@@ -694,17 +688,7 @@ fn linear_is_independent_of_the_thread_count_and_refuses_bad_shapes() {
             g.get(xv.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
         )
     };
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-        .install(run);
-    let three = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap()
-        .install(run);
-    assert_eq!(one, three);
+    same_on_1_and_3_threads(run);
     let err = k::linear(&x, &rand_t(&[47, 80], 90, 1.0, DType::F32), None).unwrap_err();
     assert!(
         err.to_string()
@@ -799,22 +783,16 @@ fn packed_attention_is_causal_thread_independent_and_checks_shapes() {
         *x += 3.0;
     }
     let moved = Tensor::from_vec(v, (1, 8, 12), &DEV).unwrap();
-    let a = k::causal_attention_packed(&qkv, 2)
-        .unwrap()
-        .narrow(1, 0, 7)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = k::causal_attention_packed(&moved, 2)
-        .unwrap()
-        .narrow(1, 0, 7)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let first7 = |t: &Tensor| {
+        let y = k::causal_attention_packed(t, 2).unwrap();
+        y.narrow(1, 0, 7)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (first7(&qkv), first7(&moved));
     assert_eq!(a, b);
     let qkv = rand_t(&[4, 40, 48], 114, 1.0, DType::F32);
     let run = || {
@@ -831,17 +809,7 @@ fn packed_attention_is_causal_thread_independent_and_checks_shapes() {
                 .unwrap(),
         )
     };
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-        .install(run);
-    let three = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap()
-        .install(run);
-    assert_eq!(one, three);
+    same_on_1_and_3_threads(run);
     let err =
         k::causal_attention_packed(&rand_t(&[1, 4, 10], 115, 1.0, DType::F32), 2).unwrap_err();
     assert!(err.to_string().contains("not 3 x heads (2)"), "{err}");
