@@ -21,6 +21,7 @@ mod linear;
 mod newton_schulz;
 mod norm;
 mod real;
+mod rotary;
 mod softmax;
 
 pub use activation::{gelu, relu2};
@@ -32,6 +33,7 @@ pub use linear::linear;
 pub use newton_schulz::{newton_schulz, NsCoefficients};
 pub use norm::{layer_norm, rms_norm};
 pub use real::{exp_f32, tanh_f32};
+pub use rotary::rotary;
 pub use softmax::causal_softmax;
 
 /// Rows handled per parallel task; fixed so reductions never depend on the thread count.

@@ -815,3 +815,79 @@ fn packed_attention_is_causal_thread_independent_and_checks_shapes() {
     assert!(err.to_string().contains("not 3 x heads (2)"), "{err}");
     assert!(k::causal_attention_packed(&rand_t(&[4, 12], 116, 1.0, DType::F32), 2).is_err());
 }
+
+/// Rotary the composed way (what the host's op used to be): narrow the halves,
+/// broadcast cos and sin over [T, hd/2], recombine.
+fn ref_rotary(x: &Tensor, base: f64) -> Tensor {
+    let dims = x.dims();
+    let (t, hd) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let half = hd / 2;
+    let ang: Vec<f64> = (0..t)
+        .flat_map(|p| (0..half).map(move |i| p as f64 / base.powf(2.0 * i as f64 / hd as f64)))
+        .collect();
+    let ang = Tensor::from_vec(ang, (t, half), &DEV)
+        .unwrap()
+        .to_dtype(x.dtype())
+        .unwrap();
+    let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+    let x1 = x.narrow(D::Minus1, 0, half).unwrap();
+    let x2 = x.narrow(D::Minus1, half, half).unwrap();
+    let r1 = (x1.broadcast_mul(&cos).unwrap() - x2.broadcast_mul(&sin).unwrap()).unwrap();
+    let r2 = (x1.broadcast_mul(&sin).unwrap() + x2.broadcast_mul(&cos).unwrap()).unwrap();
+    Tensor::cat(&[r1, r2], D::Minus1).unwrap()
+}
+
+#[test]
+fn rotary_matches_the_composed_ops_and_its_backward_is_the_inverse_rotation() {
+    for (i, shape) in [
+        vec![2, 3, 7, 4],
+        vec![1, 1, 33, 16],
+        vec![5, 2],
+        vec![2, 9, 64],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = rand_t(shape, 120 + i as u64, 2.0, DType::F32);
+        let err = max_rel_err(&k::rotary(&x, 10000.0).unwrap(), &ref_rotary(&x, 10000.0));
+        assert!(err < 1e-5, "{shape:?}: {err}");
+    }
+    let view = transposed_view(&[2, 6, 8], 125, 1.0, DType::F32);
+    let err = max_rel_err(
+        &k::rotary(&view, 100.0).unwrap(),
+        &ref_rotary(&view.contiguous().unwrap(), 100.0),
+    );
+    assert!(err < 1e-5, "{err}");
+    check_grad(&[rand_t(&[2, 5, 6], 126, 1.0, DType::F64)], &|a| {
+        k::rotary(&a[0], 500.0).unwrap()
+    });
+    // A rotation keeps every pair's length.
+    let x = rand_t(&[1, 4, 10], 127, 1.0, DType::F32);
+    let (a, b) = (values_f64(&x), values_f64(&k::rotary(&x, 10000.0).unwrap()));
+    for (ra, rb) in a.chunks(10).zip(b.chunks(10)) {
+        for i in 0..5 {
+            let (la, lb) = (ra[i].hypot(ra[i + 5]), rb[i].hypot(rb[i + 5]));
+            assert!((la - lb).abs() < 1e-6, "{la} vs {lb}");
+        }
+    }
+    assert!(
+        k::rotary(&rand_t(&[2, 3, 5], 128, 1.0, DType::F32), 10000.0)
+            .unwrap_err()
+            .to_string()
+            .contains("even")
+    );
+    assert!(k::rotary(&rand_t(&[4], 129, 1.0, DType::F32), 10000.0).is_err());
+    assert!(k::rotary(&rand_t(&[2, 4], 130, 1.0, DType::F32), 0.5)
+        .unwrap_err()
+        .to_string()
+        .contains("base"));
+}
+
+fn values_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}

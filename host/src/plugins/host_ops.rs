@@ -8,7 +8,7 @@ use crate::model::ops as model_ops;
 use crate::model::params::ParamStore;
 use crate::verify::{Check, Violation};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use speedrun_plugin_api::{self as api, Frame, HookPoint, Op, OpClass};
@@ -96,29 +96,6 @@ fn sample(
 }
 
 /// Rotary position embedding, rotate-half form, of `x [B, H, T, hd]`.
-fn rotary(x: &Tensor, base: f64) -> Result<Tensor> {
-    let (_, _, t, hd) = x.dims4().context("rotary expects [B, H, T, hd]")?;
-    if hd % 2 != 0 {
-        bail!("rotary needs an even head dimension, got {hd}");
-    }
-    let half = hd / 2;
-    let inv: Vec<f64> = (0..half)
-        .map(|i| 1.0 / base.powf(2.0 * i as f64 / hd as f64))
-        .collect();
-    let mut angles = Vec::with_capacity(t * half);
-    for pos in 0..t {
-        angles.extend(inv.iter().map(|f| pos as f64 * f));
-    }
-    let dev = x.device();
-    let ang = Tensor::from_vec(angles, (t, half), dev)?.to_dtype(x.dtype())?;
-    let (cos, sin) = (ang.cos()?, ang.sin()?);
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-    let r2 = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
-    Ok(Tensor::cat(&[r1, r2], D::Minus1)?)
-}
-
 fn same_shape(target: &Tensor, value: &Tensor, what: &str) -> Result<()> {
     if target.dims() != value.dims() || target.dtype() != value.dtype() {
         bail!(
@@ -362,7 +339,10 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
                 }
             }
         }
-        Op::Rotary => rotary(t(0)?, float(0)?)?,
+        Op::Rotary => {
+            t(0)?.dims4().context("rotary expects [B, H, T, hd]")?;
+            speedrun_kernels::rotary(t(0)?, float(0)?)?
+        }
         Op::Linear => {
             let b = if f.tensors.len() > 2 {
                 Some(t(2)?)
