@@ -278,6 +278,123 @@ fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
     let again = json_of(&speedrun_db(&db, &argv));
     assert_eq!(again["candidate"]["val_loss"], r["candidate"]["val_loss"]);
     assert_eq!(again["command"], command);
+
+    // A shortened candidate against the reference's stored full-budget runs:
+    // the newest stored reference run of each seed, nothing rerun.
+    let newest: Vec<&serde_json::Value> = (0..2)
+        .map(|i| &again["baseline"]["runs"][i]["store_id"])
+        .collect();
+    let before = Store::open(&db).unwrap().runs(Some("smoke")).unwrap().len();
+    let short = json_of(&speedrun_db(
+        &db,
+        &[
+            "bench",
+            "--track",
+            "smoke",
+            "--seeds",
+            "2",
+            "--steps",
+            "100",
+            "--baseline-steps",
+            "200",
+            "--baseline-stored",
+            "--label",
+            "short",
+            "--json",
+            "--out",
+            tmp.path().join("short").to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(short["baseline_stored"], true);
+    assert_eq!(
+        (short["steps"].as_u64(), short["baseline_steps"].as_u64()),
+        (Some(100), Some(200))
+    );
+    for i in 0..2 {
+        assert_eq!(&short["baseline"]["runs"][i]["store_id"], newest[i]);
+        assert_eq!(short["baseline"]["runs"][i], again["baseline"]["runs"][i]);
+    }
+    // Two candidate runs stored, no baseline run; no loss delta across budgets.
+    assert_eq!(
+        Store::open(&db).unwrap().runs(Some("smoke")).unwrap().len(),
+        before + 2
+    );
+    assert!(short["loss_delta"].is_null(), "{}", short["loss_delta"]);
+    assert_eq!(short["baseline"]["val_loss"], again["baseline"]["val_loss"]);
+    let short_command = short["command"].as_str().unwrap();
+    assert!(
+        short_command.contains("--steps 100 --baseline-steps 200")
+            && !short_command.contains("--baseline-stored"),
+        "{short_command}"
+    );
+    // A seed the store has no reference run of: refused before any training.
+    let missing = speedrun_db(
+        &db,
+        &[
+            "bench",
+            "--track",
+            "smoke",
+            "--seed-list",
+            "0,7",
+            "--baseline-stored",
+            "--out",
+            tmp.path().join("missing").to_str().unwrap(),
+        ],
+    );
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("no complete reference run of seed 7"), "{err}");
+    assert_eq!(
+        Store::open(&db).unwrap().runs(Some("smoke")).unwrap().len(),
+        before + 2
+    );
+
+    // The table now starts with the reference (row 0, from the first row's
+    // baseline runs) and shows each row's step count.
+    let ladder = json_of(&speedrun_db(
+        &db,
+        &[
+            "ladder",
+            "--track",
+            "smoke",
+            "--min-seeds",
+            "2",
+            "--format",
+            "json",
+        ],
+    ));
+    let reference = &ladder["reference"];
+    assert_eq!(reference["stack"], "reference (AdamW)");
+    assert_eq!(reference["steps"], 200);
+    assert_eq!(
+        reference["val_loss_mean"],
+        r["baseline"]["val_loss"]["mean"]
+    );
+    let rows = ladder["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{ladder}");
+    assert_eq!(
+        (rows[2]["stack"].as_str(), rows[2]["steps"].as_u64()),
+        (Some("short"), Some(100))
+    );
+    let md = text(&speedrun_db(
+        &db,
+        &[
+            "ladder",
+            "--track",
+            "smoke",
+            "--min-seeds",
+            "2",
+            "--format",
+            "markdown",
+        ],
+    ));
+    assert!(
+        md.lines()
+            .nth(2)
+            .unwrap()
+            .starts_with("| 0 | reference (AdamW) | 2 | 200 |"),
+        "{md}"
+    );
 }
 
 /// Splits a command line at spaces, keeping '...' quoted words whole.

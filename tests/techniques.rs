@@ -575,3 +575,118 @@ fn rotary_attention_matches_a_naive_f64_reference_and_drops_learned_positions() 
         assert_eq!(&e[..d], &e[2 * d..]);
     }
 }
+
+/// `x @ wᵀ` for a stream `[.., D]` and `w [V, D]`, in f64.
+fn naive_head(x: &[f64], w: &[f64], d: usize) -> Vec<f64> {
+    x.chunks(d)
+        .flat_map(|row| {
+            w.chunks(d)
+                .map(|wr| row.iter().zip(wr).map(|(a, b)| a * b).sum::<f64>())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn untied_head_declares_its_own_matrix_and_every_head_uses_it() {
+    use speedrun::model::{hooks::ForwardCtx, Model, ModelHooks};
+    let track = smoke_track();
+    let (d, v) = (track.model.width, track.model.vocab);
+    let reference = Model::build(&track.model, ModelHooks::default(), 3, &Device::Cpu).unwrap();
+    // Zero-initialised by default; every other parameter as the reference's.
+    let zero = Model::build(
+        &track.model,
+        stack_of(&["plugins/untied-head"], &[], false).hooks,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(zero.params.len(), reference.params.len() + 1);
+    let head = zero
+        .params
+        .iter()
+        .find(|p| p.spec.name == "lm_head.weight")
+        .expect("lm_head.weight declared");
+    assert_eq!(head.spec.shape, vec![v, d]);
+    assert_eq!(head.spec.kind, ParamKind::TokenEmbedding);
+    assert!(values(head.var.as_tensor()).iter().all(|&x| x == 0.0));
+    for r in reference.params.iter() {
+        let z = zero.params.iter().find(|p| p.spec.name == r.spec.name);
+        let z = z.unwrap_or_else(|| panic!("{} dropped", r.spec.name));
+        assert_eq!(values(z.var.as_tensor()), values(r.var.as_tensor()));
+    }
+
+    // With the reference's random init the head's logits are x·lm_headᵀ, not x·wteᵀ.
+    let comps = stack_of(
+        &["plugins/untied-head"],
+        &[r#"untied-head={"zero_init": false}"#],
+        false,
+    );
+    let model = Model::build(&track.model, comps.hooks, 3, &Device::Cpu).unwrap();
+    let cx = ForwardCtx {
+        params: &model.params,
+        spec: &track.model,
+        train: true,
+    };
+    let get = |name: &str| values(model.params.get(name).unwrap());
+    let (lm_head, wte) = (get("lm_head.weight"), get("transformer.wte.weight"));
+    assert!(lm_head.iter().any(|&x| x != 0.0) && lm_head != wte);
+    let x = random_stream(1.0);
+    let got = values(&model.head(&cx, &x).unwrap());
+    let want = naive_head(&values(&x), &lm_head, d);
+    let tied = naive_head(&values(&x), &wte, d);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+    }
+    assert!(got.iter().zip(&tied).any(|(g, t)| (g - t).abs() > 1e-2));
+
+    // softcap caps the untied head's logits when both are stacked.
+    let both = stack_of(
+        &["plugins/untied-head", "plugins/softcap"],
+        &[
+            r#"untied-head={"zero_init": false}"#,
+            r#"softcap={"cap": 0.05}"#,
+        ],
+        false,
+    );
+    let model = Model::build(&track.model, both.hooks, 3, &Device::Cpu).unwrap();
+    let cx = ForwardCtx {
+        params: &model.params,
+        spec: &track.model,
+        train: true,
+    };
+    let got = values(&model.head(&cx, &x).unwrap());
+    let lm_head = values(model.params.get("lm_head.weight").unwrap());
+    for (g, l) in got.iter().zip(naive_head(&values(&x), &lm_head, d)) {
+        let want = 0.05 * (l / 0.05).tanh();
+        assert!((g - want).abs() < 1e-5, "{g} vs {want}");
+    }
+}
+
+#[test]
+fn untied_head_with_softcap_trains_natively_and_as_wasm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut finals = Vec::new();
+    for wasm in [false, true] {
+        let s = train::run(
+            &smoke_options(&tmp.path().join(format!("w{wasm}")), Some(30)),
+            stack_of(&["plugins/untied-head", "plugins/softcap"], &[], wasm),
+        )
+        .unwrap();
+        assert!(s.verdict.valid, "{:?}", s.verdict.failed());
+        // A zero head: the first loss is ln(vocab) exactly (uniform logits).
+        let uniform = (smoke_track().model.vocab as f32).ln();
+        assert!(
+            (s.train_losses[0] - uniform).abs() < 1e-4,
+            "{}",
+            s.train_losses[0]
+        );
+        assert!(
+            s.train_losses[29] < s.train_losses[0] - 0.5,
+            "{:?}",
+            s.train_losses
+        );
+        finals.push(s.final_val_loss.unwrap());
+    }
+    assert_eq!(finals[0], finals[1]);
+}

@@ -274,9 +274,19 @@ pub struct SeedBenchArgs {
     pub baseline_configs: Vec<String>,
     #[command(flatten)]
     pub seeds: SeedArgs,
-    /// Train this many steps instead of the track's budget.
+    /// Train this many steps instead of the track's budget (both sides, unless
+    /// --baseline-steps).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// The baseline's step count, when it differs from --steps (a record with a
+    /// shortened run against the reference at its full budget).
+    #[arg(long)]
+    pub baseline_steps: Option<usize>,
+    /// Read the reference's runs of these seeds from the store (the newest
+    /// complete run of each seed on this track file at the baseline's step
+    /// count) instead of running them again.
+    #[arg(long)]
+    pub baseline_stored: bool,
     /// Build plugin crate directories (candidate and baseline) to wasm.
     #[arg(long)]
     pub wasm: bool,
@@ -522,11 +532,8 @@ pub fn run(cli: Cli) -> Result<()> {
             min_seeds,
         } => {
             let t = track::load(&track)?;
-            let (rows, left_out) = crate::ladder::rows(&db.open()?, &t.track.name, min_seeds)?;
-            print!(
-                "{}",
-                crate::ladder::render(&t.track.name, &rows, left_out, format)?
-            );
+            let ladder = crate::ladder::rows(&db.open()?, &t.track.name, min_seeds)?;
+            print!("{}", crate::ladder::render(&t.track.name, &ladder, format)?);
             Ok(())
         }
         Command::Reverify {
@@ -1038,13 +1045,16 @@ fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
             configs: a.plugin_configs,
             wasm: a.wasm,
             label: a.label,
+            steps: None,
         },
         baseline: crate::compare::StackSpec {
             plugins: a.baseline_plugins,
             configs: a.baseline_configs,
             wasm: a.wasm,
             label: None,
+            steps: a.baseline_steps,
         },
+        baseline_stored: a.baseline_stored,
     };
     let report = crate::compare::run(&spec)?;
     if a.run.json {

@@ -34,6 +34,9 @@ pub struct StackSpec {
     pub wasm: bool,
     /// What to call it in reports (default: its plugins' file names).
     pub label: Option<String>,
+    /// This stack's step count, overriding the session's (the speedrun's records
+    /// shorten the candidate's run while the reference keeps the full budget).
+    pub steps: Option<usize>,
 }
 
 impl StackSpec {
@@ -94,6 +97,10 @@ pub struct BenchSpec {
     pub session: Session,
     pub candidate: StackSpec,
     pub baseline: StackSpec,
+    /// Take the baseline's runs from the store instead of running them again
+    /// (the reference only: its newest complete run of each seed on this track
+    /// file at the baseline's step count).
+    pub baseline_stored: bool,
 }
 
 impl BenchSpec {
@@ -117,8 +124,14 @@ impl BenchSpec {
             "speedrun bench --track {track} --seed-list {}",
             seeds.join(",")
         );
-        if let Some(n) = s.steps {
+        let candidate_steps = self.candidate.steps.or(s.steps);
+        if let Some(n) = candidate_steps {
             c += &format!(" --steps {n}");
+        }
+        let baseline_steps = self.baseline.steps.or(s.steps);
+        if baseline_steps != candidate_steps {
+            let n = baseline_steps.unwrap_or(s.track.track.steps());
+            c += &format!(" --baseline-steps {n}");
         }
         for (flag, stack) in [("", &self.candidate), ("baseline-", &self.baseline)] {
             for p in &stack.plugins {
@@ -262,7 +275,11 @@ pub struct Report {
     pub track: String,
     pub target_val_loss: Option<f64>,
     pub seeds: Vec<u64>,
+    /// The candidate's steps.
     pub steps: usize,
+    pub baseline_steps: usize,
+    /// The baseline's runs were read from the store, not run by this bench.
+    pub baseline_stored: bool,
     pub candidate: Side,
     pub baseline: Side,
     pub time_measure: TimeMeasure,
@@ -270,7 +287,8 @@ pub struct Report {
     pub welch: Option<Welch>,
     /// Baseline time / candidate time, with its 95% interval.
     pub speedup: Option<Interval>,
-    /// Candidate − baseline final validation loss at equal budget, with its 95% interval.
+    /// Candidate − baseline final validation loss at equal budget, with its 95%
+    /// interval (none when the two ran different step counts).
     pub loss_delta: Option<Interval>,
     pub p_values: PValues,
     pub verdict: BenchVerdict,
@@ -329,7 +347,7 @@ pub fn run_stacks(s: &Session, stacks: &[(&str, &StackSpec)]) -> Result<Vec<Vec<
             let opts = RunOptions {
                 track: s.track.clone(),
                 seed,
-                steps: s.steps,
+                steps: stack.steps.or(s.steps),
                 out: s.out.join(format!("{role}-s{seed}")),
                 data_dir: s.data_dir.clone(),
                 save_checkpoint: None,
@@ -379,28 +397,94 @@ pub fn store_comparison(path: &Path, report: &Report) -> Result<i64> {
     )
 }
 
-/// Runs the bench: for each seed, the candidate then the baseline.
+impl BenchRun {
+    /// A run read back from the store (`bench --baseline-stored`).
+    fn stored(r: &crate::store::StoredRun, failed_checks: Vec<String>) -> BenchRun {
+        BenchRun {
+            seed: r.seed,
+            run_dir: r.run_dir.clone(),
+            store_id: Some(r.id),
+            status: r.status.clone(),
+            valid: r.valid == Some(true) && r.status == "complete",
+            failed_checks,
+            final_val_loss: r.final_val_loss,
+            best_val_loss: r.best_val_loss,
+            train_time_s: r.train_time_s.unwrap_or(0.0),
+            time_to_target_s: r.time_to_target_s,
+            tokens_to_target: r.tokens_to_target,
+            tokens: r.tokens.unwrap_or(0),
+            flops: r.flops.unwrap_or(0.0),
+            error: r.error.clone(),
+        }
+    }
+}
+
+/// The reference's stored runs for every seed of the session, at `steps`; an
+/// error naming the first seed the store lacks.
+fn stored_baseline(s: &Session, stack: &StackSpec, steps: usize) -> Result<Vec<BenchRun>> {
+    if !stack.plugins.is_empty() {
+        bail!("--baseline-stored takes the reference's runs from the store; it cannot be combined with --baseline-plugin");
+    }
+    let Some(path) = &s.store else {
+        bail!("--baseline-stored needs a run store");
+    };
+    let store = crate::store::Store::open(path)?;
+    let lt = &s.track;
+    s.seeds
+        .iter()
+        .map(|&seed| {
+            let Some(r) = store.latest_complete_run(&lt.track.name, &lt.sha256, "reference", seed, steps)? else {
+                bail!(
+                    "--baseline-stored: the run store {} holds no complete reference run of seed {seed} on this track file ({}, sha256 {}) at {steps} steps; run `speedrun run --track {} --seed {seed} --db {}` first, or drop --baseline-stored",
+                    path.display(),
+                    lt.path.display(),
+                    &lt.sha256[..12.min(lt.sha256.len())],
+                    lt.track.name,
+                    path.display()
+                );
+            };
+            let failed = store
+                .verdict(r.id)?
+                .map(|v| v.failed().iter().map(|c| c.to_string()).collect())
+                .unwrap_or_default();
+            Ok(BenchRun::stored(&r, failed))
+        })
+        .collect()
+}
+
+/// Runs the bench: for each seed, the candidate then the baseline (or the
+/// candidate alone, the baseline read from the store).
 pub fn run(spec: &BenchSpec) -> Result<Report> {
     let s = &spec.session;
     let track = &s.track.track;
-    let mut sides = run_stacks(
-        s,
-        &[("candidate", &spec.candidate), ("baseline", &spec.baseline)],
-    )?
-    .into_iter();
-    let (cand, base) = (
-        sides.next().unwrap_or_default(),
-        sides.next().unwrap_or_default(),
-    );
+    let candidate_steps = spec.candidate.steps.or(s.steps).unwrap_or(track.steps());
+    let baseline_steps = spec.baseline.steps.or(s.steps).unwrap_or(track.steps());
+    let (cand, base) = if spec.baseline_stored {
+        // Checked before any training, so a missing seed costs nothing.
+        let base = stored_baseline(s, &spec.baseline, baseline_steps)?;
+        let mut sides = run_stacks(s, &[("candidate", &spec.candidate)])?;
+        (sides.pop().unwrap_or_default(), base)
+    } else {
+        let mut sides = run_stacks(
+            s,
+            &[("candidate", &spec.candidate), ("baseline", &spec.baseline)],
+        )?
+        .into_iter();
+        (
+            sides.next().unwrap_or_default(),
+            sides.next().unwrap_or_default(),
+        )
+    };
     let target = track.target.val_loss;
     let mut report = analyse(
         track.name.clone(),
         target,
         s.seeds.clone(),
-        s.steps.unwrap_or(track.steps()),
+        (candidate_steps, baseline_steps),
         Side::new(spec.candidate.describe(), cand, target),
         Side::new(spec.baseline.describe(), base, target),
     );
+    report.baseline_stored = spec.baseline_stored;
     report.command = spec.command();
     if let Some(path) = &s.store {
         report.comparison_id = Some(store_comparison(path, &report)?);
@@ -413,7 +497,7 @@ pub fn analyse(
     track: String,
     target: Option<f64>,
     seeds: Vec<u64>,
-    steps: usize,
+    (steps, baseline_steps): (usize, usize),
     candidate: Side,
     baseline: Side,
 ) -> Report {
@@ -439,9 +523,12 @@ pub fn analyse(
     let welch = stats::welch(&ct, &bt);
     let speedup = stats::speedup(&bt, &ct);
     let (cl, bl) = (candidate.losses(), baseline.losses());
-    let loss_delta = (cl.len() == candidate.runs.len() && bl.len() == baseline.runs.len())
-        .then(|| stats::mean_difference(&cl, &bl))
-        .flatten();
+    // A loss difference means something at equal budgets only.
+    let loss_delta = (steps == baseline_steps
+        && cl.len() == candidate.runs.len()
+        && bl.len() == baseline.runs.len())
+    .then(|| stats::mean_difference(&cl, &bl))
+    .flatten();
     let faster = welch.is_some_and(|w| w.p_less < SPEEDUP_P);
     let verdict = if !candidate.all_valid {
         BenchVerdict::Invalid
@@ -499,6 +586,8 @@ pub fn analyse(
         target_val_loss: target,
         seeds,
         steps,
+        baseline_steps,
+        baseline_stored: false,
         p_values: PValues {
             candidate_below_target: candidate.below_target.map(|t| t.p_value),
             baseline_below_target: baseline.below_target.map(|t| t.p_value),
@@ -526,9 +615,22 @@ pub fn render(r: &Report) -> String {
         |s: &Option<Summary>| s.map_or("-".into(), |s| format!("{:.4} ± {:.4}", s.mean, s.std));
     let _ = writeln!(
         o,
-        "bench on track {} ({} steps), seeds {:?}, target {}",
+        "bench on track {} ({} steps{}), seeds {:?}, target {}",
         r.track,
         r.steps,
+        if r.baseline_steps == r.steps && !r.baseline_stored {
+            String::new()
+        } else {
+            format!(
+                "; baseline {} steps{}",
+                r.baseline_steps,
+                if r.baseline_stored {
+                    ", runs read from the store"
+                } else {
+                    ""
+                }
+            )
+        },
         r.seeds,
         r.target_val_loss
             .map_or("none".into(), |t| format!("{t:.4}"))
@@ -639,7 +741,7 @@ mod tests {
             "t".into(),
             Some(3.25),
             vec![0, 1, 2],
-            10,
+            (10, 10),
             fast.clone(),
             slow.clone(),
         );
@@ -657,7 +759,7 @@ mod tests {
             "t".into(),
             Some(3.25),
             vec![0, 1, 2],
-            10,
+            (10, 10),
             slow.clone(),
             fast.clone(),
         );
@@ -671,7 +773,7 @@ mod tests {
             "t".into(),
             Some(3.25),
             vec![0, 1, 2],
-            10,
+            (10, 10),
             side(bad),
             slow.clone(),
         );
@@ -689,14 +791,21 @@ mod tests {
             "t".into(),
             Some(3.25),
             vec![0, 1, 2],
-            10,
+            (10, 10),
             fast.clone(),
             side(miss.clone()),
         );
         assert_eq!(r.time_measure, TimeMeasure::TimeToTarget);
         assert_eq!(r.verdict, BenchVerdict::FasterToTarget);
         // A candidate run that missed it: no time-to-target claim, training time compared.
-        let r = analyse("t".into(), Some(3.25), vec![0, 1, 2], 10, side(miss), fast);
+        let r = analyse(
+            "t".into(),
+            Some(3.25),
+            vec![0, 1, 2],
+            (10, 10),
+            side(miss),
+            fast,
+        );
         assert_eq!(r.time_measure, TimeMeasure::TrainTime);
         assert_ne!(r.verdict, BenchVerdict::FasterToTarget);
     }

@@ -17,6 +17,8 @@ pub struct Row {
     pub date: String,
     pub stack: String,
     pub seeds: usize,
+    /// The stack's training steps (the speedrun's records shorten the run).
+    pub steps: Option<u64>,
     /// "time_to_target" when every run of the stack reached the target, else
     /// "train_time" (the times below are then whole training times).
     pub time_measure: String,
@@ -39,6 +41,17 @@ fn f(v: &Value, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
 }
 
+/// Mean over the side's runs of `key`, when every run has it.
+fn runs_mean(side: &Value, key: &str) -> Option<f64> {
+    let v: Option<Vec<f64>> = side["runs"]
+        .as_array()?
+        .iter()
+        .map(|run| run[key].as_f64())
+        .collect();
+    v.filter(|v| !v.is_empty())
+        .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+}
+
 fn row(c: &StoredComparison) -> Row {
     let r = &c.report;
     let measure = r["time_measure"].as_str().unwrap_or("").to_string();
@@ -47,19 +60,12 @@ fn row(c: &StoredComparison) -> Row {
     } else {
         "train_time_s"
     };
-    let tokens: Option<Vec<f64>> = r["candidate"]["runs"]
-        .as_array()
-        .map(|runs| {
-            runs.iter()
-                .map(|run| run["tokens_to_target"].as_f64())
-                .collect()
-        })
-        .unwrap_or(None);
     Row {
         comparison_id: c.id,
         date: c.created_at.get(..10).unwrap_or(&c.created_at).to_string(),
         stack: c.candidate.clone(),
         seeds: r["seeds"].as_array().map_or(0, |s| s.len()),
+        steps: r["steps"].as_u64(),
         time_measure: measure,
         time_mean_s: f(r, &["candidate", time_key, "mean"]),
         time_sd_s: f(r, &["candidate", time_key, "std"]),
@@ -67,28 +73,95 @@ fn row(c: &StoredComparison) -> Row {
         speedup: f(r, &["speedup", "estimate"]),
         speedup_low: f(r, &["speedup", "low"]),
         speedup_high: f(r, &["speedup", "high"]),
-        tokens_to_target: tokens
-            .filter(|t| !t.is_empty())
-            .map(|t| t.iter().sum::<f64>() / t.len() as f64),
+        tokens_to_target: runs_mean(&r["candidate"], "tokens_to_target"),
         val_loss_mean: f(r, &["candidate", "val_loss", "mean"]),
         verdict: c.verdict.clone(),
         command: r["command"].as_str().unwrap_or("").to_string(),
     }
 }
 
-/// The rows of `track`: benches against the reference with at least `min_seeds`
-/// seeds, oldest first; and how many comparisons were left out.
-pub fn rows(store: &Store, track: &str, min_seeds: usize) -> Result<(Vec<Row>, usize)> {
+/// Row 0: the reference itself, from the first row's baseline runs. Where a
+/// reference run missed the target its whole training time stands in (a lower
+/// bound, as in the speedups), and the time is marked "≥".
+fn reference_row(c: &StoredComparison) -> Row {
+    let r = &c.report;
+    let b = &r["baseline"];
+    let runs = b["runs"].as_array().cloned().unwrap_or_default();
+    let times: Vec<f64> = runs
+        .iter()
+        .filter_map(|run| {
+            run["time_to_target_s"]
+                .as_f64()
+                .or(run["train_time_s"].as_f64())
+        })
+        .collect();
+    let reached = runs
+        .iter()
+        .filter(|run| run["time_to_target_s"].is_f64())
+        .count();
+    let mean = (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64);
+    let sd = (times.len() > 1).then(|| {
+        let m = mean.unwrap_or(0.0);
+        (times.iter().map(|t| (t - m).powi(2)).sum::<f64>() / (times.len() - 1) as f64).sqrt()
+    });
+    let seeds: Vec<String> = runs
+        .iter()
+        .filter_map(|run| run["seed"].as_u64().map(|s| s.to_string()))
+        .collect();
+    Row {
+        comparison_id: c.id,
+        date: c.created_at.get(..10).unwrap_or(&c.created_at).to_string(),
+        stack: "reference (AdamW)".into(),
+        seeds: runs.len(),
+        steps: r["baseline_steps"].as_u64().or(r["steps"].as_u64()),
+        time_measure: if reached == runs.len() {
+            "time_to_target".into()
+        } else {
+            format!(
+                "time_to_target_lower_bound ({reached}/{} reached)",
+                runs.len()
+            )
+        },
+        time_mean_s: mean,
+        time_sd_s: sd,
+        p_below_target: f(r, &["baseline", "below_target", "p_value"]),
+        speedup: Some(1.0),
+        speedup_low: None,
+        speedup_high: None,
+        tokens_to_target: runs_mean(b, "tokens_to_target"),
+        val_loss_mean: f(r, &["baseline", "val_loss", "mean"]),
+        verdict: String::new(),
+        command: format!(
+            "for s in {}; do speedrun run --track {} --seed $s; done",
+            seeds.join(" "),
+            r["track"].as_str().unwrap_or("")
+        ),
+    }
+}
+
+/// The table of `track`: the reference (row 0, from the first bench's
+/// baseline), then the benches against the reference with at least
+/// `min_seeds` seeds, oldest first.
+pub struct Ladder {
+    pub reference: Option<Row>,
+    pub rows: Vec<Row>,
+    /// Comparisons left out: another baseline, or too few seeds.
+    pub left_out: usize,
+}
+
+pub fn rows(store: &Store, track: &str, min_seeds: usize) -> Result<Ladder> {
     let all = store.comparisons(track)?;
     let total = all.len();
-    let rows: Vec<Row> = all
+    let kept: Vec<&StoredComparison> = all
         .iter()
         .filter(|c| c.baseline == "reference")
-        .map(row)
-        .filter(|r| r.seeds >= min_seeds)
+        .filter(|c| c.report["seeds"].as_array().map_or(0, |s| s.len()) >= min_seeds)
         .collect();
-    let left_out = total - rows.len();
-    Ok((rows, left_out))
+    Ok(Ladder {
+        reference: kept.first().map(|c| reference_row(c)),
+        rows: kept.iter().map(|c| row(c)).collect(),
+        left_out: total - kept.len(),
+    })
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -96,38 +169,48 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 }
 
 /// The table as text, markdown or JSON.
-pub fn render(track: &str, rows: &[Row], left_out: usize, format: Format) -> Result<String> {
+pub fn render(track: &str, ladder: &Ladder, format: Format) -> Result<String> {
+    let (rows, left_out) = (&ladder.rows, ladder.left_out);
     if format == Format::Json {
         #[derive(Serialize)]
         struct J<'a> {
             track: &'a str,
             left_out: usize,
+            reference: &'a Option<Row>,
             rows: &'a [Row],
         }
         return Ok(serde_json::to_string_pretty(&J {
             track,
             left_out,
+            reference: &ladder.reference,
             rows,
         })? + "\n");
     }
-    let cells = |(i, r): (usize, &Row)| -> [String; 9] {
+    let cells = |(i, r): (usize, &Row)| -> [String; 10] {
         let time = match (r.time_mean_s, r.time_measure.as_str()) {
             (Some(m), "time_to_target") => format!("{m:.1} ± {} s", opt(r.time_sd_s, 1)),
+            (Some(m), lower) if lower.starts_with("time_to_target_lower_bound") => format!(
+                "≥ {m:.1} ± {} s {}",
+                opt(r.time_sd_s, 1),
+                lower.trim_start_matches("time_to_target_lower_bound ")
+            ),
             (Some(m), _) => format!("target missed (trains {m:.1} s)"),
             (None, _) => "-".into(),
         };
-        let speedup = match r.speedup {
-            Some(s) => format!(
+        let speedup = match (r.speedup, r.speedup_low) {
+            (Some(s), Some(_)) => format!(
                 "{s:.2}x [{}, {}]",
                 opt(r.speedup_low, 2),
                 opt(r.speedup_high, 2)
             ),
-            None => "-".into(),
+            (Some(s), None) => format!("{s:.2}x"),
+            (None, _) => "-".into(),
         };
         [
-            (i + 1).to_string(),
+            i.to_string(),
             r.stack.clone(),
             r.seeds.to_string(),
+            r.steps.map_or("-".into(), |s| s.to_string()),
             time,
             opt(r.p_below_target, 4),
             speedup,
@@ -144,6 +227,7 @@ pub fn render(track: &str, rows: &[Row], left_out: usize, format: Format) -> Res
         "#",
         "stack",
         "seeds",
+        "steps",
         "time to target",
         "p (loss < target)",
         "speedup over the reference",
@@ -151,22 +235,29 @@ pub fn render(track: &str, rows: &[Row], left_out: usize, format: Format) -> Res
         "val loss",
         "command",
     ];
+    // Row 0 is the reference; the benches are numbered from 1.
+    let all: Vec<[String; 10]> = ladder
+        .reference
+        .iter()
+        .map(|r| cells((0, r)))
+        .chain(rows.iter().enumerate().map(|(i, r)| cells((i + 1, r))))
+        .collect();
     let mut o = String::new();
     match format {
         Format::Markdown => {
             let _ = writeln!(o, "| {} |", head.join(" | "));
             let _ = writeln!(o, "|{}", "---|".repeat(head.len()));
-            for c in rows.iter().enumerate().map(cells) {
+            for c in &all {
                 let _ = writeln!(o, "| {} |", c.join(" | "));
             }
         }
         _ => {
             let _ = writeln!(o, "track {track}: {} rows", rows.len());
-            for c in rows.iter().enumerate().map(cells) {
+            for c in &all {
                 let _ = writeln!(
                     o,
-                    "{:>3}  {:<32}  {} seeds  {}  p {}  {}  tokens {}  loss {}\n     {}",
-                    c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+                    "{:>3}  {:<32}  {} seeds  {} steps  {}  p {}  {}  tokens {}  loss {}\n     {}",
+                    c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]
                 );
             }
         }

@@ -152,6 +152,10 @@ pub struct OptimizerStep {
     pub params: Vec<ParamGrad>,
 }
 
+/// The name of an untied output head's matrix `[vocab, width]`; without it the
+/// head is tied to `transformer.wte.weight`.
+pub const UNTIED_HEAD: &str = "lm_head.weight";
+
 /// What a forward hook may know besides its inputs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ForwardCtx {
@@ -164,6 +168,13 @@ impl ForwardCtx {
     /// A model parameter by name (e.g. `transformer.h.0.mlp.c_fc.weight`).
     pub fn param(&self, name: &str) -> Result<Tensor> {
         Tensor::param(name)
+    }
+
+    /// The output head's matrix `[vocab, width]`: the untied `lm_head.weight`
+    /// when the model declares one (the `untied-head` plugin), else the token
+    /// embedding it is tied to.
+    pub fn head_weight(&self) -> Result<Tensor> {
+        Tensor::param(UNTIED_HEAD).or_else(|_| Tensor::param("transformer.wte.weight"))
     }
 
     /// A parameter of layer `layer`: `transformer.h.{layer}.{name}`.

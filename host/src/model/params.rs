@@ -82,6 +82,13 @@ impl ParamStore {
             .with_context(|| format!("the model has no parameter named {name}"))
     }
 
+    /// The value of a parameter by name, if the model has it.
+    pub fn find(&self, name: &str) -> Option<&Tensor> {
+        self.index
+            .get(name)
+            .map(|&i| self.params[i].var.as_tensor())
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Param> {
         self.params.iter()
     }

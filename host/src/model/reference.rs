@@ -125,10 +125,14 @@ impl BlockHook for ReferenceGpt {
 }
 
 impl HeadHook for ReferenceGpt {
-    /// Tied head: logits = x @ wteᵀ.
+    /// logits = x @ wᵀ: w is the untied `lm_head.weight` when `model.params`
+    /// declared one, else the tied `wte`.
     fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
-        let wte = cx.params.get("transformer.wte.weight")?;
-        Ok(ops::linear(x, &wte.t()?, None)?)
+        let w = match cx.params.find(speedrun_plugin_api::UNTIED_HEAD) {
+            Some(w) => w,
+            None => cx.params.get("transformer.wte.weight")?,
+        };
+        Ok(ops::linear(x, &w.t()?, None)?)
     }
 }
 

@@ -219,6 +219,30 @@ impl Store {
         Ok(rows)
     }
 
+    /// The newest complete run of `stack` on this exact track file (its SHA-256)
+    /// for `seed`, planned for `steps` steps; none if the store has no such run.
+    pub fn latest_complete_run(
+        &self,
+        track: &str,
+        track_sha256: &str,
+        stack: &str,
+        seed: u64,
+        steps: usize,
+    ) -> Result<Option<StoredRun>> {
+        let sql = format!(
+            "{RUN_COLUMNS} WHERE track = ?1 AND track_sha256 = ?2 AND stack = ?3 AND seed = ?4
+             AND steps_planned = ?5 AND status = 'complete' ORDER BY id DESC LIMIT 1"
+        );
+        Ok(self
+            .conn
+            .query_row(
+                &sql,
+                params![track, track_sha256, stack, seed as i64, steps as i64],
+                read_run,
+            )
+            .optional()?)
+    }
+
     /// A run by id, or by its run directory.
     pub fn run(&self, key: &str) -> Result<StoredRun> {
         let by_id = key.parse::<i64>().ok();

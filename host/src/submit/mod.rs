@@ -384,7 +384,7 @@ fn run_submission(
             track.name.clone(),
             target,
             o.seeds.clone(),
-            v.steps,
+            (v.steps, v.steps),
             side(cand_runs.clone(), &candidate),
             base,
         );

@@ -191,7 +191,7 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
         record.track.clone(),
         target,
         seeds.clone(),
-        o.track.track.steps(),
+        (o.track.track.steps(), o.track.track.steps()),
         Side::new(stack.describe(), runs.clone(), target),
         Side::new(reference.describe(), base, target),
     );

@@ -2,8 +2,9 @@
 //! logits pass through `cap · tanh(logits / cap)`, so no logit leaves
 //! (−cap, cap). Keeps early training from committing to huge logits.
 //!
-//! `logits = cap · tanh((x @ wteᵀ) / cap)` with `cap` from the configuration
-//! (default 15, the speedrun's current value; it used 30 before).
+//! `logits = cap · tanh((x @ wᵀ) / cap)` with `cap` from the configuration
+//! (default 15, the speedrun's current value; it used 30 before); `w` is the
+//! untied `lm_head.weight` when the model has one (`untied-head`), else `wte`.
 
 use speedrun_plugin_api::*;
 
@@ -29,8 +30,8 @@ impl Plugin for Softcap {
 
 impl Head for Softcap {
     fn head(&mut self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
-        let wte = cx.param("transformer.wte.weight")?;
-        let logits = linear(x, &wte.transpose(0, 1)?, None)?;
+        let w = cx.head_weight()?;
+        let logits = linear(x, &w.transpose(0, 1)?, None)?;
         logits.scale(1.0 / self.cap)?.tanh()?.scale(self.cap)
     }
 }
