@@ -105,6 +105,7 @@ fn relu2_plugin_computes_the_relu2_mlp() {
         params: &model.params,
         spec: &track.model,
         train: true,
+        tokens: None,
     };
     let x = candle_core::Tensor::randn(0f32, 1.0, (2, 5, track.model.width), &dev).unwrap();
     let got = comps.hooks.mlp.mlp(&cx, 1, &x).unwrap();

@@ -337,6 +337,7 @@ fn softcap_bounds_the_reference_logits_by_cap_tanh() {
         params: &model.params,
         spec: &track.model,
         train: true,
+        tokens: None,
     };
     let x = random_stream(40.0);
     let got = values(&comps.hooks.head.head(&cx, &x).unwrap());
@@ -383,6 +384,7 @@ fn rmsnorm_drops_the_layernorm_parameters_and_normalises_by_the_rms() {
         params: &model.params,
         spec: &track.model,
         train: true,
+        tokens: None,
     };
     let x = random_stream(3.0);
     let got = values(&model.norm(&cx, NormSite::Mlp(1), &x).unwrap());
@@ -549,6 +551,7 @@ fn rotary_attention_matches_a_naive_f64_reference_and_drops_learned_positions() 
             params: &model.params,
             spec: &track.model,
             train: true,
+            tokens: None,
         };
         let t = 5;
         let xs: Vec<f32> = seeded(t * d, 9, 2.0).iter().map(|&v| v as f32).collect();
@@ -627,6 +630,7 @@ fn untied_head_declares_its_own_matrix_and_every_head_uses_it() {
         params: &model.params,
         spec: &track.model,
         train: true,
+        tokens: None,
     };
     let get = |name: &str| values(model.params.get(name).unwrap());
     let (lm_head, wte) = (get("lm_head.weight"), get("transformer.wte.weight"));
@@ -654,6 +658,7 @@ fn untied_head_declares_its_own_matrix_and_every_head_uses_it() {
         params: &model.params,
         spec: &track.model,
         train: true,
+        tokens: None,
     };
     let got = values(&model.head(&cx, &x).unwrap());
     let lm_head = values(model.params.get("lm_head.weight").unwrap());
@@ -663,18 +668,196 @@ fn untied_head_declares_its_own_matrix_and_every_head_uses_it() {
     }
 }
 
+/// The attention of `layer` with and without value embeddings, on `stack` (plus
+/// or minus `plugins/value-embeddings`), for tokens `ids` and the stream `x`;
+/// the table rows are set by `row(token)`. Answers (with, without, c_proj weight).
+fn attention_with_and_without_value_embeddings(
+    stack: &[&str],
+    configs: &[&str],
+    layer: usize,
+    ids: &[u32],
+    row: impl Fn(u32) -> Vec<f32>,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    use speedrun::model::{hooks::ForwardCtx, Model};
+    let track = smoke_track();
+    let (d, v, t) = (track.model.width, track.model.vocab, ids.len());
+    let with_dirs: Vec<&str> = stack
+        .iter()
+        .copied()
+        .chain(["plugins/value-embeddings"])
+        .collect();
+    let with = Model::build(
+        &track.model,
+        stack_of(&with_dirs, configs, false).hooks,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let without = Model::build(
+        &track.model,
+        stack_of(stack, configs, false).hooks,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let name = format!("transformer.h.{layer}.attn.value_embed.weight");
+    let table = with
+        .params
+        .iter()
+        .find(|p| p.spec.name == name)
+        .expect("table declared");
+    assert_eq!(table.spec.shape, vec![v, d]);
+    let rows: Vec<f32> = (0..v as u32).flat_map(&row).collect();
+    table
+        .var
+        .set(&Tensor::from_vec(rows, (v, d), &Device::Cpu).unwrap())
+        .unwrap();
+    let tokens = Tensor::from_vec(ids.to_vec(), (1, t), &Device::Cpu).unwrap();
+    let xs: Vec<f32> = seeded(t * d, 9, 2.0).iter().map(|&v| v as f32).collect();
+    let x = Tensor::from_vec(xs, (1, t, d), &Device::Cpu).unwrap();
+    let run = |m: &Model| {
+        let cx = ForwardCtx {
+            params: &m.params,
+            spec: &track.model,
+            train: true,
+            tokens: Some(&tokens),
+        };
+        values(&m.attention(&cx, layer, &x).unwrap())
+    };
+    let proj = values(
+        with.params
+            .get(&format!("transformer.h.{layer}.attn.c_proj.weight"))
+            .unwrap(),
+    );
+    (run(&with), run(&without), proj)
+}
+
+/// `c @ W` for a row `c [D]` and `W [D, D]`.
+fn row_times(c: &[f64], w: &[f64], d: usize) -> Vec<f64> {
+    (0..d)
+        .map(|j| (0..d).map(|i| c[i] * w[i * d + j]).sum())
+        .collect()
+}
+
 #[test]
-fn untied_head_with_softcap_trains_natively_and_as_wasm() {
+fn value_embeddings_are_added_to_the_values_of_every_attention() {
+    let d = smoke_track().model.width;
+    let ids = [3u32, 17, 3, 250, 9];
+    for (stack, configs) in [
+        (vec![], vec![]),
+        (vec!["plugins/rotary"], vec![r#"rotary={"qk_norm": true}"#]),
+    ] {
+        // Every token the same row c: each softmax row sums to one, so every
+        // position's output moves by exactly c @ W_proj.
+        let c: Vec<f32> = seeded(d, 11, 0.5).iter().map(|&v| v as f32).collect();
+        let (with, without, proj) =
+            attention_with_and_without_value_embeddings(&stack, &configs, 1, &ids, |_| c.clone());
+        let shift = row_times(&c.iter().map(|&v| v as f64).collect::<Vec<_>>(), &proj, d);
+        for (pos, (w, o)) in with.chunks(d).zip(without.chunks(d)).enumerate() {
+            for j in 0..d {
+                assert!(
+                    (w[j] - o[j] - shift[j]).abs() < 1e-4,
+                    "{stack:?} pos {pos}: {} vs {}",
+                    w[j] - o[j],
+                    shift[j]
+                );
+            }
+        }
+        // Rows that differ by token: position 0 attends only to itself, so it
+        // moves by its own token's row @ W_proj.
+        let row = |tok: u32| -> Vec<f32> {
+            seeded(d, 100 + tok as u64, 0.5)
+                .iter()
+                .map(|&v| v as f32)
+                .collect()
+        };
+        let (with, without, proj) =
+            attention_with_and_without_value_embeddings(&stack, &configs, 0, &ids, row);
+        let own: Vec<f64> = row(ids[0]).iter().map(|&v| v as f64).collect();
+        let shift = row_times(&own, &proj, d);
+        for j in 0..d {
+            assert!((with[j] - without[j] - shift[j]).abs() < 1e-4, "{stack:?}");
+        }
+        assert!(with[d..]
+            .iter()
+            .zip(&without[d..])
+            .any(|(a, b)| (a - b).abs() > 1e-3));
+    }
+}
+
+#[test]
+fn value_embeddings_declare_tables_for_the_chosen_layers_and_refuse_bad_ones() {
+    use speedrun::model::Model;
+    let track = smoke_track();
+    let tables = |configs: &[&str]| -> Vec<String> {
+        let m = Model::build(
+            &track.model,
+            stack_of(&["plugins/value-embeddings"], configs, false).hooks,
+            3,
+            &Device::Cpu,
+        )
+        .unwrap();
+        m.params
+            .iter()
+            .filter(|p| p.spec.name.contains("value_embed"))
+            .map(|p| {
+                assert_eq!(p.spec.kind, ParamKind::TokenEmbedding);
+                p.spec.name.clone()
+            })
+            .collect()
+    };
+    assert_eq!(tables(&[]).len(), track.model.layers);
+    assert_eq!(
+        tables(&[r#"value-embeddings={"layers": [1]}"#]),
+        vec!["transformer.h.1.attn.value_embed.weight".to_string()]
+    );
+    for (config, says) in [
+        (
+            r#"value-embeddings={"layers": [99]}"#,
+            "layer 99 does not exist",
+        ),
+        (r#"value-embeddings={"layers": [0, 0]}"#, "declared twice"),
+        (
+            r#"value-embeddings={"layers": "all"}"#,
+            "layers must be null or a list",
+        ),
+    ] {
+        let r = plugins::stack(
+            &track,
+            0,
+            &[root().join("plugins/value-embeddings")],
+            &[config.to_string()],
+            false,
+            &default_policy(),
+        )
+        .and_then(|c| Model::build(&track.model, c.hooks, 3, &Device::Cpu).map(|_| ()));
+        let e = format!(
+            "{:#}",
+            r.err().unwrap_or_else(|| panic!("{config} accepted"))
+        );
+        assert!(e.contains(says), "{config}: {e}");
+    }
+}
+
+#[test]
+fn this_sessions_architecture_plugins_stacked_train_natively_and_as_wasm() {
     let tmp = tempfile::tempdir().unwrap();
+    let dirs = [
+        "plugins/rotary",
+        "plugins/value-embeddings",
+        "plugins/unet-skips",
+        "plugins/untied-head",
+        "plugins/softcap",
+    ];
     let mut finals = Vec::new();
     for wasm in [false, true] {
         let s = train::run(
             &smoke_options(&tmp.path().join(format!("w{wasm}")), Some(30)),
-            stack_of(&["plugins/untied-head", "plugins/softcap"], &[], wasm),
+            stack_of(&dirs, &[], wasm),
         )
         .unwrap();
         assert!(s.verdict.valid, "{:?}", s.verdict.failed());
-        // A zero head: the first loss is ln(vocab) exactly (uniform logits).
+        // A zero head (softcapped): the first loss is ln(vocab) exactly.
         let uniform = (smoke_track().model.vocab as f32).ln();
         assert!(
             (s.train_losses[0] - uniform).abs() < 1e-4,
@@ -689,4 +872,81 @@ fn untied_head_with_softcap_trains_natively_and_as_wasm() {
         finals.push(s.final_val_loss.unwrap());
     }
     assert_eq!(finals[0], finals[1]);
+}
+
+#[test]
+fn unet_skips_hand_early_outputs_to_late_inputs_with_their_weights() {
+    use speedrun::model::{hooks::ForwardCtx, hooks::NormSite, Model, ModelHooks};
+    let mut spec = smoke_track().model;
+    spec.layers = 4;
+    let build = |hooks| Model::build(&spec, hooks, 3, &Device::Cpu).unwrap();
+    let m = build(stack_of(&["plugins/unet-skips"], &[], false).hooks);
+    let w = m
+        .params
+        .iter()
+        .find(|p| p.spec.name == "transformer.skip_weights")
+        .expect("declared");
+    assert_eq!(
+        (w.spec.shape.clone(), w.spec.kind),
+        (vec![2], ParamKind::Bias)
+    );
+    assert_eq!(
+        values(w.var.as_tensor()),
+        vec![1.0, 1.0],
+        "the speedrun starts them at one"
+    );
+    let ids: Vec<u32> = (0..spec.seq_len as u32)
+        .map(|i| (i * 37 + 5) % 256)
+        .collect();
+    let tokens = Tensor::from_vec(ids, (1, spec.seq_len), &Device::Cpu).unwrap();
+    let set = |ws: &[f32]| w.var.set(&Tensor::new(ws, &Device::Cpu).unwrap()).unwrap();
+
+    // Written out for 4 layers: block 2 gets block 1's output back, block 3 block 0's.
+    set(&[0.7, -1.3]);
+    let got = values(&m.forward(&tokens, true).unwrap());
+    let cx = ForwardCtx {
+        params: &m.params,
+        spec: &spec,
+        train: true,
+        tokens: Some(&tokens),
+    };
+    let b0 = m.block(&cx, 0, &m.embed(&cx, &tokens).unwrap()).unwrap();
+    let b1 = m.block(&cx, 1, &b0).unwrap();
+    let b2 = m
+        .block(&cx, 2, &(&b1 + (&b1 * 0.7).unwrap()).unwrap())
+        .unwrap();
+    let b3 = m
+        .block(&cx, 3, &(&b2 + (&b0 * -1.3).unwrap()).unwrap())
+        .unwrap();
+    let want = values(
+        &m.head(&cx, &m.norm(&cx, NormSite::Final, &b3).unwrap())
+            .unwrap(),
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+    }
+    // Zero weights: exactly the reference model (every other parameter is the same).
+    set(&[0.0, 0.0]);
+    let reference = build(ModelHooks::default());
+    assert_eq!(
+        values(&m.forward(&tokens, true).unwrap()),
+        values(&reference.forward(&tokens, true).unwrap())
+    );
+    // Too many skips for the depth: refused, naming both numbers.
+    let r = Model::build(
+        &spec,
+        stack_of(
+            &["plugins/unet-skips"],
+            &[r#"unet-skips={"count": 3}"#],
+            false,
+        )
+        .hooks,
+        3,
+        &Device::Cpu,
+    );
+    let e = format!("{:#}", r.err().expect("3 skips over 4 layers accepted"));
+    assert!(
+        e.contains("need at least 6 layers (the model has 4)"),
+        "{e}"
+    );
 }

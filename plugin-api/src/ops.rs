@@ -205,6 +205,9 @@ ops! {
     /// p = p·decay - step_size · m / (√v / bc2_sqrt + eps).
     /// T = [param, grad, m (kept), v (kept)], F = [clip, beta1, beta2, eps, step_size, bc2_sqrt, decay].
     AdamwUpdate = 112, "adamw_update", Write;
+    /// The token ids `[B, T]` (u32) of the forward pass this hook call is part
+    /// of (value embeddings read them in `model.attention`). → T = [ids].
+    Tokens = 113, "tokens", ParamRead;
 }
 
 impl Op {

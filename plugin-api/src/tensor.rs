@@ -397,6 +397,11 @@ impl Tensor {
         link::call(Op::Release, Frame::with_tensors(&[self]))?;
         Ok(())
     }
+    /// The token ids `[B, T]` (u32) of the forward pass in progress (forward hooks only).
+    pub fn tokens() -> Result<Tensor> {
+        let reply = link::call(Op::Tokens, Frame::default())?;
+        Ok(Tensor(reply.tensor(0)?))
+    }
     /// A model parameter by name (forward hooks only).
     pub fn param(name: &str) -> Result<Tensor> {
         let reply = link::call(

@@ -152,6 +152,19 @@ pub struct OptimizerStep {
     pub params: Vec<ParamGrad>,
 }
 
+/// The name of layer `layer`'s value-embedding table `[vocab, width]`: when the
+/// model declares it, that layer's attention adds the table's rows for the
+/// forward's tokens to its values (the host's attention, and `ForwardCtx::
+/// value_embedding` for plugin attentions).
+pub fn value_embed_name(layer: usize) -> String {
+    format!("transformer.h.{layer}.attn.value_embed.weight")
+}
+
+/// The name of the U-net skip weights `[n]` (n ≤ layers / 2): when the model
+/// declares them, the host's forward adds block `n−1−i`'s output, times weight
+/// `i`, to the input of block `layers−n+i`.
+pub const SKIP_WEIGHTS: &str = "transformer.skip_weights";
+
 /// The name of an untied output head's matrix `[vocab, width]`; without it the
 /// head is tied to `transformer.wte.weight`.
 pub const UNTIED_HEAD: &str = "lm_head.weight";
@@ -175,6 +188,22 @@ impl ForwardCtx {
     /// embedding it is tied to.
     pub fn head_weight(&self) -> Result<Tensor> {
         Tensor::param(UNTIED_HEAD).or_else(|_| Tensor::param("transformer.wte.weight"))
+    }
+
+    /// Layer `layer`'s value embedding of this forward's tokens, `[B, T, D]`,
+    /// when the model declares one (the `value-embeddings` plugin): every
+    /// attention adds it to its values v.
+    pub fn value_embedding(&self, layer: usize) -> Result<Option<Tensor>> {
+        match Tensor::param(&value_embed_name(layer)) {
+            Ok(table) => Ok(Some(table.embedding(&Tensor::tokens()?)?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The token ids `[B, T]` (u32) of this forward pass, in any forward hook
+    /// (the embedding's input; value embeddings read them again in attention).
+    pub fn tokens(&self) -> Result<Tensor> {
+        Tensor::tokens()
     }
 
     /// A parameter of layer `layer`: `transformer.h.{layer}.{name}`.

@@ -15,6 +15,8 @@ pub struct ForwardCtx<'a> {
     pub spec: &'a ModelSpec,
     /// False while the host validates (eval mode).
     pub train: bool,
+    /// The forward pass's token ids `[B, T]` (plugins read them with the `tokens` op).
+    pub tokens: Option<&'a Tensor>,
 }
 
 pub use speedrun_plugin_api::NormSite;

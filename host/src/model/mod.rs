@@ -100,6 +100,7 @@ impl Model {
             params: &self.params,
             spec: &self.spec,
             train,
+            tokens: Some(tokens),
         };
         let logits = self.hooks.forward.forward(&cx, self, tokens)?;
         let (b, t) = tokens.dims2()?;

@@ -181,6 +181,7 @@ fn forward_call(
 ) -> Result<Tensor> {
     let mut session = session(s)?;
     session.set_eval(!cx.train);
+    session.set_tokens(cx.tokens.cloned());
     session.call(
         hook,
         Some(cx.params),

@@ -24,6 +24,8 @@ pub struct OpEnv<'a> {
     pub table: &'a mut HandleTable,
     /// The model's parameters, readable by name in forward hooks.
     pub params: Option<&'a ParamStore>,
+    /// The forward pass's token ids, in forward hooks.
+    pub tokens: Option<&'a Tensor>,
     /// The seeded stream `randn` / `uniform` draw from.
     pub rng: &'a mut ChaCha8Rng,
     pub device: &'a Device,
@@ -422,6 +424,10 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
             };
             params.get(&f.text)?.clone()
         }
+        Op::Tokens => match env.tokens {
+            Some(t) => t.clone(),
+            None => bail!("no token ids are readable in hook {}", env.hook),
+        },
         Op::Assign => {
             let (target, value) = (f.tensor(0)?, f.tensor(1)?);
             let value = env.table.tensor(value)?.clone();

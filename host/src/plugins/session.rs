@@ -65,6 +65,8 @@ pub struct PluginSession {
     allow: BTreeMap<HookPoint, (Vec<Op>, String)>,
     /// The next call runs in eval mode (the host is validating); reset after it.
     eval: bool,
+    /// The token ids of the forward pass the next call is part of; reset after it.
+    tokens: Option<candle_core::Tensor>,
     /// Ops the host refused, for the verdict (the plugin may have swallowed the error).
     violations: Vec<Violation>,
 }
@@ -150,6 +152,7 @@ impl PluginSession {
             stats: BTreeMap::new(),
             allow: BTreeMap::new(),
             eval: false,
+            tokens: None,
             violations: Vec::new(),
         }
     }
@@ -180,6 +183,7 @@ impl PluginSession {
         let refused_before = self.violations.len();
         let out = self.call_inner(hook, params, rng, make_args, read, &mut ops);
         self.table.end_call();
+        self.tokens = None;
         for v in &mut self.violations[refused_before..] {
             v.detail = format!("plugin {}, hook {hook}: {}", self.manifest.name, v.detail);
         }
@@ -225,6 +229,7 @@ impl PluginSession {
                 },
                 device: &self.device,
                 eval: self.eval,
+                tokens: self.tokens.as_ref(),
                 violations: &mut self.violations,
             },
             ops: 0,
@@ -250,6 +255,11 @@ impl PluginSession {
                 bytes,
             })
             .collect()
+    }
+
+    /// The next hook call is part of the forward pass over `tokens`.
+    pub fn set_tokens(&mut self, tokens: Option<candle_core::Tensor>) {
+        self.tokens = tokens;
     }
 
     /// Runs the next hook call in eval mode: the host is validating.

@@ -69,7 +69,10 @@ impl Attention for Rotary {
                 .reshape(&[b, t, heads, hd])?
                 .transpose(1, 2)
         };
-        let (mut q, mut k, v) = (part(0)?, part(1)?, part(2)?);
+        let (mut q, mut k, mut v) = (part(0)?, part(1)?, part(2)?);
+        if let Some(ve) = cx.value_embedding(layer)? {
+            v = v.add(&ve.reshape(&[b, t, heads, hd])?.transpose(1, 2)?)?;
+        }
         if self.qk_norm {
             q = q.rms_norm(None, 1e-6)?;
             k = k.rms_norm(None, 1e-6)?;
