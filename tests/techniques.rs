@@ -436,31 +436,42 @@ fn zero_init_zeroes_the_residual_projections_and_nothing_else() {
     assert_eq!(zeroed, 2 * track.model.layers);
 }
 
+/// Trains `dirs` (with `configs`) on the smoke track for `steps` natively and
+/// as wasm: each run valid and its loss down by 0.5; the two final losses
+/// identical. Answers the native run's train losses.
+fn trains_alike_native_and_wasm(dirs: &[&str], configs: &[&str], steps: usize) -> Vec<f32> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for wasm in [false, true] {
+        let s = train::run(
+            &smoke_options(&tmp.path().join(format!("w{wasm}")), Some(steps)),
+            stack_of(dirs, configs, wasm),
+        )
+        .unwrap();
+        assert!(s.verdict.valid, "{:?}", s.verdict.failed());
+        assert!(
+            s.train_losses[steps - 1] < s.train_losses[0] - 0.5,
+            "{:?}",
+            s.train_losses
+        );
+        runs.push(s);
+    }
+    assert_eq!(
+        runs[0].final_val_loss.unwrap(),
+        runs[1].final_val_loss.unwrap()
+    );
+    runs.swap_remove(0).train_losses
+}
+
 #[test]
 fn architecture_plugins_stacked_train_the_smoke_model_natively_and_as_wasm() {
-    let tmp = tempfile::tempdir().unwrap();
     let dirs = [
         "plugins/rmsnorm",
         "plugins/zero-init",
         "plugins/softcap",
         "plugins/rotary",
     ];
-    let mut finals = Vec::new();
-    for wasm in [false, true] {
-        let s = train::run(
-            &smoke_options(&tmp.path().join(format!("w{wasm}")), Some(40)),
-            stack_of(&dirs, &[r#"rotary={"qk_norm": true}"#], wasm),
-        )
-        .unwrap();
-        assert!(s.verdict.valid, "{:?}", s.verdict.failed());
-        assert!(
-            s.train_losses[39] < s.train_losses[0] - 0.5,
-            "{:?}",
-            s.train_losses
-        );
-        finals.push(s.final_val_loss.unwrap());
-    }
-    assert_eq!(finals[0], finals[1]);
+    trains_alike_native_and_wasm(&dirs, &[r#"rotary={"qk_norm": true}"#], 40);
 }
 
 /// Rotary attention written out in f64: c_attn, per head q and k (RMS-normalised
@@ -841,7 +852,6 @@ fn value_embeddings_declare_tables_for_the_chosen_layers_and_refuse_bad_ones() {
 
 #[test]
 fn this_sessions_architecture_plugins_stacked_train_natively_and_as_wasm() {
-    let tmp = tempfile::tempdir().unwrap();
     let dirs = [
         "plugins/rotary",
         "plugins/value-embeddings",
@@ -849,29 +859,10 @@ fn this_sessions_architecture_plugins_stacked_train_natively_and_as_wasm() {
         "plugins/untied-head",
         "plugins/softcap",
     ];
-    let mut finals = Vec::new();
-    for wasm in [false, true] {
-        let s = train::run(
-            &smoke_options(&tmp.path().join(format!("w{wasm}")), Some(30)),
-            stack_of(&dirs, &[], wasm),
-        )
-        .unwrap();
-        assert!(s.verdict.valid, "{:?}", s.verdict.failed());
-        // A zero head (softcapped): the first loss is ln(vocab) exactly.
-        let uniform = (smoke_track().model.vocab as f32).ln();
-        assert!(
-            (s.train_losses[0] - uniform).abs() < 1e-4,
-            "{}",
-            s.train_losses[0]
-        );
-        assert!(
-            s.train_losses[29] < s.train_losses[0] - 0.5,
-            "{:?}",
-            s.train_losses
-        );
-        finals.push(s.final_val_loss.unwrap());
-    }
-    assert_eq!(finals[0], finals[1]);
+    let losses = trains_alike_native_and_wasm(&dirs, &[], 30);
+    // A zero head (softcapped): the first loss is ln(vocab) exactly.
+    let uniform = (smoke_track().model.vocab as f32).ln();
+    assert!((losses[0] - uniform).abs() < 1e-4, "{}", losses[0]);
 }
 
 #[test]
