@@ -219,18 +219,7 @@ fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
     assert_eq!(by_dir["run"]["id"], ids[0]);
 
     // The techniques table: one row, every figure from the stored report.
-    let ladder = json_of(&speedrun_db(
-        &db,
-        &[
-            "ladder",
-            "--track",
-            "smoke",
-            "--min-seeds",
-            "2",
-            "--format",
-            "json",
-        ],
-    ));
+    let ladder = json_of(&smoke_ladder(&db, "json"));
     let rows = ladder["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{ladder}");
     let row = &rows[0];
@@ -248,18 +237,7 @@ fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
         command,
         "speedrun bench --track smoke --seed-list 0,1 --label 'reference again'"
     );
-    let md = text(&speedrun_db(
-        &db,
-        &[
-            "ladder",
-            "--track",
-            "smoke",
-            "--min-seeds",
-            "2",
-            "--format",
-            "markdown",
-        ],
-    ));
+    let md = text(&smoke_ladder(&db, "markdown"));
     assert!(md.starts_with("| # | stack |"), "{md}");
     assert!(md.contains(&format!("`{command}`")), "{md}");
     // Too few seeds for the default of 5: left out, and said so.
@@ -351,18 +329,7 @@ fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
 
     // The table now starts with the reference (row 0, from the first row's
     // baseline runs) and shows each row's step count.
-    let ladder = json_of(&speedrun_db(
-        &db,
-        &[
-            "ladder",
-            "--track",
-            "smoke",
-            "--min-seeds",
-            "2",
-            "--format",
-            "json",
-        ],
-    ));
+    let ladder = json_of(&smoke_ladder(&db, "json"));
     let reference = &ladder["reference"];
     assert_eq!(reference["stack"], "reference (AdamW)");
     assert_eq!(reference["steps"], 200);
@@ -376,18 +343,7 @@ fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
         (rows[2]["stack"].as_str(), rows[2]["steps"].as_u64()),
         (Some("short"), Some(100))
     );
-    let md = text(&speedrun_db(
-        &db,
-        &[
-            "ladder",
-            "--track",
-            "smoke",
-            "--min-seeds",
-            "2",
-            "--format",
-            "markdown",
-        ],
-    ));
+    let md = text(&smoke_ladder(&db, "markdown"));
     assert!(
         md.lines()
             .nth(2)
@@ -395,6 +351,22 @@ fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
             .starts_with("| 0 | reference (AdamW) | 2 | 200 |"),
         "{md}"
     );
+}
+
+/// `speedrun ladder` of the smoke track, rows of 2 seeds or more, in `format`.
+fn smoke_ladder(db: &Path, format: &str) -> std::process::Output {
+    speedrun_db(
+        db,
+        &[
+            "ladder",
+            "--track",
+            "smoke",
+            "--min-seeds",
+            "2",
+            "--format",
+            format,
+        ],
+    )
 }
 
 /// Splits a command line at spaces, keeping '...' quoted words whole.
