@@ -256,6 +256,7 @@ fn smoke_options(out: &Path, seed: u64) -> RunOptions {
         progress: false,
         store: None,
         deadline: None,
+        device: Default::default(),
     }
 }
 

@@ -24,15 +24,14 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-/// Median GFLOP/s of an `n`³ f32 matmul on this machine through candle.
-pub fn matmul_peak_gflops(n: usize, reps: usize) -> Result<f64> {
-    let dev = Device::Cpu;
+/// Median GFLOP/s of an `n`³ f32 matmul on the device through candle.
+pub fn matmul_peak_gflops(n: usize, reps: usize, dev: &Device) -> Result<f64> {
     let a = Tensor::from_vec(
         (0..n * n)
             .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
             .collect::<Vec<_>>(),
         (n, n),
-        &dev,
+        dev,
     )?;
     let b = a.t()?.contiguous()?;
     for _ in 0..2 {
@@ -40,8 +39,10 @@ pub fn matmul_peak_gflops(n: usize, reps: usize) -> Result<f64> {
     }
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
+        dev.synchronize()?;
         let t = Instant::now();
         let c = a.matmul(&b)?;
+        dev.synchronize()?;
         drop(c);
         times.push(t.elapsed().as_secs_f64());
     }
@@ -63,6 +64,10 @@ pub struct ThroughputReport {
     pub matmul_peak_gflops: f64,
     pub fraction_of_peak: f64,
     pub threads: usize,
+    /// The device stepped on (the GPU's name on a GPU).
+    pub device: crate::device::DeviceInfo,
+    /// The most memory the device held while stepping (`device::memory`).
+    pub peak_memory_bytes: u64,
 }
 
 /// One training stack stepping on a track, timing each step's parts.
@@ -75,6 +80,7 @@ struct Stepper<'a> {
     stream: TrainStream<'a>,
     step: usize,
     total: usize,
+    device: Device,
 }
 
 /// Seconds of one step: forward, backward (with the gradient norm), optimizer.
@@ -90,6 +96,7 @@ impl<'a> Stepper<'a> {
         data: &'a TrackData,
         comps: Components,
         total: usize,
+        device: &Device,
     ) -> Result<Stepper<'a>> {
         let Components {
             hooks,
@@ -98,7 +105,9 @@ impl<'a> Stepper<'a> {
             plugins,
             ..
         } = comps;
-        let model = Model::build(&track.model, hooks, 0, &Device::Cpu)?;
+        let meter = std::sync::Arc::new(crate::device::memory::MemoryMeter::new(device, None));
+        crate::plugins::attach_device(&plugins, &meter);
+        let model = Model::build(&track.model, hooks, 0, device)?;
         optimizer.init(&model.params)?;
         let stream = TrainStream::new(&data.train, track.batch_size(), track.model.seq_len, 0);
         Ok(Stepper {
@@ -110,19 +119,23 @@ impl<'a> Stepper<'a> {
             stream,
             step: 0,
             total,
+            device: device.clone(),
         })
     }
 
     fn step(&mut self) -> Result<StepTimes> {
-        let dev = Device::Cpu;
+        let dev = &self.device;
         let batch = self.stream.next_batch();
-        let (x, y) = batch_tensors(&batch, &dev)?;
+        let (x, y) = batch_tensors(&batch, dev)?;
+        // Each clock read waits for the device's queued work (a no-op on the CPU).
+        dev.synchronize()?;
         let t0 = Instant::now();
         let loss = batch_loss(&self.model, &x, &y, true)?;
         let _ = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = Grads::collect(&self.model.params, &loss.backward()?)?;
         let grad_norm = grads.global_norm()?;
+        dev.synchronize()?;
         let t2 = Instant::now();
         let sched = self.schedule.at(self.step, self.total)?;
         self.optimizer.step(
@@ -135,6 +148,7 @@ impl<'a> Stepper<'a> {
                 grad_norm,
             },
         )?;
+        dev.synchronize()?;
         let t3 = Instant::now();
         self.step += 1;
         Ok(StepTimes {
@@ -151,13 +165,17 @@ pub fn throughput(
     data_dir: Option<&Path>,
     warmup: usize,
     steps: usize,
+    device: &Device,
 ) -> Result<ThroughputReport> {
     let track = &lt.track;
     let data = TrackData::open(lt, data_dir)?;
-    let mut s = Stepper::new(track, &data, Components::reference(track), warmup + steps)?;
+    let meter = crate::device::memory::MemoryMeter::new(device, None);
+    let comps = Components::reference(track);
+    let mut s = Stepper::new(track, &data, comps, warmup + steps, device)?;
     let (mut fwd, mut bwd, mut optim, mut total) = (vec![], vec![], vec![], vec![]);
     for step in 0..warmup + steps {
         let t = s.step()?;
+        meter.sample();
         if step >= warmup {
             fwd.push(t.forward);
             bwd.push(t.backward);
@@ -169,7 +187,11 @@ pub fn throughput(
     let step_s = median(total);
     let tokens_per_s = track.train.batch_tokens as f64 / step_s;
     let gflops = flops_per_token(track, parameters) * tokens_per_s / 1e9;
-    let peak = matmul_peak_gflops(1024, 10)?;
+    let peak = match device {
+        Device::Cpu => matmul_peak_gflops(1024, 10, device)?,
+        // A GPU needs a bigger problem to reach its peak.
+        _ => matmul_peak_gflops(8192, 10, device)?,
+    };
     Ok(ThroughputReport {
         track: track.name.clone(),
         parameters,
@@ -184,6 +206,8 @@ pub fn throughput(
         matmul_peak_gflops: peak,
         fraction_of_peak: gflops / peak,
         threads: candle_core::utils::get_num_threads(),
+        device: crate::device::describe(device),
+        peak_memory_bytes: meter.peak(),
     })
 }
 
@@ -227,8 +251,14 @@ pub fn plugin_overhead(
     let with = crate::plugins::stack(track, 0, plugins, &[], wasm, policy)?;
     let names = with.plugins.iter().map(|p| p.record.name.clone()).collect();
     let mut stacks = [
-        Stepper::new(track, &data, Components::reference(track), total)?,
-        Stepper::new(track, &data, with, total)?,
+        Stepper::new(
+            track,
+            &data,
+            Components::reference(track),
+            total,
+            &Device::Cpu,
+        )?,
+        Stepper::new(track, &data, with, total, &Device::Cpu)?,
     ];
     for s in stacks.iter_mut() {
         s.step()?;

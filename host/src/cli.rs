@@ -222,6 +222,8 @@ pub struct RunArgs {
     /// The run store (default: $SPEEDRUN_DB, else runs/speedrun.db).
     #[arg(long)]
     pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: crate::device::DeviceSettings,
 }
 
 #[derive(Args, Debug)]
@@ -316,6 +318,8 @@ pub struct BenchRunArgs {
     pub json: bool,
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub device: crate::device::DeviceSettings,
 }
 
 /// The seeds of a bench or a submission.
@@ -406,6 +410,8 @@ pub enum BenchCommand {
         data_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        device: crate::device::DeviceSettings,
     },
     /// Load time of a wasm plugin module: compile + instantiate, then from the cache.
     WasmLoad {
@@ -676,11 +682,13 @@ pub fn run(cli: Cli) -> Result<()> {
                     warmup,
                     data_dir,
                     json,
+                    device,
                 }),
             ..
         }) => {
             let lt = track::load(&track)?;
-            let r = crate::bench::throughput(&lt, data_dir.as_deref(), warmup, steps)?;
+            let dev = crate::device::open(device.choice)?;
+            let r = crate::bench::throughput(&lt, data_dir.as_deref(), warmup, steps, &dev)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -929,6 +937,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         progress: !a.quiet,
         store: Some(a.db.clone().unwrap_or_else(crate::store::default_path)),
         deadline: None,
+        device: a.device,
     };
     let track = opts.track.track.clone();
     let finished = train::execute(&opts, &mut || {
@@ -1003,6 +1012,7 @@ fn cmd_submit(a: SubmitArgs) -> Result<()> {
         steps: a.steps,
         data_dir: a.run.data_dir,
         progress: !a.run.quiet && !a.run.json,
+        device: a.run.device,
     })?;
     if a.run.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -1041,6 +1051,7 @@ fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
             policy: load_policy(a.run.policy.as_deref())?,
             progress: !a.run.quiet && !a.run.json,
             deadline: None,
+            device: a.run.device,
         },
         candidate: crate::compare::StackSpec {
             plugins: a.plugins,

@@ -91,6 +91,7 @@ pub struct Session {
     pub progress: bool,
     /// Every run stops at this instant (`--max-wall`).
     pub deadline: Option<Instant>,
+    pub device: crate::device::DeviceSettings,
 }
 
 pub struct BenchSpec {
@@ -354,6 +355,7 @@ pub fn run_stacks(s: &Session, stacks: &[(&str, &StackSpec)]) -> Result<Vec<Vec<
                 progress: s.progress,
                 store: s.store.clone(),
                 deadline: s.deadline,
+                device: s.device,
             };
             let f = train::execute(&opts, &mut || stack.build(&s.track, seed, &s.policy))?;
             if let Some(e) = f.error {

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod compare;
 pub mod data;
+pub mod device;
 pub mod ladder;
 pub mod loss;
 pub mod model;

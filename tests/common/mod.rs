@@ -30,6 +30,7 @@ pub fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
         progress: false,
         store: None,
         deadline: None,
+        device: Default::default(),
     }
 }
 

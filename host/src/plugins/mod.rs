@@ -14,6 +14,7 @@ pub mod session;
 pub mod template;
 pub mod wasm;
 
+use crate::device::memory::MemoryMeter;
 use crate::track::Track;
 use crate::train::Components;
 use adapters::*;
@@ -377,6 +378,13 @@ pub fn compose(track: &Track, plugins: Vec<LoadedPlugin>) -> Result<Components> 
         comps.plugins.push(p);
     }
     Ok(comps)
+}
+
+/// Puts the plugins' ops on the run's device and their hooks under its memory meter.
+pub fn attach_device(plugins: &[LoadedPlugin], meter: &std::sync::Arc<MemoryMeter>) {
+    for p in plugins {
+        p.session.borrow_mut().attach_device(meter.clone());
+    }
 }
 
 /// Per-hook accounting of every plugin since the last call.

@@ -5,6 +5,8 @@
 
 use super::handles::HandleTable;
 use super::host_ops::{self, OpEnv};
+use crate::device::clock::Span;
+use crate::device::memory::MemoryMeter;
 use crate::model::params::ParamStore;
 use crate::verify::{Check, Violation};
 use anyhow::{anyhow, Result};
@@ -16,7 +18,7 @@ use speedrun_plugin_api::{Frame, HookPoint, Manifest, Op};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
+use std::sync::Arc;
 
 /// How the host reaches a plugin instance (native library, or in #5, wasm).
 pub trait Transport {
@@ -31,11 +33,12 @@ pub trait Transport {
 }
 
 /// Time, calls and ops inside one hook of one plugin.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Default)]
 pub struct HookStats {
     pub calls: u64,
     pub ops: u64,
-    pub ms: f64,
+    /// One span per call; read when the stats are taken, after the step has synchronised.
+    pub spans: Vec<Span>,
 }
 
 /// Per-step telemetry line for one plugin hook.
@@ -59,6 +62,8 @@ pub struct PluginSession {
     table: HandleTable,
     rng: ChaCha8Rng,
     device: Device,
+    /// The run's memory meter: checked after every hook call.
+    meter: Option<Arc<MemoryMeter>>,
     stats: BTreeMap<HookPoint, HookStats>,
     /// Per hook, the ops the policy allows (absent: the hook's whole contract),
     /// and the policy file that says so.
@@ -149,12 +154,19 @@ impl PluginSession {
             table,
             rng,
             device: Device::Cpu,
+            meter: None,
             stats: BTreeMap::new(),
             allow: BTreeMap::new(),
             eval: false,
             tokens: None,
             violations: Vec::new(),
         }
+    }
+
+    /// Runs the plugin's ops on the meter's device and checks its budget after each hook.
+    pub fn attach_device(&mut self, meter: Arc<MemoryMeter>) {
+        self.device = meter.device().clone();
+        self.meter = Some(meter);
     }
 
     /// Narrows the ops `hook` may call to `ops` (a policy's allow-list).
@@ -177,11 +189,19 @@ impl PluginSession {
         make_args: impl FnOnce(&mut HandleTable) -> Result<Frame>,
         read: impl FnOnce(&Frame, &HandleTable) -> Result<R>,
     ) -> Result<R> {
-        let started = Instant::now();
+        let mut span = Span::start(&self.device);
         let mut ops = 0;
         let live_before = self.table.live();
         let refused_before = self.violations.len();
-        let out = self.call_inner(hook, params, rng, make_args, read, &mut ops);
+        let mut out = self.call_inner(hook, params, rng, make_args, read, &mut ops);
+        span.stop();
+        if let Some(m) = &self.meter {
+            let site = format!("hook {hook}");
+            out = match out {
+                Ok(v) => m.check(&site).map(|()| v),
+                Err(e) => Err(m.explain(e, &site)),
+            };
+        }
         self.table.end_call();
         self.tokens = None;
         for v in &mut self.violations[refused_before..] {
@@ -200,7 +220,7 @@ impl PluginSession {
         let s = self.stats.entry(hook).or_default();
         s.calls += 1;
         s.ops += ops;
-        s.ms += started.elapsed().as_secs_f64() * 1e3;
+        s.spans.push(span);
         out.map_err(|e| anyhow!("plugin {}, hook {hook}: {e:#}", self.manifest.name))
     }
 
@@ -250,7 +270,7 @@ impl PluginSession {
                 hook: hook.name().to_string(),
                 calls: s.calls,
                 ops: s.ops,
-                ms: s.ms,
+                ms: s.spans.iter().map(Span::ms).sum(),
                 live_handles: live,
                 bytes,
             })

@@ -41,6 +41,7 @@ pub struct SubmitOptions {
     pub steps: Option<usize>,
     pub data_dir: Option<PathBuf>,
     pub progress: bool,
+    pub device: crate::device::DeviceSettings,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -374,6 +375,7 @@ fn run_submission(
         policy: o.policy.clone(),
         progress: o.progress,
         deadline,
+        device: o.device,
     };
     let mut sides = compare::run_stacks(&session, &stacks)?;
     let target = track.target.val_loss;

@@ -182,6 +182,7 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
         policy: o.policy.clone(),
         progress: o.progress,
         deadline: None,
+        device: Default::default(),
     };
     let mut sides =
         compare::run_stacks(&session, &[("record", &stack), ("reference", &reference)])?;

@@ -8,6 +8,9 @@ pub mod validate;
 
 use crate::data::loader::{ShardRecord, TrackData, TrainStream, ValidationSet};
 use crate::data::tokenizer::Tokenizer;
+use crate::device::clock::Span;
+use crate::device::memory::MemoryMeter;
+use crate::device::{DeviceInfo, DeviceSettings};
 use crate::model::{Model, ModelHooks};
 use crate::optim::adamw::{AdamW, AdamWConfig};
 use crate::optim::schedule::WarmupCosine;
@@ -41,6 +44,8 @@ pub struct RunOptions {
     pub store: Option<PathBuf>,
     /// Stop the run (failed, not invalid) when this instant passes.
     pub deadline: Option<std::time::Instant>,
+    /// Where to train, and the run's device-memory budget.
+    pub device: DeviceSettings,
 }
 
 /// What the error of a run stopped by its deadline says.
@@ -100,6 +105,8 @@ pub struct RunManifest {
     /// Admitted under a policy with every plugin approved.
     pub official: bool,
     pub hardware: Hardware,
+    /// The device trained on (the GPU's name and memory on a GPU).
+    pub device: DeviceInfo,
     pub started_at: String,
     pub command: Vec<String>,
 }
@@ -127,6 +134,11 @@ pub struct RunSummary {
     pub step_of_target: Option<usize>,
     /// Untimed warm-up steps run before the timed run (on a throwaway stack).
     pub warmup_steps: usize,
+    /// The most memory the device held during the run (see `device::memory`).
+    pub peak_memory_bytes: u64,
+    /// The run's device-memory budget, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget_bytes: Option<u64>,
     /// Why the run is not official (unapproved plugins under a dev-mode policy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unofficial_reasons: Vec<String>,
@@ -244,7 +256,8 @@ pub fn execute(
         Some(s) => s,
         None => track.steps(),
     };
-    let device = Device::Cpu;
+    let device = crate::device::open(opts.device.choice)?;
+    let meter = std::sync::Arc::new(MemoryMeter::new(&device, opts.device.memory_budget));
     let data = TrackData::open(&opts.track, opts.data_dir.as_deref())?;
     let tokenizer = Tokenizer::new(track.data.tokenizer)?;
     let valset = ValidationSet::new(
@@ -278,9 +291,7 @@ pub fn execute(
 
     let warm = match track.train.warmup_steps.min(steps) {
         0 => None,
-        n => {
-            Some(warm_up(opts, build, &data, n, steps, &device).context("in the untimed warm-up")?)
-        }
+        n => Some(warm_up(opts, build, &data, n, steps, &meter).context("in the untimed warm-up")?),
     };
     let Components {
         hooks,
@@ -289,6 +300,7 @@ pub fn execute(
         plugins,
         policy,
     } = build()?;
+    crate::plugins::attach_device(&plugins, &meter);
     let model = Model::build(&track.model, hooks, opts.seed, &device)?;
     optimizer
         .init(&model.params)
@@ -333,6 +345,7 @@ pub fn execute(
         official: plugins.is_empty() || policy.as_ref().is_some_and(|p| p.warnings.is_empty()),
         policy,
         hardware: Hardware::detect(),
+        device: crate::device::describe(&device),
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         command: std::env::args().collect(),
     };
@@ -367,6 +380,8 @@ pub fn execute(
         flops_to_target: None,
         step_of_target: None,
         warmup_steps: warm.as_ref().map_or(0, |w| w.steps),
+        peak_memory_bytes: 0,
+        memory_budget_bytes: opts.device.memory_budget,
         unofficial_reasons: manifest
             .policy
             .as_ref()
@@ -385,6 +400,7 @@ pub fn execute(
         valset: &valset,
         steps,
         device: &device,
+        meter: &meter,
         dir: &mut dir,
         record: record.as_mut(),
         ledger: &mut ledger,
@@ -395,6 +411,7 @@ pub fn execute(
     };
     let outcome = train_loop(&mut cx, optimizer.as_mut(), schedule.as_ref(), &mut summary);
     let (probes, plugin_ms, evals) = (cx.probes, cx.plugin_ms, cx.evals);
+    summary.peak_memory_bytes = meter.peak();
     summary.flops = flops_per_token(track, model.params.numel()) * summary.tokens as f64;
     for v in crate::plugins::take_violations(&plugins) {
         ledger.fail(v.check, v.detail);
@@ -489,16 +506,19 @@ fn warm_up(
     data: &TrackData,
     n: usize,
     steps: usize,
-    device: &Device,
+    meter: &MemoryMeter,
 ) -> Result<WarmUp> {
     let track = &opts.track.track;
     let Components {
         hooks,
         mut optimizer,
         schedule,
+        plugins,
         ..
     } = build()?;
-    let model = Model::build(&track.model, hooks, opts.seed, device)?;
+    let meter = std::sync::Arc::new(MemoryMeter::new(meter.device(), meter.budget()));
+    crate::plugins::attach_device(&plugins, &meter);
+    let model = Model::build(&track.model, hooks, opts.seed, meter.device())?;
     let digest = model.params.digest()?;
     optimizer.init(&model.params)?;
     let mut stream = TrainStream::with_stream(
@@ -518,7 +538,7 @@ fn warm_up(
             &mut stream,
             step,
             steps,
-            device,
+            &meter,
         )?;
     }
     Ok(WarmUp {
@@ -551,8 +571,9 @@ fn train_step(
     stream: &mut TrainStream,
     step: usize,
     steps: usize,
-    device: &Device,
+    meter: &MemoryMeter,
 ) -> Result<StepOut> {
+    let device = meter.device();
     let sched = schedule
         .at(step, steps)
         .with_context(|| format!("in hook schedule at step {step}"))?;
@@ -577,8 +598,13 @@ fn train_step(
     let batch = stream.next_batch_of(batch_tokens / seq);
     let (x, y) = validate::batch_tensors(&batch, device)?;
     let lr = track.optimizer.lr * sched.lr_mult;
-    let loss = validate::batch_loss(model, &x, &y, true)?;
-    let store = loss.backward()?;
+    let loss = validate::batch_loss(model, &x, &y, true)
+        .map_err(|e| meter.explain(e, "the forward pass"))?;
+    meter.check("the forward pass")?;
+    let store = loss
+        .backward()
+        .map_err(|e| meter.explain(e.into(), "the backward pass"))?;
+    meter.check("the backward pass")?;
     let grads = Grads::collect(&model.params, &store)?;
     let grad_norm = grads.global_norm()?;
     let loss_value = loss.to_scalar::<f32>()?;
@@ -611,7 +637,9 @@ fn train_step(
                 grad_norm,
             },
         )
+        .map_err(|e| meter.explain(e, "hook optimizer.step"))
         .with_context(|| format!("in hook optimizer.step at step {step}"))?;
+    meter.check("hook optimizer.step")?;
     Ok(StepOut {
         loss: loss_value,
         lr,
@@ -629,6 +657,7 @@ struct LoopCx<'a> {
     valset: &'a ValidationSet,
     steps: usize,
     device: &'a Device,
+    meter: &'a MemoryMeter,
     dir: &'a mut RunDir,
     record: Option<&'a mut RunRecord>,
     ledger: &'a mut Ledger,
@@ -766,7 +795,7 @@ fn train_loop(
             bail!("{DEADLINE} before step {step}");
         }
         timer.resume();
-        let t0 = std::time::Instant::now();
+        let mut span = Span::start(cx.device);
         let out = train_step(
             track,
             cx.model,
@@ -775,10 +804,14 @@ fn train_loop(
             &mut stream,
             step,
             steps,
-            cx.device,
+            cx.meter,
         );
-        let step_time = t0.elapsed();
+        // The device's queued work is part of the step: wait for it before the clock.
+        let synced = crate::device::synchronize(cx.device);
+        span.stop();
         timer.pause();
+        let step_time = std::time::Duration::from_secs_f64(span.ms() / 1e3);
+        synced?;
         let hooks = crate::plugins::take_stats(cx.plugins);
         cx.plugin_ms += hooks.iter().map(|h| h.ms).sum::<f64>();
         cx.check_plugins()?;
@@ -799,6 +832,8 @@ fn train_loop(
             step_ms: step_time.as_secs_f64() * 1e3,
             tokens_per_s: tok_s,
             train_time_s: summary.train_time_s,
+            memory_bytes: cx.meter.sample(),
+            peak_memory_bytes: cx.meter.peak(),
             hooks,
         })?;
         progress.step(step, steps, out.loss, tok_s);

@@ -90,6 +90,9 @@ pub enum MetricLine {
         step_ms: f64,
         tokens_per_s: f64,
         train_time_s: f64,
+        /// What the device holds after the step, and the run's peak so far (`device::memory`).
+        memory_bytes: u64,
+        peak_memory_bytes: u64,
         /// Time, ops and handles inside each plugin hook during the step.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         hooks: Vec<crate::plugins::session::HookLine>,
