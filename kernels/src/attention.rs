@@ -304,5 +304,8 @@ impl CustomOp2 for Backward {
 /// `c_attn` projection makes them) and the heads' outputs side by side in `[B, T, D]`.
 pub fn causal_attention_packed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     Dims::of(qkv.shape(), heads)?;
+    if !qkv.device().is_cpu() {
+        return crate::gemm_ops::causal_attention_packed(qkv, heads);
+    }
     qkv.contiguous()?.apply_op1(Forward { heads })
 }

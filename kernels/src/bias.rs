@@ -83,6 +83,17 @@ impl CustomOp2 for Forward {
             .reshape(b.shape())?;
         Ok((Some(g.reshape(x.shape())?), Some(db)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::cuda_backend::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::cuda_backend::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::add_rows((s1, l1), (s2, l2))
+    }
 }
 
 impl CustomOp1 for ColumnSum {
@@ -96,6 +107,15 @@ impl CustomOp1 for ColumnSum {
             Shape::from(self.m)
         )))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::cuda_backend::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::column_sum(s, l, self.m)
+    }
 }
 
 /// `x + b` with `b` repeated over `x`'s leading dimensions: `b`'s shape must be a
@@ -106,4 +126,73 @@ pub fn add_rows(x: &Tensor, b: &Tensor) -> Result<Tensor> {
         candle_core::bail!("add_rows: {bd:?} is not a suffix of {xd:?}");
     }
     x.contiguous()?.apply_op2(&b.contiguous()?, Forward)
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda {
+    use crate::cuda::{column_chunks, elementwise, input, output, wrap, COL_CHUNK};
+    use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+    use candle_core::{Layout, Result, Shape};
+
+    pub(super) fn add_rows(
+        (s1, l1): (&CudaStorage, &Layout),
+        (s2, l2): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = &s1.device;
+        let (x, b) = (input(s1, l1, "add_rows")?, input(s2, l2, "add_rows")?);
+        let (n, m) = (l1.shape().elem_count(), l2.shape().elem_count());
+        let mut y = output::<f32>(dev, n)?;
+        let (len, cols) = (n as i64, m as i32);
+        crate::launch!(dev, "add_rows", elementwise(n), &x, &b, &mut y, &len, &cols);
+        Ok((wrap(y, dev), l1.shape().clone()))
+    }
+
+    pub(super) fn column_sum(
+        s: &CudaStorage,
+        l: &Layout,
+        m: usize,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = &s.device;
+        let g = input(s, l, "column_sum")?;
+        let mut out = output::<f32>(dev, m)?;
+        column_sums(dev, &g, l.shape().elem_count() / m, m, &mut out, 0)?;
+        Ok((wrap(out, dev), Shape::from(m)))
+    }
+
+    /// Sums the `rows` rows of `g` `[rows, m]` into `out[offset..offset + m]`, in a
+    /// fixed order (chunks of rows, then the chunks).
+    pub(crate) fn column_sums(
+        dev: &CudaDevice,
+        g: &candle_core::cuda_backend::cudarc::driver::CudaView<f32>,
+        rows: usize,
+        m: usize,
+        out: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
+        offset: usize,
+    ) -> Result<()> {
+        let chunks = rows.div_ceil(COL_CHUNK).max(1);
+        let mut partial = output::<f64>(dev, chunks * m)?;
+        let (r, c, ch, k) = (rows as i32, m as i32, COL_CHUNK as i32, chunks as i32);
+        crate::launch!(
+            dev,
+            "col_partials",
+            column_chunks(m, chunks),
+            g,
+            &mut partial,
+            &r,
+            &c,
+            &ch
+        );
+        let off = offset as i64;
+        crate::launch!(
+            dev,
+            "col_reduce",
+            column_chunks(m, 1),
+            &partial,
+            out,
+            &off,
+            &k,
+            &c
+        );
+        Ok(())
+    }
 }

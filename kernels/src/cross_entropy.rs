@@ -103,6 +103,17 @@ impl CustomOp2 for Forward {
         let d = logits.apply_op2_no_bwd(targets, &Backward)?;
         Ok((Some(d.broadcast_mul(grad)?), None))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::cuda_backend::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::cuda_backend::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::fwd((s1, l1), (s2, l2))
+    }
 }
 
 impl CustomOp2 for Backward {
@@ -124,6 +135,17 @@ impl CustomOp2 for Backward {
             l1.shape().clone()
         )))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::cuda_backend::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::cuda_backend::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::bwd((s1, l1), (s2, l2))
+    }
 }
 
 /// Mean cross-entropy in nats: `logits` `[N, V]`, `targets` `[N]` (u32).
@@ -131,4 +153,50 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits
         .contiguous()?
         .apply_op2(&targets.contiguous()?, Forward)
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use crate::cuda::{input, output, per_row, wrap};
+    use candle_core::cuda_backend::CudaStorage;
+    use candle_core::{bail, Layout, Result, Shape};
+
+    type Arg<'a> = (&'a CudaStorage, &'a Layout);
+
+    fn targets<'a>(
+        (s, l): Arg<'a>,
+        n: usize,
+    ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, u32>> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            bail!("cross_entropy: the targets are not contiguous")
+        };
+        if b - a != n {
+            bail!("cross_entropy: {} targets for {n} rows", b - a);
+        }
+        Ok(s.as_cuda_slice::<u32>()?.slice(a..b))
+    }
+
+    /// The mean loss; a target outside the vocabulary gives NaN (no host copy to check it).
+    pub(super) fn fwd(x: Arg, t: Arg) -> Result<(CudaStorage, Shape)> {
+        let dev = &x.0.device;
+        let (n, v) = x.1.shape().dims2()?;
+        let (xv, tv) = (input(x.0, x.1, "cross_entropy")?, targets(t, n)?);
+        let mut rows = output::<f64>(dev, n)?;
+        let vv = v as i32;
+        crate::launch!(dev, "xent_rows", per_row(n), &xv, &tv, &mut rows, &vv);
+        let mut out = output::<f32>(dev, 1)?;
+        let nn = n as i32;
+        crate::launch!(dev, "mean_of", per_row(1), &rows, &mut out, &nn);
+        Ok((wrap(out, dev), Shape::from(())))
+    }
+
+    pub(super) fn bwd(x: Arg, t: Arg) -> Result<(CudaStorage, Shape)> {
+        let dev = &x.0.device;
+        let (n, v) = x.1.shape().dims2()?;
+        let (xv, tv) = (input(x.0, x.1, "cross_entropy backward")?, targets(t, n)?);
+        let mut dx = output::<f32>(dev, n * v)?;
+        let (vv, inv_n) = (v as i32, 1.0f32 / n as f32);
+        crate::launch!(dev, "xent_bwd", per_row(n), &xv, &tv, &mut dx, &vv, &inv_n);
+        Ok((wrap(dx, dev), x.1.shape().clone()))
+    }
 }

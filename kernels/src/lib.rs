@@ -7,16 +7,21 @@
 //! iteration on the gemm path): one pass over memory each way instead of candle's chain of
 //! temporaries. Rows are reduced in a fixed order and parameter-gradient sums go
 //! through fixed chunks, so results do not depend on the thread count.
-//! It owns no model and no training loop. CUDA sources (NVRTC) are the GPU
-//! issue's work; on a CUDA tensor these ops return candle's "no cuda
-//! implementation" error.
+//! It owns no model and no training loop. With the `cuda` feature the same ops
+//! run on a GPU: the elementwise and row-wise ones through `cuda/ops.cu`
+//! (NVRTC, see `cuda`), the gemm-shaped ones (linear, attention, Newton–Schulz)
+//! as candle ops, i.e. cuBLAS.
 
 mod activation;
 mod adamw;
 mod attention;
 mod bias;
+pub mod check;
 mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod gemm_call;
+pub mod gemm_ops;
 mod linear;
 mod newton_schulz;
 mod norm;

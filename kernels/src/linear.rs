@@ -163,6 +163,9 @@ impl CustomOp2 for NoBias {
 /// `x @ w + b` for `x` of shape `[..., in]`, `w` `[in, out]` (GPT-2's Conv1D
 /// layout), `b` `[out]`: one autograd node. Non-contiguous inputs are copied first.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return crate::gemm_ops::linear(x, w, b);
+    }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => {

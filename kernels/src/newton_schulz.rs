@@ -75,7 +75,7 @@ pub fn newton_schulz(
         bail!("newton_schulz: the matrix must be f32, not {:?}", g.dtype())
     }
     if !matches!(g.device(), Device::Cpu) {
-        bail!("newton_schulz: no CUDA implementation yet")
+        return crate::gemm_ops::newton_schulz(g, coefficients, norm_scale, eps);
     }
     let data: Vec<f32> = g.flatten_all()?.to_vec1()?;
     // Work on the wide orientation: A = X Xᵀ is then the smaller square.

@@ -152,6 +152,19 @@ impl CustomOp3 for Forward {
         let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::cuda_backend::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::cuda_backend::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::cuda_backend::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::fwd(self.kind, self.eps, [(s1, l1), (s2, l2), (s3, l3)])
+    }
 }
 
 impl CustomOp3 for Backward {
@@ -178,6 +191,19 @@ impl CustomOp3 for Backward {
                 Shape::from(x.len() + 2 * d),
             ))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::cuda_backend::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::cuda_backend::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::cuda_backend::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::bwd(self.kind, self.eps, [(s1, l1), (s2, l2), (s3, l3)])
     }
 }
 
@@ -230,4 +256,108 @@ pub fn layer_norm(
 /// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * gain`.
 pub fn rms_norm(x: &Tensor, gain: Option<&Tensor>, eps: f64) -> Result<Tensor> {
     norm(Kind::Rms, x, gain, None, eps)
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::Kind;
+    use crate::cuda::{column_chunks, input, output, per_row, wrap, COL_CHUNK};
+    use candle_core::cuda_backend::CudaStorage;
+    use candle_core::{Layout, Result, Shape};
+
+    type Arg<'a> = (&'a CudaStorage, &'a Layout);
+
+    pub(super) fn fwd(kind: Kind, eps: f64, [x, w, b]: [Arg; 3]) -> Result<(CudaStorage, Shape)> {
+        let dev = &x.0.device;
+        let op = "norm";
+        let (xv, wv, bv) = (
+            input(x.0, x.1, op)?,
+            input(w.0, w.1, op)?,
+            input(b.0, b.1, op)?,
+        );
+        let (n, d) = (x.1.shape().elem_count(), w.1.shape().elem_count());
+        let mut y = output::<f32>(dev, n)?;
+        let (dd, rms) = (d as i32, matches!(kind, Kind::Rms) as i32);
+        crate::launch!(
+            dev,
+            "norm_fwd",
+            per_row(n / d),
+            &xv,
+            &wv,
+            &bv,
+            &mut y,
+            &dd,
+            &rms,
+            &eps
+        );
+        Ok((wrap(y, dev), x.1.shape().clone()))
+    }
+
+    /// Packed `[dx | dw | db]`, as on the CPU.
+    pub(super) fn bwd(kind: Kind, eps: f64, [x, w, g]: [Arg; 3]) -> Result<(CudaStorage, Shape)> {
+        let dev = &x.0.device;
+        let op = "norm backward";
+        let (xv, wv, gv) = (
+            input(x.0, x.1, op)?,
+            input(w.0, w.1, op)?,
+            input(g.0, g.1, op)?,
+        );
+        let (n, d) = (x.1.shape().elem_count(), w.1.shape().elem_count());
+        let rows = n / d;
+        let mut out = output::<f32>(dev, n + 2 * d)?;
+        let mut stats = output::<f32>(dev, 2 * rows)?;
+        let (dd, rms) = (d as i32, matches!(kind, Kind::Rms) as i32);
+        crate::launch!(
+            dev,
+            "norm_bwd_dx",
+            per_row(rows),
+            &xv,
+            &wv,
+            &gv,
+            &mut out,
+            &mut stats,
+            &dd,
+            &rms,
+            &eps
+        );
+        let chunks = rows.div_ceil(COL_CHUNK).max(1);
+        let mut pw = output::<f64>(dev, chunks * d)?;
+        let mut pb = output::<f64>(dev, chunks * d)?;
+        let (r, ch, k) = (rows as i32, COL_CHUNK as i32, chunks as i32);
+        crate::launch!(
+            dev,
+            "norm_bwd_partials",
+            column_chunks(d, chunks),
+            &xv,
+            &gv,
+            &stats,
+            &mut pw,
+            &mut pb,
+            &r,
+            &dd,
+            &ch
+        );
+        let (off_w, off_b) = (n as i64, (n + d) as i64);
+        crate::launch!(
+            dev,
+            "col_reduce",
+            column_chunks(d, 1),
+            &pw,
+            &mut out,
+            &off_w,
+            &k,
+            &dd
+        );
+        crate::launch!(
+            dev,
+            "col_reduce",
+            column_chunks(d, 1),
+            &pb,
+            &mut out,
+            &off_b,
+            &k,
+            &dd
+        );
+        Ok((wrap(out, dev), Shape::from(n + 2 * d)))
+    }
 }

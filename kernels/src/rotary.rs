@@ -71,6 +71,15 @@ impl CustomOp1 for Rotate {
         };
         Ok(Some(grad.contiguous()?.apply_op1(inverse)?))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::cuda_backend::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::rotate(s, l, self.base, self.sign)
+    }
 }
 
 /// Rotary position embedding of `x` `[..., T, hd]` (hd even; positions 0..T).
@@ -87,4 +96,39 @@ pub fn rotary(x: &Tensor, base: f64) -> Result<Tensor> {
         bail!("rotary: base must be a finite number above 1, got {base}")
     }
     x.contiguous()?.apply_op1(Rotate { base, sign: 1.0 })
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use crate::cuda::{elementwise, input, output, wrap};
+    use candle_core::cuda_backend::CudaStorage;
+    use candle_core::{Layout, Result, Shape};
+
+    pub(super) fn rotate(
+        s: &CudaStorage,
+        l: &Layout,
+        base: f64,
+        sign: f64,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = &s.device;
+        let x = input(s, l, "rotary")?;
+        let dims = l.shape().dims();
+        let (t, hd) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let n = l.shape().elem_count();
+        let mut y = output::<f32>(dev, n)?;
+        let (len, tt, h) = (n as i64, t as i32, hd as i32);
+        crate::launch!(
+            dev,
+            "rotary",
+            elementwise(n / 2),
+            &x,
+            &mut y,
+            &len,
+            &tt,
+            &h,
+            &base,
+            &sign
+        );
+        Ok((wrap(y, dev), l.shape().clone()))
+    }
 }

@@ -91,6 +91,15 @@ impl CustomOp1 for Forward {
         };
         Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &b)?))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::cuda_backend::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::fwd(s, l, self.t, self.scale)
+    }
 }
 
 impl CustomOp2 for Backward {
@@ -110,6 +119,17 @@ impl CustomOp2 for Backward {
             l1.shape().clone()
         )))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::cuda_backend::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::cuda_backend::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda::bwd((s1, l1), (s2, l2), self.t, self.scale)
+    }
 }
 
 /// `softmax(scale * scores + causal mask)` over the last dim of `[.., T, T]` scores.
@@ -121,4 +141,59 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     }
     let t = dims[n - 1];
     scores.contiguous()?.apply_op1(Forward { scale, t })
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use crate::cuda::{input, output, per_row, wrap};
+    use candle_core::cuda_backend::CudaStorage;
+    use candle_core::{Layout, Result, Shape};
+
+    pub(super) fn fwd(
+        s: &CudaStorage,
+        l: &Layout,
+        t: usize,
+        scale: f64,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = &s.device;
+        let x = input(s, l, "causal_softmax")?;
+        let n = l.shape().elem_count();
+        let mut y = output::<f32>(dev, n)?;
+        let (tt, sc) = (t as i32, scale as f32);
+        crate::launch!(
+            dev,
+            "causal_softmax_fwd",
+            per_row(n / t),
+            &x,
+            &mut y,
+            &tt,
+            &sc
+        );
+        Ok((wrap(y, dev), l.shape().clone()))
+    }
+
+    pub(super) fn bwd(
+        (s1, l1): (&CudaStorage, &Layout),
+        (s2, l2): (&CudaStorage, &Layout),
+        t: usize,
+        scale: f64,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = &s1.device;
+        let op = "causal_softmax backward";
+        let (y, g) = (input(s1, l1, op)?, input(s2, l2, op)?);
+        let n = l1.shape().elem_count();
+        let mut dx = output::<f32>(dev, n)?;
+        let (tt, sc) = (t as i32, scale as f32);
+        crate::launch!(
+            dev,
+            "causal_softmax_bwd",
+            per_row(n / t),
+            &y,
+            &g,
+            &mut dx,
+            &tt,
+            &sc
+        );
+        Ok((wrap(dx, dev), l1.shape().clone()))
+    }
 }

@@ -891,3 +891,60 @@ fn values_f64(t: &Tensor) -> Vec<f64> {
         .to_vec1()
         .unwrap()
 }
+
+// ---- the GPU path's gemm-shaped ops, run on the CPU against the fused kernels ----
+
+/// The gradients of `sum(f(inputs) * probe)` for every input.
+fn grads_of(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) -> Vec<Tensor> {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts);
+    let probe = rand_t(y.dims(), 999, 1.0, y.dtype());
+    let g = (y * probe).unwrap().sum_all().unwrap().backward().unwrap();
+    ts.iter().map(|t| g.get(t).unwrap().clone()).collect()
+}
+
+#[test]
+fn the_gpu_paths_gemm_ops_match_the_fused_cpu_kernels() {
+    // linear: 3-D input with and without bias, forward and every gradient.
+    let x = rand_t(&[2, 5, 7], 200, 1.0, DType::F32);
+    let w = rand_t(&[7, 3], 201, 1.0, DType::F32);
+    let b = rand_t(&[3], 202, 1.0, DType::F32);
+    let fused = |t: &[Tensor]| k::linear(&t[0], &t[1], Some(&t[2])).unwrap();
+    let composed = |t: &[Tensor]| k::gemm_ops::linear(&t[0], &t[1], Some(&t[2])).unwrap();
+    let ins = [x.clone(), w.clone(), b];
+    assert!(max_rel_err(&composed(&ins), &fused(&ins)) < 1e-5);
+    for (g, want) in grads_of(&ins, &composed).iter().zip(grads_of(&ins, &fused)) {
+        assert!(max_rel_err(g, &want) < 1e-5);
+    }
+    let no_bias = k::gemm_ops::linear(&x, &w, None).unwrap();
+    assert!(max_rel_err(&no_bias, &k::linear(&x, &w, None).unwrap()) < 1e-5);
+    let e = k::gemm_ops::linear(&x, &w.t().unwrap(), None).unwrap_err();
+    assert!(e.to_string().contains("does not match the weight"), "{e}");
+
+    // attention: odd head sizes and T = 1, forward and the input's gradient.
+    for (i, &(bs, t, heads, hd)) in [(2, 5, 2, 3), (1, 17, 3, 8), (3, 1, 1, 4)]
+        .iter()
+        .enumerate()
+    {
+        let qkv = rand_t(&[bs, t, 3 * heads * hd], 210 + i as u64, 2.0, DType::F32);
+        let fused = |t: &[Tensor]| k::causal_attention_packed(&t[0], heads).unwrap();
+        let composed = |t: &[Tensor]| k::gemm_ops::causal_attention_packed(&t[0], heads).unwrap();
+        let ins = [qkv];
+        assert!(max_rel_err(&composed(&ins), &fused(&ins)) < 1e-5);
+        let (g, want) = (grads_of(&ins, &composed), grads_of(&ins, &fused));
+        assert!(max_rel_err(&g[0], &want[0]) < 1e-4, "{bs}x{t}x{heads}x{hd}");
+    }
+
+    // Newton–Schulz: wide and tall, against the fused CPU iteration.
+    for (i, &(rows, cols)) in [(7, 19), (19, 7), (16, 16)].iter().enumerate() {
+        let g = rand_t(&[rows, cols], 220 + i as u64, 3.0, DType::F32);
+        let coeffs = vec![NS_STANDARD; 5];
+        let got = k::gemm_ops::newton_schulz(&g, &coeffs, 1.0, 1e-7).unwrap();
+        let want = k::newton_schulz(&g, &coeffs, 1.0, 1e-7).unwrap();
+        assert!(max_rel_err(&got, &want) < 1e-4, "{rows}x{cols}");
+    }
+}
