@@ -1,0 +1,39 @@
+# The device check's table, from what scripts/device-check.sh wrote under OUT.
+# usage: python3 scripts/device_table.py OUT
+import json, os, re, sys
+out = sys.argv[1]
+def load(name):
+    try: return json.load(open(os.path.join(out, name)))
+    except Exception as e: return None
+def torch(name):
+    try: t = open(os.path.join(out, name)).read()
+    except Exception: return None
+    m = re.search(r"peak_mem=([\d.]+)GiB.*step=([\d.]+)ms tok/s=(\d+)", t)
+    return (float(m.group(2)), float(m.group(3)), float(m.group(1))) if m else None
+k = load("kernels.json") or []
+bad = [c["op"] for c in k if not c["ok"]]
+worst = max([max(c["forward"], c["backward"] or 0) for c in k] or [float("nan")])
+tp = load("throughput.json")
+tf, tt = torch("torch-f32.txt"), torch("torch-tf32.txt")
+s = load("run/summary.json")
+rows = [("kernels vs CPU", f"{len(k) - len(bad)}/{len(k)} ok, worst rel err {worst:.1e}" + (f", off: {bad}" if bad else ""))]
+if tp:
+    rows.append(("speedrun (candle CUDA, f32)", f"{tp['step_ms_median']:.1f} ms/step, {tp['tokens_per_s']:.0f} tok/s "
+                 f"(fwd {tp['forward_ms_median']:.1f} / bwd {tp['backward_ms_median']:.1f} / opt {tp['optimizer_ms_median']:.1f} ms), "
+                 f"peak mem {tp['peak_memory_bytes']/2**30:.1f} GiB, matmul peak {tp['matmul_peak_gflops']/1e3:.1f} TFLOP/s"))
+for name, t in (("PyTorch eager f32", tf), ("PyTorch eager TF32", tt)):
+    if t: rows.append((name, f"{t[0]:.1f} ms/step, {t[1]:.0f} tok/s, peak mem {t[2]:.1f} GiB"))
+if tp and tf: rows.append(("ratio speedrun / PyTorch f32", f"{tp['tokens_per_s'] / tf[1]:.3f}"))
+if tp and tt: rows.append(("ratio speedrun / PyTorch TF32", f"{tp['tokens_per_s'] / tt[1]:.3f}"))
+if s:
+    valid = s["verdict"]["valid"] if isinstance(s.get("verdict"), dict) else s.get("verdict")
+    rows.append(("200 steps", f"status {s['status']}, valid {valid}, val loss {s.get('final_val_loss')}, "
+                 f"{s['tokens_per_s']:.0f} tok/s, peak mem {s['peak_memory_bytes']/2**30:.1f} GiB, error {s.get('error')}"))
+try:
+    b = open(os.path.join(out, "budget.txt")).read()
+    m = re.search(r"device memory budget exceeded in [^:]+", b)
+    rows.append(("1 GiB budget", m.group(0) if m else "NOT refused: " + b[-200:]))
+except Exception: pass
+w = max(len(r[0]) for r in rows)
+print("| check | result |\n|---|---|")
+for a, b in rows: print(f"| {a} | {b} |")
