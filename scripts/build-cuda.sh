@@ -65,7 +65,9 @@ echo "build-cuda: driver stub with $(wc -l < "$stub/stub.c") symbols (link time 
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stub -L native=$CUDA_HOME/lib"
 cargo build --release --features cuda -p speedrun
 bin=$CARGO_TARGET_DIR/release/speedrun
-gzip -kf "$bin"
-echo "build-cuda: $bin ($(du -h "$bin" | cut -f1); $(du -h "$bin.gz" | cut -f1) gzipped)" >&2
+# What travels to a GPU machine: the binary without its line tables, gzipped.
+strip -o "$bin.stripped" "$bin"
+gzip -c "$bin.stripped" > "$bin.gz"
+echo "build-cuda: $bin ($(du -h "$bin" | cut -f1); stripped and gzipped $(du -h "$bin.gz" | cut -f1): $bin.gz)" >&2
 echo "build-cuda: run-time libraries it needs:" >&2
 readelf -d "$bin" | grep NEEDED | grep -E 'cuda|cublas|curand|nvrtc' >&2

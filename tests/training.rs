@@ -257,6 +257,7 @@ fn smoke_options(out: &Path, seed: u64) -> RunOptions {
         store: None,
         deadline: None,
         device: Default::default(),
+        parallel: None,
     }
 }
 

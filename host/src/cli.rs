@@ -228,6 +228,11 @@ pub struct RunArgs {
     pub db: Option<PathBuf>,
     #[command(flatten)]
     pub device: crate::device::DeviceSettings,
+    /// Data-parallel ranks, each training on its share of every batch with the
+    /// gradients averaged (threads of this process on the CPU; several GPUs
+    /// need NCCL, which is not built yet).
+    #[arg(long, default_value_t = 1)]
+    pub ranks: usize,
 }
 
 #[derive(Args, Debug)]
@@ -1000,9 +1005,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         store: Some(a.db.clone().unwrap_or_else(crate::store::default_path)),
         deadline: None,
         device: a.device,
+        parallel: None,
     };
     let track = opts.track.track.clone();
-    let finished = train::execute(&opts, &mut || {
+    let build = || {
         crate::plugins::stack(
             &track,
             a.seed,
@@ -1011,7 +1017,24 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             a.wasm,
             &policy,
         )
-    })?;
+    };
+    let finished = match a.ranks {
+        1 => train::execute(&opts, &mut || build())?,
+        0 => bail!("--ranks must be at least 1"),
+        n if !a.device.choice.is_cpu() => bail!(
+            "--ranks {n} on {}: several GPUs need NCCL, which this speedrun does not have yet (one GPU: --ranks 1)",
+            a.device.choice
+        ),
+        n => {
+            let mut all = crate::parallel::run_local(&opts, n, &build);
+            for (r, f) in all.iter().enumerate().skip(1) {
+                if let Err(e) = f {
+                    eprintln!("rank {r}: {e:#}");
+                }
+            }
+            all.swap_remove(0)?
+        }
+    };
     let s = finished.summary;
     if let Some(e) = finished.error {
         return Err(invalid_if_caught(e, &s.verdict));
@@ -1032,6 +1055,13 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     println!(
         "  training time    {:.1} s over {} steps, {} tokens, {:.0} tokens/s",
         s.train_time_s, s.steps, s.tokens, s.tokens_per_s
+    );
+    println!(
+        "  device memory    peak {}{}",
+        crate::device::memory::human(s.peak_memory_bytes),
+        s.memory_budget_bytes
+            .map(|b| format!(" (budget {})", crate::device::memory::human(b)))
+            .unwrap_or_default()
     );
     match (s.target_val_loss, s.time_to_target_s) {
         (None, _) => println!("  target           none set for this track"),

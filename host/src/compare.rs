@@ -356,6 +356,7 @@ pub fn run_stacks(s: &Session, stacks: &[(&str, &StackSpec)]) -> Result<Vec<Vec<
                 store: s.store.clone(),
                 deadline: s.deadline,
                 device: s.device,
+                parallel: None,
             };
             let f = train::execute(&opts, &mut || stack.build(&s.track, seed, &s.policy))?;
             if let Some(e) = f.error {

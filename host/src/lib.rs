@@ -13,6 +13,7 @@ pub mod ladder;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod plugins;
 pub mod score;

@@ -8,10 +8,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
-use candle_core::cuda_backend::{CudaDevice, CudaFunc, CudaStorage, WrapErr};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{bail, DType, Layout, Result};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The CUDA C source of every kernel.
 pub const SOURCE: &str = include_str!("../cuda/ops.cu");
@@ -21,7 +21,7 @@ pub(crate) const BLOCK: u32 = 256;
 /// Rows per partial sum of the two-stage column sums.
 pub(crate) const COL_CHUNK: usize = 256;
 
-static PTX: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+static PTX: Mutex<Option<HashMap<String, Arc<str>>>> = Mutex::new(None);
 
 /// Compiles the kernels to PTX for `arch` (e.g. `sm_90`) with NVRTC; needs no GPU.
 pub fn compile(arch: &str) -> Result<String> {
@@ -48,23 +48,21 @@ pub fn arch(dev: &CudaDevice) -> Result<String> {
     Ok(format!("sm_{major}{minor}"))
 }
 
-/// A kernel of `ops.cu`, compiled on first use for this device's architecture.
-pub(crate) fn func(dev: &CudaDevice, name: &str) -> Result<CudaFunc> {
+/// The module name and PTX of `ops.cu` for this device's architecture, compiled
+/// on first use (candle loads a module once per device under its name).
+pub fn module(dev: &CudaDevice) -> Result<(String, Arc<str>)> {
     let arch = arch(dev)?;
-    let module = format!("speedrun_ops_{arch}");
-    let ptx = {
-        let mut cache = PTX.lock().unwrap_or_else(|p| p.into_inner());
-        let cache = cache.get_or_insert_with(HashMap::new);
-        match cache.get(&arch) {
-            Some(p) => p.clone(),
-            None => {
-                let p = compile(&arch)?;
-                cache.insert(arch.clone(), p.clone());
-                p
-            }
+    let mut cache = PTX.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    let ptx = match cache.get(&arch) {
+        Some(p) => p.clone(),
+        None => {
+            let p: Arc<str> = compile(&arch)?.into();
+            cache.insert(arch.clone(), p.clone());
+            p
         }
     };
-    dev.get_or_load_custom_func(name, &module, &ptx)
+    Ok((format!("speedrun_ops_{arch}"), ptx))
 }
 
 /// The contiguous f32 elements of an input.
@@ -126,7 +124,8 @@ macro_rules! launch {
     ($dev:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::WrapErr;
-        let f = $crate::cuda::func($dev, $name)?;
+        let (module, ptx) = $crate::cuda::module($dev)?;
+        let f = $dev.get_or_load_custom_func($name, &module, &ptx)?;
         let mut b = f.builder();
         $( b.arg($arg); )+
         // SAFETY: the arguments match the kernel's signature in ops.cu, and every

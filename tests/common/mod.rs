@@ -31,6 +31,7 @@ pub fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
         store: None,
         deadline: None,
         device: Default::default(),
+        parallel: None,
     }
 }
 

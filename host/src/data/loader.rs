@@ -187,6 +187,21 @@ pub struct Batch {
     pub seq: usize,
 }
 
+impl Batch {
+    /// Rank `rank`'s share of the sequences when `world` ranks split the batch
+    /// (the caller checks `world` divides it).
+    pub fn shard(&self, rank: usize, world: usize) -> Batch {
+        let per = self.batch / world;
+        let span = rank * per * self.seq..(rank + 1) * per * self.seq;
+        Batch {
+            inputs: self.inputs[span.clone()].to_vec(),
+            targets: self.targets[span].to_vec(),
+            batch: per,
+            seq: self.seq,
+        }
+    }
+}
+
 /// Training batches: each sequence is a window of T + 1 tokens at a random offset
 /// in the training shards, drawn from the run's seed. (The speedrun reads FineWeb
 /// sequentially because its documents are short and shuffled; ours are whole

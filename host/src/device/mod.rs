@@ -37,6 +37,12 @@ impl FromStr for DeviceChoice {
     }
 }
 
+impl DeviceChoice {
+    pub fn is_cpu(self) -> bool {
+        self == DeviceChoice::Cpu
+    }
+}
+
 impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {

@@ -15,6 +15,7 @@ use crate::model::{Model, ModelHooks};
 use crate::optim::adamw::{AdamW, AdamWConfig};
 use crate::optim::schedule::WarmupCosine;
 use crate::optim::{Grads, Optimizer, Schedule, StepInput};
+use crate::parallel::{Collective, RankReport};
 use crate::plugins::{LoadedPlugin, PluginRecord, PolicyRecord};
 use crate::store::{RunRecord, Store};
 use crate::track::{LoadedTrack, Track};
@@ -29,6 +30,7 @@ use telemetry::{Hardware, MetricLine, RunDir};
 use timer::TrainingTimer;
 
 /// Everything that decides a run.
+#[derive(Clone)]
 pub struct RunOptions {
     pub track: LoadedTrack,
     pub seed: u64,
@@ -46,6 +48,9 @@ pub struct RunOptions {
     pub deadline: Option<std::time::Instant>,
     /// Where to train, and the run's device-memory budget.
     pub device: DeviceSettings,
+    /// This run is one rank of a data-parallel group (`crate::parallel`): it
+    /// trains on its share of every batch and averages gradients with the others.
+    pub parallel: Option<std::sync::Arc<dyn Collective>>,
 }
 
 /// What the error of a run stopped by its deadline says.
@@ -244,6 +249,18 @@ pub fn execute(
     opts: &RunOptions,
     build: &mut dyn FnMut() -> Result<Components>,
 ) -> Result<Finished> {
+    let run = execute_rank(opts, build);
+    // A rank that could not run stops its group, which would otherwise wait for it.
+    if let (Some(g), Err(e)) = (&opts.parallel, &run) {
+        g.abort(&format!("{e:#}"));
+    }
+    run
+}
+
+fn execute_rank(
+    opts: &RunOptions,
+    build: &mut dyn FnMut() -> Result<Components>,
+) -> Result<Finished> {
     let track = &opts.track.track;
     let steps = match opts.steps {
         Some(0) => bail!("--steps must be at least 1"),
@@ -256,6 +273,15 @@ pub fn execute(
         Some(s) => s,
         None => track.steps(),
     };
+    if let Some(g) = &opts.parallel {
+        if track.batch_size() % g.world() != 0 {
+            bail!(
+                "{} ranks cannot split the track's batch of {} sequences evenly",
+                g.world(),
+                track.batch_size()
+            );
+        }
+    }
     let device = crate::device::open(opts.device.choice)?;
     let meter = std::sync::Arc::new(MemoryMeter::new(&device, opts.device.memory_budget));
     let data = TrackData::open(&opts.track, opts.data_dir.as_deref())?;
@@ -421,6 +447,13 @@ pub fn execute(
             ledger.fail(v.check, v.detail.clone());
         }
     }
+    let outcome = match (&opts.parallel, outcome) {
+        (Some(g), Err(e)) => {
+            g.abort(&format!("{e:#}"));
+            Err(e)
+        }
+        (_, o) => o,
+    };
     conclude(
         &mut ledger,
         &summary,
@@ -435,6 +468,7 @@ pub fn execute(
             plugins: plugins.len(),
         },
     );
+    judge_ranks(opts.parallel.as_deref(), &mut ledger, &model)?;
     summary.verdict = ledger.verdict();
     match &outcome {
         Ok(()) => summary.status = "complete".into(),
@@ -458,6 +492,30 @@ pub fn execute(
         summary,
         error: outcome.err(),
     })
+}
+
+/// The `ranks` check: one rank passes; a group exchanges every rank's verdict and
+/// parameter digest, so all of them end with the same verdict.
+fn judge_ranks(group: Option<&dyn Collective>, ledger: &mut Ledger, model: &Model) -> Result<()> {
+    let Some(g) = group else {
+        ledger.pass(Check::Ranks, "one rank (no data parallelism)");
+        return Ok(());
+    };
+    let own = ledger.verdict();
+    let mine = RankReport {
+        rank: g.rank(),
+        valid: own.valid,
+        failed: own.failed().iter().map(|c| c.to_string()).collect(),
+        params_sha256: model.params.digest()?,
+    };
+    match crate::parallel::gather_reports(g, &mine) {
+        Ok(all) => match crate::parallel::judge(&all) {
+            Ok(detail) => ledger.pass(Check::Ranks, detail),
+            Err(detail) => ledger.fail(Check::Ranks, detail),
+        },
+        Err(e) => ledger.fail(Check::Ranks, format!("{e:#}")),
+    }
+    Ok(())
 }
 
 fn plugins_detail(plugins: &[LoadedPlugin], policy: Option<&PolicyRecord>) -> String {
@@ -539,6 +597,7 @@ fn warm_up(
             step,
             steps,
             &meter,
+            opts.parallel.as_deref(),
         )?;
     }
     Ok(WarmUp {
@@ -572,6 +631,7 @@ fn train_step(
     step: usize,
     steps: usize,
     meter: &MemoryMeter,
+    group: Option<&dyn Collective>,
 ) -> Result<StepOut> {
     let device = meter.device();
     let sched = schedule
@@ -595,7 +655,18 @@ fn train_step(
         )
         .into());
     }
-    let batch = stream.next_batch_of(batch_tokens / seq);
+    let mut batch = stream.next_batch_of(batch_tokens / seq);
+    if let Some(g) = group {
+        if batch.batch % g.world() != 0 {
+            bail!(
+                "the schedule's batch of {} sequences at step {step} does not split over {} ranks",
+                batch.batch,
+                g.world()
+            );
+        }
+        // Every rank drew the same global batch; each trains on its share.
+        batch = batch.shard(g.rank(), g.world());
+    }
     let (x, y) = validate::batch_tensors(&batch, device)?;
     let lr = track.optimizer.lr * sched.lr_mult;
     let loss = validate::batch_loss(model, &x, &y, true)
@@ -605,7 +676,13 @@ fn train_step(
         .backward()
         .map_err(|e| meter.explain(e.into(), "the backward pass"))?;
     meter.check("the backward pass")?;
-    let grads = Grads::collect(&model.params, &store)?;
+    let mut grads = Grads::collect(&model.params, &store)?;
+    let mut loss = loss;
+    if let Some(g) = group {
+        // The all-reduce: every rank continues with the same averaged gradients.
+        grads = Grads(grads.0.iter().map(|t| g.mean(t)).collect::<Result<_>>()?);
+        loss = g.mean(&loss)?;
+    }
     let grad_norm = grads.global_norm()?;
     let loss_value = loss.to_scalar::<f32>()?;
     if !loss_value.is_finite() {
@@ -805,6 +882,7 @@ fn train_loop(
             step,
             steps,
             cx.meter,
+            opts.parallel.as_deref(),
         );
         // The device's queued work is part of the step: wait for it before the clock.
         let synced = crate::device::synchronize(cx.device);

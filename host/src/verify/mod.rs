@@ -36,10 +36,13 @@ pub enum Check {
     Timing,
     /// The run trained every step it was asked to and was validated at the end.
     Completed,
+    /// Data parallelism: every rank's verdict is valid and every rank ends with
+    /// the same parameters (one rank: passes).
+    Ranks,
 }
 
 impl Check {
-    pub const ALL: [Check; 11] = [
+    pub const ALL: [Check; 12] = [
         Check::DataHashes,
         Check::Track,
         Check::Plugins,
@@ -51,6 +54,7 @@ impl Check {
         Check::FiniteTraining,
         Check::Timing,
         Check::Completed,
+        Check::Ranks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Check {
             Check::FiniteTraining => "finite_training",
             Check::Timing => "timing",
             Check::Completed => "completed",
+            Check::Ranks => "ranks",
         }
     }
 }
