@@ -11,7 +11,7 @@
 # target/cuda, kept apart from the CPU build's target so neither rebuilds the other).
 #
 # At run time the binary needs the real driver (libcuda.so.1) and libcublas.so.13,
-# libcublasLt.so.13, libcudart.so.13, libcurand.so.10, libnvrtc.so.13 — e.g. from a
+# libcublasLt.so.13, libcudart.so.13, libcurand.so.10, libnvrtc.so.13, libnccl.so.2 — e.g. from a
 # PyTorch cu130 install's site-packages/nvidia/cu13/lib (see scripts/device-check.sh).
 # The stub is written under the target directory, passed to the linker only, and
 # never put on a run-time path: a binary that found it at run time would fail on
@@ -26,7 +26,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cuda}
 wheels=(
   nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.0.2.14
-  nvidia-curand==10.4.0.35 nvidia-cuda-cccl==13.0.85
+  nvidia-curand==10.4.0.35 nvidia-cuda-cccl==13.0.85 nvidia-nccl-cu13==2.32.3
 )
 if [[ ! -x $venv/bin/pip ]]; then
   echo "build-cuda: installing the CUDA 13.0 toolkit wheels into $venv (~450 MB)" >&2
@@ -43,10 +43,11 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export LD_LIBRARY_PATH=$CUDA_HOME/nvvm/lib64:$CUDA_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 # The wheels ship only versioned sonames; the linker's -lcublas wants lib*.so.
-for lib in "$CUDA_HOME"/lib/lib*.so.[0-9]*; do
-  base=$(basename "$lib")
+nccl_lib=$site/nvidia/nccl/lib
+for lib in "$CUDA_HOME"/lib/lib*.so.[0-9]* "$nccl_lib"/libnccl.so.[0-9]*; do
+  dir=$(dirname "$lib") base=$(basename "$lib")
   unversioned=${base%%.so.*}.so
-  [[ -e $CUDA_HOME/lib/$unversioned ]] || ln -s "$base" "$CUDA_HOME/lib/$unversioned"
+  [[ -e $dir/$unversioned ]] || ln -s "$base" "$dir/$unversioned"
 done
 
 # The driver stub: every cu* entry point cudarc's driver bindings declare, as an
@@ -62,12 +63,14 @@ grep -ohE '\bfn cu[A-Za-z0-9_]+\(' "$cudarc_src"/src/driver/sys/mod.rs \
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so" "$stub/stub.c"
 echo "build-cuda: driver stub with $(wc -l < "$stub/stub.c") symbols (link time only)" >&2
 
-export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stub -L native=$CUDA_HOME/lib"
-cargo build --release --features cuda -p speedrun
+export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stub -L native=$CUDA_HOME/lib -L native=$nccl_lib"
+# `nccl` implies `cuda`: several GPUs through NCCL (`run --ranks N --device cuda`).
+cargo build --release --features nccl -p speedrun
 bin=$CARGO_TARGET_DIR/release/speedrun
 # What travels to a GPU machine: the binary without its line tables, gzipped.
 strip -o "$bin.stripped" "$bin"
 gzip -c "$bin.stripped" > "$bin.gz"
 echo "build-cuda: $bin ($(du -h "$bin" | cut -f1); stripped and gzipped $(du -h "$bin.gz" | cut -f1): $bin.gz)" >&2
 echo "build-cuda: run-time libraries it needs:" >&2
-readelf -d "$bin" | grep NEEDED | grep -E 'cuda|cublas|curand|nvrtc' >&2
+readelf -d "$bin" | grep NEEDED | grep -E 'cuda|cublas|curand|nvrtc|nccl' >&2
+echo "build-cuda: NCCL entry points it calls (any NCCL 2.x has them):" $(nm -D --undefined-only "$bin" | grep -o 'nccl[A-Za-z]*' | sort -u) >&2

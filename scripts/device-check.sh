@@ -10,6 +10,7 @@
 # 3. the same model and batch in PyTorch eager (scripts/torch_ref.py), f32 and TF32;
 # 4. 200 verified training steps on the shipped GPT-2 BPE slice (`speedrun run`);
 # 5. a device-memory budget refused with the phase named;
+# 6. NCCL data parallelism at world size 1 (`--ranks 1`) against the plain run;
 # then one table, last. Everything it wrote is under $OUT (or /tmp/device-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +55,14 @@ step "5. a memory budget the model cannot fit"
 timeout 60 "$bin" run --track gpt2-gpu-check --device cuda --steps 2 --quiet --memory-budget 1GiB \
   --out "$out/budget" --db "$out/runs.db" > "$out/budget.txt" 2>&1
 echo "exit $? (1 expected)"; grep -o "device memory budget exceeded[^;]*" "$out/budget.txt" | head -1
+
+step "6. NCCL at world size 1 against the single process (20 steps each)"
+timeout 90 "$bin" run --track gpt2-gpu-check --device cuda --steps 20 --quiet \
+  --out "$out/single20" --db "$out/runs.db" > "$out/single20.txt" 2>&1
+echo "exit $?"
+timeout 120 "$bin" run --track gpt2-gpu-check --device cuda --steps 20 --quiet --ranks 1 \
+  --out "$out/nccl1" --db "$out/runs.db" > "$out/nccl1.txt" 2>&1
+echo "exit $?"; tail -5 "$out/nccl1.txt"
 
 step "table"
 "$py" scripts/device_table.py "$out"

@@ -34,6 +34,17 @@ try:
     m = re.search(r"device memory budget exceeded in [^:]+", b)
     rows.append(("1 GiB budget", m.group(0) if m else "NOT refused: " + b[-200:]))
 except Exception: pass
-w = max(len(r[0]) for r in rows)
+def losses(run):
+    try:
+        return [json.loads(l)["train_loss"] for l in open(os.path.join(out, run, "metrics.jsonl")) if '"kind":"step"' in l.replace(" ", "")]
+    except Exception:
+        return None
+a, b = losses("single20"), losses("nccl1")
+n1 = load("nccl1/summary.json")
+if a is not None or n1:
+    same = a is not None and a == b and len(a) == 20
+    ranks = next((c["detail"] for c in (n1 or {}).get("verdict", {}).get("checks", []) if c["check"] == "ranks"), None)
+    rows.append(("NCCL, world size 1", f"losses identical to the single process over 20 steps: {same}; ranks check: {ranks}"))
+
 print("| check | result |\n|---|---|")
 for a, b in rows: print(f"| {a} | {b} |")

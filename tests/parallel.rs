@@ -33,13 +33,30 @@ fn two_ranks_train_like_one_rank_on_the_whole_batch_and_share_one_verdict() {
         assert!(s.verdict.valid, "rank {r}: {:?}", s.verdict.failed());
         let ranks = s.verdict.get(Check::Ranks).unwrap();
         assert_eq!(ranks.outcome, Outcome::Passed);
-        assert!(ranks.detail.starts_with("2 ranks, each valid; their parameters are identical"), "{}", ranks.detail);
+        assert!(
+            ranks
+                .detail
+                .starts_with("2 ranks, each valid; their parameters are identical"),
+            "{}",
+            ranks.detail
+        );
         // The global batch's tokens, not a rank's share.
         assert_eq!(s.tokens, one.summary.tokens);
-        for (step, (a, b)) in s.train_losses.iter().zip(&one.summary.train_losses).enumerate() {
-            assert!(rel(*a as f64, *b as f64) < 1e-4, "rank {r} step {step}: {a} vs {b}");
+        for (step, (a, b)) in s
+            .train_losses
+            .iter()
+            .zip(&one.summary.train_losses)
+            .enumerate()
+        {
+            assert!(
+                rel(*a as f64, *b as f64) < 1e-4,
+                "rank {r} step {step}: {a} vs {b}"
+            );
         }
-        let (a, b) = (s.final_val_loss.unwrap(), one.summary.final_val_loss.unwrap());
+        let (a, b) = (
+            s.final_val_loss.unwrap(),
+            one.summary.final_val_loss.unwrap(),
+        );
         assert!(rel(a, b) < 1e-4, "rank {r}: val {a} vs {b}");
     }
     // Both ranks report the same (averaged) losses.
@@ -48,7 +65,10 @@ fn two_ranks_train_like_one_rank_on_the_whole_batch_and_share_one_verdict() {
     assert!(dir.path().join("ranked/rank-1/summary.json").exists());
     // A single run's ranks check passes as one rank.
     let only = one.summary.verdict.get(Check::Ranks).unwrap();
-    assert_eq!((only.outcome, only.detail.as_str()), (Outcome::Passed, "one rank (no data parallelism)"));
+    assert_eq!(
+        (only.outcome, only.detail.as_str()),
+        (Outcome::Passed, "one rank (no data parallelism)")
+    );
 }
 
 #[test]
@@ -59,7 +79,10 @@ fn a_batch_the_ranks_cannot_split_is_refused_before_training() {
     let all = run_local(&opts, 3, &|| Ok(Components::reference(&track)));
     for f in all {
         let e = format!("{:#}", f.err().expect("3 ranks split 16 sequences"));
-        assert!(e.contains("3 ranks cannot split the track's batch of 16 sequences"), "{e}");
+        assert!(
+            e.contains("3 ranks cannot split the track's batch of 16 sequences"),
+            "{e}"
+        );
     }
     assert!(!dir.path().join("metrics.jsonl").exists());
 }
@@ -85,8 +108,14 @@ fn a_rank_that_stops_fails_the_others_naming_it() {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let e0 = format!("{:#}", outcomes[0].error.as_ref().expect("rank 0 went on alone"));
-    assert!(e0.contains("rank 1 of 2 stopped") && e0.contains("wall-clock limit"), "{e0}");
+    let e0 = format!(
+        "{:#}",
+        outcomes[0].error.as_ref().expect("rank 0 went on alone")
+    );
+    assert!(
+        e0.contains("rank 1 of 2 stopped") && e0.contains("wall-clock limit"),
+        "{e0}"
+    );
     for f in &outcomes {
         assert_eq!(f.summary.status, "failed");
         assert!(!f.summary.verdict.valid);
@@ -98,7 +127,15 @@ fn the_cli_runs_ranks_and_refuses_them_on_a_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = speedrun(&[
-        "run", "--track", "smoke", "--steps", "3", "--quiet", "--ranks", "2", "--out",
+        "run",
+        "--track",
+        "smoke",
+        "--steps",
+        "3",
+        "--quiet",
+        "--ranks",
+        "2",
+        "--out",
         out.to_str().unwrap(),
     ]);
     let t = text(&o);
@@ -107,11 +144,16 @@ fn the_cli_runs_ranks_and_refuses_them_on_a_gpu() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let checks = summary["verdict"]["checks"].as_array().unwrap();
     let ranks = checks.iter().find(|c| c["check"] == "ranks").unwrap();
-    assert!(ranks["detail"].as_str().unwrap().starts_with("2 ranks"), "{ranks}");
+    assert!(
+        ranks["detail"].as_str().unwrap().starts_with("2 ranks"),
+        "{ranks}"
+    );
     assert!(out.join("rank-1/summary.json").exists());
 
-    let o = speedrun(&["run", "--track", "smoke", "--ranks", "2", "--device", "cuda"]);
+    let o = speedrun(&[
+        "run", "--track", "smoke", "--ranks", "2", "--device", "cuda",
+    ]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("several GPUs need NCCL"), "{t}");
+    assert!(t.contains("several GPUs need the `nccl` feature"), "{t}");
 }

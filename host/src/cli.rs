@@ -229,10 +229,18 @@ pub struct RunArgs {
     #[command(flatten)]
     pub device: crate::device::DeviceSettings,
     /// Data-parallel ranks, each training on its share of every batch with the
-    /// gradients averaged (threads of this process on the CPU; several GPUs
-    /// need NCCL, which is not built yet).
-    #[arg(long, default_value_t = 1)]
-    pub ranks: usize,
+    /// gradients averaged: threads of this process on the CPU, one process per
+    /// GPU through NCCL on `--device cuda[:K]` (GPUs K..K+N; a `nccl` build).
+    /// Given as 1 it still goes through the group (NCCL at world size 1).
+    #[arg(long)]
+    pub ranks: Option<usize>,
+    /// Set by the GPU launcher for each rank process it starts (not for users).
+    #[arg(long, hide = true, requires_all = ["world_size", "rendezvous"])]
+    pub rank: Option<usize>,
+    #[arg(long, hide = true)]
+    pub world_size: Option<usize>,
+    #[arg(long, hide = true)]
+    pub rendezvous: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -1019,13 +1027,22 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         )
     };
     let finished = match a.ranks {
-        1 => train::execute(&opts, &mut || build())?,
-        0 => bail!("--ranks must be at least 1"),
-        n if !a.device.choice.is_cpu() => bail!(
-            "--ranks {n} on {}: several GPUs need NCCL, which this speedrun does not have yet (one GPU: --ranks 1)",
-            a.device.choice
-        ),
-        n => {
+        _ if a.rank.is_some() => {
+            let place = (a.rank, a.world_size, a.rendezvous.clone(), a.device.choice);
+            let opts = gpu_rank_options(opts, place)?;
+            let f = train::execute(&opts, &mut || build())?;
+            if a.rank != Some(0) {
+                // Rank 0 reports; the others' run directories hold their own.
+                return f.error.map_or(Ok(()), Err);
+            }
+            f
+        }
+        None => train::execute(&opts, &mut || build())?,
+        Some(0) => bail!("--ranks must be at least 1"),
+        Some(n) if !a.device.choice.is_cpu() => {
+            return launch_gpu_ranks(n, &opts.out, a.device.choice)
+        }
+        Some(n) => {
             let mut all = crate::parallel::run_local(&opts, n, &build);
             for (r, f) in all.iter().enumerate().skip(1) {
                 if let Err(e) = f {
@@ -1254,4 +1271,128 @@ fn kernels_ptx(arch: &str, out: Option<&std::path::Path>) -> Result<()> {
 #[cfg(not(feature = "cuda"))]
 fn kernels_ptx(_arch: &str, _out: Option<&std::path::Path>) -> Result<()> {
     bail!("speedrun kernels ptx: this speedrun was built without the `cuda` feature (NVRTC); build one with scripts/build-cuda.sh")
+}
+
+/// `--rank`, `--world-size`, `--rendezvous` and `--device` of a rank process.
+type RankPlace = (
+    Option<usize>,
+    Option<usize>,
+    Option<PathBuf>,
+    crate::device::DeviceChoice,
+);
+
+/// A GPU rank process's options: its GPU (the launcher's first plus its rank),
+/// its run directory (rank 0: the run's; rank r: `rank-r` inside it), and its
+/// place in the NCCL group.
+#[cfg(feature = "nccl")]
+fn gpu_rank_options(mut opts: RunOptions, place: RankPlace) -> Result<RunOptions> {
+    let (Some(rank), Some(world), Some(dir), choice) = place else {
+        bail!("--rank needs --world-size and --rendezvous")
+    };
+    let dir = dir.as_path();
+    let base = match choice {
+        crate::device::DeviceChoice::Cuda(n) => n,
+        crate::device::DeviceChoice::Cpu => bail!("GPU ranks need --device cuda"),
+    };
+    opts.device.choice = crate::device::DeviceChoice::Cuda(base + rank);
+    let dev = crate::device::open(opts.device.choice)?;
+    let group = crate::parallel::nccl::NcclGroup::join(
+        &dev,
+        rank,
+        world,
+        dir,
+        std::time::Duration::from_secs(300),
+    )?;
+    if rank > 0 {
+        opts.out = opts.out.join(format!("rank-{rank}"));
+        opts.store = None;
+        opts.progress = false;
+        opts.save_checkpoint = None;
+    }
+    opts.parallel = Some(std::sync::Arc::new(group));
+    Ok(opts)
+}
+
+#[cfg(not(feature = "nccl"))]
+fn gpu_rank_options(_opts: RunOptions, _place: RankPlace) -> Result<RunOptions> {
+    bail!("--rank: this speedrun was built without the `nccl` feature (scripts/build-cuda.sh builds it)")
+}
+
+/// `run --ranks N --device cuda[:K]`: one process per GPU (K..K+N), the speedrun's
+/// torchrun shape. Each gets this command line plus its rank; when one fails the
+/// others are stopped (they would wait in NCCL for it), and rank 0's outcome is
+/// the run's.
+#[cfg(feature = "nccl")]
+fn launch_gpu_ranks(
+    n: usize,
+    out: &std::path::Path,
+    device: crate::device::DeviceChoice,
+) -> Result<()> {
+    use std::process::Command;
+    let rendezvous = out.join("rendezvous");
+    let _ = std::fs::remove_dir_all(&rendezvous);
+    std::fs::create_dir_all(&rendezvous)?;
+    let exe = std::env::current_exe()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut children = Vec::with_capacity(n);
+    for r in 0..n {
+        let child = Command::new(&exe)
+            .args(&args)
+            .args(["--rank", &r.to_string(), "--world-size", &n.to_string()])
+            .arg("--rendezvous")
+            .arg(&rendezvous)
+            .spawn()
+            .with_context(|| format!("starting rank {r} on {device}"))?;
+        children.push(child);
+    }
+    let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; n];
+    let mut failed_at: Option<std::time::Instant> = None;
+    while status.iter().any(Option::is_none) {
+        for (r, c) in children.iter_mut().enumerate() {
+            if status[r].is_none() {
+                if let Some(s) = c.try_wait()? {
+                    if !s.success() && failed_at.is_none() {
+                        eprintln!("rank {r} exited with {s}; stopping the other ranks");
+                        failed_at = Some(std::time::Instant::now());
+                    }
+                    status[r] = Some(s);
+                }
+            }
+        }
+        // A grace period for the others to notice, then they are ended.
+        if failed_at.is_some_and(|t| t.elapsed() > std::time::Duration::from_secs(30)) {
+            for (r, c) in children.iter_mut().enumerate() {
+                if status[r].is_none() {
+                    let _ = c.kill();
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&rendezvous);
+    match status[0] {
+        Some(s) if s.success() && status.iter().all(|s| s.is_some_and(|s| s.success())) => Ok(()),
+        Some(s) if s.code() == Some(2) => {
+            Err(Invalid(format!("rank 0 of {n}: the run is INVALID")).into())
+        }
+        _ => bail!(
+            "{n} GPU ranks: exit statuses {}",
+            status
+                .iter()
+                .map(|s| s.map_or("?".into(), |s| s.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+#[cfg(not(feature = "nccl"))]
+fn launch_gpu_ranks(
+    n: usize,
+    _out: &std::path::Path,
+    device: crate::device::DeviceChoice,
+) -> Result<()> {
+    bail!(
+        "--ranks {n} on {device}: several GPUs need the `nccl` feature, which this speedrun was built without (scripts/build-cuda.sh builds it; one GPU: --ranks 1)"
+    )
 }

@@ -7,8 +7,12 @@
 //! verdict.
 //!
 //! The transport is a `Collective`: `LocalGroup` (ranks as threads of one
-//! process: the CPU, and the tests) here; a GPU transport (NCCL, a process per
-//! GPU) would implement the same trait, with `mean` as its all-reduce.
+//! process: the CPU, and the tests), and with the `nccl` feature
+//! `nccl::NcclGroup` (a process per GPU, `mean` an NCCL all-reduce; launched by
+//! `run --ranks N --device cuda`, see `launch`).
+
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Tensor};
@@ -33,7 +37,11 @@ pub trait Collective: Send + Sync {
         let mut sum = vec![0.0f64; n];
         for (r, bytes) in all.iter().enumerate() {
             if bytes.len() != 4 * n {
-                bail!("rank {r} sent {} values where rank {} has {n}", bytes.len() / 4, self.rank());
+                bail!(
+                    "rank {r} sent {} values where rank {} has {n}",
+                    bytes.len() / 4,
+                    self.rank()
+                );
             }
             for (s, c) in sum.iter_mut().zip(bytes.chunks_exact(4)) {
                 *s += f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64;
@@ -120,7 +128,11 @@ impl Collective for LocalGroup {
         st.slots[self.rank] = Some(mine);
         st.arrived += 1;
         if st.arrived == sh.world {
-            let all = st.slots.iter_mut().map(|s| s.take().unwrap_or_default()).collect();
+            let all = st
+                .slots
+                .iter_mut()
+                .map(|s| s.take().unwrap_or_default())
+                .collect();
             st.result = Some(Arc::new(all));
             st.arrived = 0;
             st.round += 1;
@@ -181,7 +193,10 @@ pub fn run_local(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a rank's thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a rank's thread panicked")))
+            })
             .collect()
     })
 }
@@ -218,14 +233,25 @@ pub fn judge(reports: &[RankReport]) -> std::result::Result<String, String> {
     let differ: Vec<String> = reports
         .iter()
         .filter(|r| &r.params_sha256 != first)
-        .map(|r| format!("rank {} ({})", r.rank, &r.params_sha256[..12.min(r.params_sha256.len())]))
+        .map(|r| {
+            format!(
+                "rank {} ({})",
+                r.rank,
+                &r.params_sha256[..12.min(r.params_sha256.len())]
+            )
+        })
         .collect();
     if bad.is_empty() && differ.is_empty() {
-        Ok(format!(
-            "{} ranks, each valid; their parameters are identical after training (sha256 {})",
-            reports.len(),
-            &first[..16.min(first.len())]
-        ))
+        Ok(match reports.len() {
+            1 => format!(
+                "1 rank of 1, valid (a group of one: the all-reduce is exercised, nothing to compare; sha256 {})",
+                &first[..16.min(first.len())]
+            ),
+            n => format!(
+                "{n} ranks, each valid; their parameters are identical after training (sha256 {})",
+                &first[..16.min(first.len())]
+            ),
+        })
     } else {
         let mut why = bad;
         if !differ.is_empty() {
@@ -255,7 +281,11 @@ mod tests {
                         let a = g.exchange(vec![g.rank() as u8]).unwrap();
                         let b = g.exchange(vec![10 + g.rank() as u8; 2]).unwrap();
                         assert_eq!(b, vec![vec![10, 10], vec![11, 11], vec![12, 12]]);
-                        let t = Tensor::new(&[g.rank() as f32, 1.0, -3.0 * g.rank() as f32], &Device::Cpu).unwrap();
+                        let t = Tensor::new(
+                            &[g.rank() as f32, 1.0, -3.0 * g.rank() as f32],
+                            &Device::Cpu,
+                        )
+                        .unwrap();
                         (a, g.mean(&t).unwrap().to_vec1::<f32>().unwrap())
                     })
                 })
@@ -290,11 +320,20 @@ mod tests {
         let r = |rank, valid: bool, sha: &str| RankReport {
             rank,
             valid,
-            failed: if valid { vec![] } else { vec!["causality".into()] },
+            failed: if valid {
+                vec![]
+            } else {
+                vec!["causality".into()]
+            },
             params_sha256: sha.into(),
         };
-        assert!(judge(&[r(0, true, "aaaa"), r(1, true, "aaaa")]).unwrap().starts_with("2 ranks, each valid"));
+        assert!(judge(&[r(0, true, "aaaa"), r(1, true, "aaaa")])
+            .unwrap()
+            .starts_with("2 ranks, each valid"));
         let e = judge(&[r(0, true, "aaaa"), r(1, false, "aaaa"), r(2, true, "bbbb")]).unwrap_err();
-        assert!(e.contains("rank 1 failed causality") && e.contains("rank 2 (bbbb)"), "{e}");
+        assert!(
+            e.contains("rank 1 failed causality") && e.contains("rank 2 (bbbb)"),
+            "{e}"
+        );
     }
 }
