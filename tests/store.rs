@@ -199,7 +199,10 @@ fn bench_over_two_seeds_reports_stores_and_feeds_the_views() {
     ));
     assert_eq!(s["run"]["status"], "complete");
     assert_eq!(s["verdict"]["valid"], true);
-    assert_eq!(s["verdict"]["checks"].as_array().unwrap().len(), 11);
+    assert_eq!(
+        s["verdict"]["checks"].as_array().unwrap().len(),
+        speedrun::verify::Check::ALL.len()
+    );
     // Validation every 50 steps of 200, and at step 0.
     assert_eq!(s["evaluations"].as_array().unwrap().len(), 5);
     assert!(std::fs::read_to_string(&curves)

@@ -93,7 +93,10 @@ fn a_scaffolded_optimizer_is_built_as_wasm_run_against_the_reference_and_judged(
     assert_eq!(s["crate_name"], "agent-sgd");
     assert_eq!(s["source_sha256"].as_str().unwrap().len(), 64);
     assert!(s["library_sha256"].is_string());
-    assert_eq!(v["checks"].as_array().unwrap().len(), 11);
+    assert_eq!(
+        v["checks"].as_array().unwrap().len(),
+        speedrun::verify::Check::ALL.len()
+    );
     assert!(v["checks"]
         .as_array()
         .unwrap()
