@@ -393,6 +393,9 @@ pub struct EvalArgs {
     pub checkpoint: PathBuf,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Where to evaluate: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::device::DeviceChoice,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1226,7 +1229,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     use crate::data::tokenizer::Tokenizer;
     let lt = track::load(&a.track)?;
     let t = &lt.track;
-    let dev = candle_core::Device::Cpu;
+    let dev = crate::device::open(a.device)?;
     let data = TrackData::open(&lt, a.data_dir.as_deref())?;
     let val = ValidationSet::new(
         &data.val,
