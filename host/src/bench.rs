@@ -80,7 +80,8 @@ struct Stepper<'a> {
     stream: TrainStream<'a>,
     step: usize,
     total: usize,
-    device: Device,
+    /// The device stepped on, and what it held (sampled after every step).
+    meter: std::sync::Arc<crate::device::memory::MemoryMeter>,
 }
 
 /// Seconds of one step: forward, backward (with the gradient norm), optimizer.
@@ -119,12 +120,12 @@ impl<'a> Stepper<'a> {
             stream,
             step: 0,
             total,
-            device: device.clone(),
+            meter,
         })
     }
 
     fn step(&mut self) -> Result<StepTimes> {
-        let dev = &self.device;
+        let dev = self.meter.device();
         let batch = self.stream.next_batch();
         let (x, y) = batch_tensors(&batch, dev)?;
         // Each clock read waits for the device's queued work (a no-op on the CPU).
@@ -150,6 +151,7 @@ impl<'a> Stepper<'a> {
         )?;
         dev.synchronize()?;
         let t3 = Instant::now();
+        self.meter.sample();
         self.step += 1;
         Ok(StepTimes {
             forward: (t1 - t0).as_secs_f64(),
@@ -169,13 +171,11 @@ pub fn throughput(
 ) -> Result<ThroughputReport> {
     let track = &lt.track;
     let data = TrackData::open(lt, data_dir)?;
-    let meter = crate::device::memory::MemoryMeter::new(device, None);
     let comps = Components::reference(track);
     let mut s = Stepper::new(track, &data, comps, warmup + steps, device)?;
     let (mut fwd, mut bwd, mut optim, mut total) = (vec![], vec![], vec![], vec![]);
     for step in 0..warmup + steps {
         let t = s.step()?;
-        meter.sample();
         if step >= warmup {
             fwd.push(t.forward);
             bwd.push(t.backward);
@@ -207,7 +207,7 @@ pub fn throughput(
         fraction_of_peak: gflops / peak,
         threads: candle_core::utils::get_num_threads(),
         device: crate::device::describe(device),
-        peak_memory_bytes: meter.peak(),
+        peak_memory_bytes: s.meter.peak(),
     })
 }
 

@@ -1306,14 +1306,7 @@ fn gpu_rank_options(mut opts: RunOptions, place: RankPlace) -> Result<RunOptions
         dir,
         std::time::Duration::from_secs(300),
     )?;
-    if rank > 0 {
-        opts.out = opts.out.join(format!("rank-{rank}"));
-        opts.store = None;
-        opts.progress = false;
-        opts.save_checkpoint = None;
-    }
-    opts.parallel = Some(std::sync::Arc::new(group));
-    Ok(opts)
+    Ok(opts.for_rank(rank, std::sync::Arc::new(group)))
 }
 
 #[cfg(not(feature = "nccl"))]

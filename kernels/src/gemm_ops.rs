@@ -5,7 +5,7 @@
 //! fused CPU kernels (`tests/against_references.rs`).
 
 use crate::NsCoefficients;
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{bail, Result, Tensor};
 
 /// `x @ w + b` for `x` `[..., in]`, `w` `[in, out]`, `b` `[out]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -58,9 +58,6 @@ pub fn newton_schulz(
     eps: f32,
 ) -> Result<Tensor> {
     let (rows, cols) = g.dims2()?;
-    if g.dtype() != DType::F32 {
-        bail!("newton_schulz: the matrix must be f32, not {:?}", g.dtype())
-    }
     let tall = rows > cols;
     let mut x = if tall {
         g.t()?.contiguous()?

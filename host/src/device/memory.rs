@@ -46,7 +46,7 @@ impl MemoryMeter {
     }
 
     /// Samples, and fails naming `site` (a hook, a phase) if the budget is passed.
-    pub fn check(&self, site: &str) -> Result<()> {
+    pub fn check(&self, site: impl std::fmt::Display) -> Result<()> {
         let now = self.sample();
         match self.budget {
             Some(b) if now > b => bail!(
@@ -58,8 +58,17 @@ impl MemoryMeter {
         }
     }
 
+    /// What a phase or hook returned, with an out-of-memory error named (`explain`)
+    /// and, when it succeeded, the budget checked (`check`).
+    pub fn guard<T>(&self, site: impl std::fmt::Display, r: Result<T>) -> Result<T> {
+        match r {
+            Ok(v) => self.check(site).map(|()| v),
+            Err(e) => Err(self.explain(e, site)),
+        }
+    }
+
     /// Names `site` in an out-of-memory error from the device; other errors pass as they are.
-    pub fn explain(&self, e: anyhow::Error, site: &str) -> anyhow::Error {
+    pub fn explain(&self, e: anyhow::Error, site: impl std::fmt::Display) -> anyhow::Error {
         if is_out_of_memory(&e) {
             anyhow!(
                 "out of device memory in {site} ({} in use, peak {}): {e:#}",

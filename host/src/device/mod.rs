@@ -132,11 +132,6 @@ pub fn describe(device: &Device) -> DeviceInfo {
     }
 }
 
-/// Waits for the device's queued work, so a clock read after it measures the work.
-pub fn synchronize(device: &Device) -> Result<()> {
-    Ok(device.synchronize()?)
-}
-
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::DeviceInfo;

@@ -180,14 +180,7 @@ pub fn run_local(
         let handles: Vec<_> = groups
             .into_iter()
             .map(|g| {
-                let mut o = opts.clone();
-                if g.rank() > 0 {
-                    o.out = opts.out.join(format!("rank-{}", g.rank()));
-                    o.store = None;
-                    o.progress = false;
-                    o.save_checkpoint = None;
-                }
-                o.parallel = Some(Arc::new(g));
+                let o = opts.for_rank(g.rank(), Arc::new(g));
                 s.spawn(move || crate::train::execute(&o, &mut || build()))
             })
             .collect();

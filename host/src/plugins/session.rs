@@ -196,10 +196,12 @@ impl PluginSession {
         let mut out = self.call_inner(hook, params, rng, make_args, read, &mut ops);
         span.stop();
         if let Some(m) = &self.meter {
-            let site = format!("hook {hook}");
-            out = match out {
-                Ok(v) => m.check(&site).map(|()| v),
-                Err(e) => Err(m.explain(e, &site)),
+            let site = format_args!("hook {hook}");
+            // Sampled per hook only under a budget: the step's phases feed the peak.
+            out = match (m.budget(), out) {
+                (Some(_), out) => m.guard(site, out),
+                (None, Err(e)) => Err(m.explain(e, site)),
+                (None, ok) => ok,
             };
         }
         self.table.end_call();

@@ -53,6 +53,23 @@ pub struct RunOptions {
     pub parallel: Option<std::sync::Arc<dyn Collective>>,
 }
 
+impl RunOptions {
+    /// Rank `rank`'s options in a data-parallel run: rank 0 keeps the run's
+    /// directory, store and checkpoint; rank r writes `rank-r/` inside the
+    /// directory, quietly, and records nothing in the store.
+    pub fn for_rank(&self, rank: usize, group: std::sync::Arc<dyn Collective>) -> RunOptions {
+        let mut o = self.clone();
+        if rank > 0 {
+            o.out = self.out.join(format!("rank-{rank}"));
+            o.store = None;
+            o.progress = false;
+            o.save_checkpoint = None;
+        }
+        o.parallel = Some(group);
+        o
+    }
+}
+
 /// What the error of a run stopped by its deadline says.
 pub const DEADLINE: &str = "the wall-clock limit ran out";
 
@@ -669,13 +686,11 @@ fn train_step(
     }
     let (x, y) = validate::batch_tensors(&batch, device)?;
     let lr = track.optimizer.lr * sched.lr_mult;
-    let loss = validate::batch_loss(model, &x, &y, true)
-        .map_err(|e| meter.explain(e, "the forward pass"))?;
-    meter.check("the forward pass")?;
-    let store = loss
-        .backward()
-        .map_err(|e| meter.explain(e.into(), "the backward pass"))?;
-    meter.check("the backward pass")?;
+    let loss = meter.guard(
+        "the forward pass",
+        validate::batch_loss(model, &x, &y, true),
+    )?;
+    let store = meter.guard("the backward pass", loss.backward().map_err(Into::into))?;
     let mut grads = Grads::collect(&model.params, &store)?;
     let mut loss = loss;
     if let Some(g) = group {
@@ -703,20 +718,19 @@ fn train_step(
         )
         .into());
     }
-    optimizer
-        .step(
-            &model.params,
-            &grads,
-            &StepInput {
-                step,
-                lr,
-                momentum_mult: sched.momentum_mult,
-                grad_norm,
-            },
-        )
-        .map_err(|e| meter.explain(e, "hook optimizer.step"))
+    let stepped = optimizer.step(
+        &model.params,
+        &grads,
+        &StepInput {
+            step,
+            lr,
+            momentum_mult: sched.momentum_mult,
+            grad_norm,
+        },
+    );
+    meter
+        .guard("hook optimizer.step", stepped)
         .with_context(|| format!("in hook optimizer.step at step {step}"))?;
-    meter.check("hook optimizer.step")?;
     Ok(StepOut {
         loss: loss_value,
         lr,
@@ -885,7 +899,7 @@ fn train_loop(
             opts.parallel.as_deref(),
         );
         // The device's queued work is part of the step: wait for it before the clock.
-        let synced = crate::device::synchronize(cx.device);
+        let synced = cx.device.synchronize();
         span.stop();
         timer.pause();
         let step_time = std::time::Duration::from_secs_f64(span.ms() / 1e3);
