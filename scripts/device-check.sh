@@ -6,8 +6,10 @@
 #   run(command="bash scripts/device-check.sh", carry=["target/cuda/release/speedrun.gz"], timeout_s=580)
 #
 # 1. every fused kernel on the GPU against its CPU kernel (`speedrun kernels check`);
-# 2. GPT-2 124M training throughput, 16 x 1024 tokens per step (`bench throughput`);
-# 3. the same model and batch in PyTorch eager (scripts/torch_ref.py), f32 and TF32;
+# 2. GPT-2 124M training throughput, 16 x 1024 tokens per step (`bench throughput`),
+#    in the track's bf16 autocast and in f32;
+# 3. the same model and batch in PyTorch eager (scripts/torch_ref.py): bf16 autocast,
+#    f32 and TF32;
 # 4. 200 verified training steps on the shipped GPT-2 BPE slice (`speedrun run`);
 # 5. a device-memory budget refused with the phase named;
 # 6. NCCL data parallelism at world size 1 (`--ranks 1`) against the plain run;
@@ -37,12 +39,20 @@ step "1. kernels against the CPU"
 timeout 120 "$bin" kernels check --device cuda --json > "$out/kernels.json" 2> "$out/kernels.err"
 echo "exit $?"; tail -3 "$out/kernels.err"
 
-step "2. speedrun throughput, GPT-2 124M, 16 x 1024"
+step "2. speedrun throughput, GPT-2 124M, 16 x 1024 (bf16 autocast, then f32)"
 timeout 150 "$bin" bench throughput --track gpt2-gpu-check --device cuda --steps 10 --warmup 3 --json \
   > "$out/throughput.json" 2> "$out/throughput.err"
 echo "exit $?"; tail -3 "$out/throughput.err"
+# The f32 twin of the track, beside it so its data paths resolve the same way.
+trap 'rm -f tracks/gpt2-gpu-check-f32.toml' EXIT
+sed -e 's/^precision = "bf16".*/precision = "f32"/' -e 's/^name = "gpt2-gpu-check"/name = "gpt2-gpu-check-f32"/' \
+  tracks/gpt2-gpu-check.toml > tracks/gpt2-gpu-check-f32.toml
+timeout 90 "$bin" bench throughput --track gpt2-gpu-check-f32 --device cuda --steps 5 --warmup 2 --json \
+  > "$out/throughput-f32.json" 2> "$out/throughput-f32.err"
+echo "exit $?"; tail -3 "$out/throughput-f32.err"
 
 step "3. PyTorch eager, same model and batch"
+DEVICE=cuda BF16=1 timeout 60 "$py" scripts/torch_ref.py 12 768 12 1024 16 50304 10 | tee "$out/torch-bf16.txt"
 DEVICE=cuda timeout 90 "$py" scripts/torch_ref.py 12 768 12 1024 16 50304 10 | tee "$out/torch-f32.txt"
 DEVICE=cuda TF32=1 timeout 60 "$py" scripts/torch_ref.py 12 768 12 1024 16 50304 10 | tee "$out/torch-tf32.txt"
 

@@ -13,18 +13,21 @@ def torch(name):
 k = load("kernels.json") or []
 bad = [c["op"] for c in k if not c["ok"]]
 worst = max([max(c["forward"], c["backward"] or 0) for c in k] or [float("nan")])
-tp = load("throughput.json")
-tf, tt = torch("torch-f32.txt"), torch("torch-tf32.txt")
+tp, tp32 = load("throughput.json"), load("throughput-f32.json")
+tb, tf, tt = torch("torch-bf16.txt"), torch("torch-f32.txt"), torch("torch-tf32.txt")
 s = load("run/summary.json")
 rows = [("kernels vs CPU", f"{len(k) - len(bad)}/{len(k)} ok, worst rel err {worst:.1e}" + (f", off: {bad}" if bad else ""))]
-if tp:
-    rows.append(("speedrun (candle CUDA, f32)", f"{tp['step_ms_median']:.1f} ms/step, {tp['tokens_per_s']:.0f} tok/s "
-                 f"(fwd {tp['forward_ms_median']:.1f} / bwd {tp['backward_ms_median']:.1f} / opt {tp['optimizer_ms_median']:.1f} ms), "
-                 f"peak mem {tp['peak_memory_bytes']/2**30:.1f} GiB, matmul peak {tp['matmul_peak_gflops']/1e3:.1f} TFLOP/s"))
-for name, t in (("PyTorch eager f32", tf), ("PyTorch eager TF32", tt)):
+for name, t in (("speedrun (candle CUDA, bf16 autocast)", tp), ("speedrun (candle CUDA, f32)", tp32)):
+    if t:
+        rows.append((name, f"{t['step_ms_median']:.1f} ms/step, {t['tokens_per_s']:.0f} tok/s "
+                     f"(fwd {t['forward_ms_median']:.1f} / bwd {t['backward_ms_median']:.1f} / opt {t['optimizer_ms_median']:.1f} ms), "
+                     f"peak mem {t['peak_memory_bytes']/2**30:.1f} GiB, matmul peak {t['matmul_peak_gflops']/1e3:.1f} TFLOP/s"))
+for name, t in (("PyTorch eager bf16 autocast", tb), ("PyTorch eager f32", tf), ("PyTorch eager TF32", tt)):
     if t: rows.append((name, f"{t[0]:.1f} ms/step, {t[1]:.0f} tok/s, peak mem {t[2]:.1f} GiB"))
-if tp and tf: rows.append(("ratio speedrun / PyTorch f32", f"{tp['tokens_per_s'] / tf[1]:.3f}"))
-if tp and tt: rows.append(("ratio speedrun / PyTorch TF32", f"{tp['tokens_per_s'] / tt[1]:.3f}"))
+# The goal's ratio: same precision on both sides.
+if tp and tb: rows.append(("ratio speedrun / PyTorch, bf16 (the goal: >= 1)", f"{tp['tokens_per_s'] / tb[1]:.3f}"))
+if tp32 and tf: rows.append(("ratio speedrun / PyTorch, f32", f"{tp32['tokens_per_s'] / tf[1]:.3f}"))
+if tp32 and tt: rows.append(("ratio speedrun f32 / PyTorch TF32", f"{tp32['tokens_per_s'] / tt[1]:.3f}"))
 if s:
     valid = s["verdict"]["valid"] if isinstance(s.get("verdict"), dict) else s.get("verdict")
     rows.append(("200 steps", f"status {s['status']}, valid {valid}, val loss {s.get('final_val_loss')}, "

@@ -35,6 +35,21 @@ fn cuda_without_a_gpu_build_is_a_clear_error_and_nothing_is_run() {
     assert!(!t.contains("panicked"), "{t}");
     assert!(!out.exists(), "a refused run wrote {}", out.display());
 
+    // Re-running a record refuses before it rebuilds anything.
+    let db = dir.path().join("runs.db");
+    let o = speedrun(&[
+        "reverify",
+        "1",
+        "--device",
+        "cuda",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("scripts/build-cuda.sh"), "{t}");
+    assert!(!db.exists());
+
     let o = speedrun(&["run", "--track", "smoke", "--device", "tpu"]);
     let t = text(&o);
     assert_ne!(o.status.code(), Some(0));

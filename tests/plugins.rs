@@ -106,6 +106,7 @@ fn relu2_plugin_computes_the_relu2_mlp() {
         spec: &track.model,
         train: true,
         tokens: None,
+        precision: Default::default(),
     };
     let x = candle_core::Tensor::randn(0f32, 1.0, (2, 5, track.model.width), &dev).unwrap();
     let got = comps.hooks.mlp.mlp(&cx, 1, &x).unwrap();
@@ -134,6 +135,66 @@ fn relu2_plugin_computes_the_relu2_mlp() {
         s.train_losses[29] < s.train_losses[0] - 0.5,
         "{:?}",
         s.train_losses
+    );
+}
+
+#[test]
+fn a_plugins_products_run_in_the_tracks_precision() {
+    // relu2's MLP is two `linear` ops: under bf16 both are bf16 products, as
+    // the host's own layers are.
+    use speedrun::device::memory::MemoryMeter;
+    use speedrun::model::hooks::ForwardCtx;
+    use speedrun::model::{Model, ModelHooks};
+    use speedrun_kernels::Precision;
+    let track = smoke_track();
+    let comps = native_stack(&["plugins/relu2"]);
+    let dev = candle_core::Device::Cpu;
+    let meter = std::sync::Arc::new(MemoryMeter::new(&dev, None));
+    plugins::attach_device(&comps.plugins, &meter, Precision::Bf16);
+    let model = Model::build(&track.model, ModelHooks::default(), 3, &dev)
+        .unwrap()
+        .with_precision(Precision::Bf16);
+    let cx = ForwardCtx {
+        params: &model.params,
+        spec: &track.model,
+        train: true,
+        tokens: None,
+        precision: Precision::Bf16,
+    };
+    let x = candle_core::Tensor::randn(0f32, 1.0, (2, 5, track.model.width), &dev).unwrap();
+    let got = comps.hooks.mlp.mlp(&cx, 1, &x).unwrap();
+    assert_eq!(got.dtype(), candle_core::DType::F32);
+    let p = |n: &str| model.params.get(&format!("transformer.h.1.{n}")).unwrap();
+    let mlp = |precision: Precision| {
+        let h = precision
+            .linear(&x, p("mlp.c_fc.weight"), Some(p("mlp.c_fc.bias")))
+            .unwrap();
+        precision
+            .linear(
+                &speedrun_kernels::relu2(&h).unwrap(),
+                p("mlp.c_proj.weight"),
+                Some(p("mlp.c_proj.bias")),
+            )
+            .unwrap()
+    };
+    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let (d16, d32) = (
+        diff(&got, &mlp(Precision::Bf16)),
+        diff(&got, &mlp(Precision::F32)),
+    );
+    // Small weights (std 0.02) make small outputs: the bf16 rounding shows at ~1e-5.
+    assert!(
+        d16 < 1e-7 && d32 > 1e-6,
+        "off by {d16} from the bf16 MLP, {d32} from the f32 one"
     );
 }
 

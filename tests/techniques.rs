@@ -338,6 +338,7 @@ fn softcap_bounds_the_reference_logits_by_cap_tanh() {
         spec: &track.model,
         train: true,
         tokens: None,
+        precision: Default::default(),
     };
     let x = random_stream(40.0);
     let got = values(&comps.hooks.head.head(&cx, &x).unwrap());
@@ -385,6 +386,7 @@ fn rmsnorm_drops_the_layernorm_parameters_and_normalises_by_the_rms() {
         spec: &track.model,
         train: true,
         tokens: None,
+        precision: Default::default(),
     };
     let x = random_stream(3.0);
     let got = values(&model.norm(&cx, NormSite::Mlp(1), &x).unwrap());
@@ -563,6 +565,7 @@ fn rotary_attention_matches_a_naive_f64_reference_and_drops_learned_positions() 
             spec: &track.model,
             train: true,
             tokens: None,
+            precision: Default::default(),
         };
         let t = 5;
         let xs: Vec<f32> = seeded(t * d, 9, 2.0).iter().map(|&v| v as f32).collect();
@@ -642,6 +645,7 @@ fn untied_head_declares_its_own_matrix_and_every_head_uses_it() {
         spec: &track.model,
         train: true,
         tokens: None,
+        precision: Default::default(),
     };
     let get = |name: &str| values(model.params.get(name).unwrap());
     let (lm_head, wte) = (get("lm_head.weight"), get("transformer.wte.weight"));
@@ -670,6 +674,7 @@ fn untied_head_declares_its_own_matrix_and_every_head_uses_it() {
         spec: &track.model,
         train: true,
         tokens: None,
+        precision: Default::default(),
     };
     let got = values(&model.head(&cx, &x).unwrap());
     let lm_head = values(model.params.get("lm_head.weight").unwrap());
@@ -732,6 +737,7 @@ fn attention_with_and_without_value_embeddings(
             spec: &track.model,
             train: true,
             tokens: Some(&tokens),
+            precision: Default::default(),
         };
         values(&m.attention(&cx, layer, &x).unwrap())
     };
@@ -900,6 +906,7 @@ fn unet_skips_hand_early_outputs_to_late_inputs_with_their_weights() {
         spec: &spec,
         train: true,
         tokens: Some(&tokens),
+        precision: Default::default(),
     };
     let b0 = m.block(&cx, 0, &m.embed(&cx, &tokens).unwrap()).unwrap();
     let b1 = m.block(&cx, 1, &b0).unwrap();

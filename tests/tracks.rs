@@ -39,6 +39,10 @@ fn every_shipped_track_parses() {
     assert_eq!(fw.model.vocab, 50304);
     assert_eq!(fw.validation.tokens, 10_485_760);
     assert_eq!(fw.target.val_loss, Some(3.28));
+    // The GPU race trains in bf16 autocast; a track that says nothing is f32.
+    assert_eq!(fw.train.precision, speedrun_kernels::Precision::Bf16);
+    let smoke = track::load("smoke").unwrap().track;
+    assert_eq!(smoke.train.precision, speedrun_kernels::Precision::F32);
 }
 
 fn refused(text: &str, key_and_fault: &str) {
@@ -115,6 +119,13 @@ fn each_kind_of_bad_value_is_refused_naming_the_key() {
     refused(
         &edit("warmup_steps = 10", "warmup_steps = 1000"),
         "optimizer.warmup_steps = 1000 exceeds the run's 200 steps",
+    );
+    refused(
+        &edit(
+            "token_budget = 102400",
+            "token_budget = 102400\nprecision = \"fp8\"",
+        ),
+        "unknown variant `fp8`, expected `f32` or `bf16`",
     );
     refused(&base.replace("[target]", "[targets]"), "targets");
 }

@@ -377,6 +377,41 @@ fn checkpoint_round_trip_gives_the_same_validation_loss() {
     assert_eq!(Some(loss), s.final_val_loss);
 }
 
+#[test]
+fn a_bf16_run_learns_like_f32_and_keeps_f32_master_weights() {
+    use speedrun_kernels::Precision;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |precision: Precision| {
+        let name = precision.name();
+        let mut opts = smoke_options(&dir.path().join(name), 5);
+        opts.steps = Some(60);
+        opts.track.track.train.precision = precision;
+        opts.save_checkpoint = Some(dir.path().join(format!("{name}.safetensors")));
+        train::run(&opts, Components::reference(&opts.track.track)).unwrap()
+    };
+    let (b, f) = (run(Precision::Bf16), run(Precision::F32));
+    assert_eq!(b.status, "complete");
+    // The same start to bf16 accuracy, but the products really ran in bf16.
+    assert!(
+        (b.train_losses[0] - f.train_losses[0]).abs() < 0.02,
+        "first losses {} (bf16) and {} (f32)",
+        b.train_losses[0],
+        f.train_losses[0]
+    );
+    assert_ne!(b.train_losses, f.train_losses);
+    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
+    assert!(mean(&b.train_losses[50..]) < mean(&b.train_losses[..10]) - 1.0);
+    let (vb, vf) = (b.final_val_loss.unwrap(), f.final_val_loss.unwrap());
+    assert!(
+        (vb - vf).abs() < 0.1,
+        "validation {vb} (bf16) vs {vf} (f32)"
+    );
+    // Master weights (what the checkpoint holds) stay f32.
+    let tensors =
+        candle_core::safetensors::load(dir.path().join("bf16.safetensors"), &DEV).unwrap();
+    assert!(tensors.values().all(|t| t.dtype() == DType::F32));
+}
+
 /// An optimizer that corrupts the weights at step 2, so step 3's loss is NaN.
 struct Poison(Box<dyn Optimizer>);
 impl Optimizer for Poison {

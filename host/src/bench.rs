@@ -11,6 +11,7 @@ use crate::train::{flops_per_token, Components};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
+use speedrun_kernels::Precision;
 use std::path::Path;
 use std::time::Instant;
 
@@ -24,8 +25,14 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-/// Median GFLOP/s of an `n`³ f32 matmul on the device through candle.
-pub fn matmul_peak_gflops(n: usize, reps: usize, dev: &Device) -> Result<f64> {
+/// Median GFLOP/s of an `n`³ matmul on the device through candle, in the
+/// dtype the track's products run in.
+pub fn matmul_peak_gflops(
+    n: usize,
+    reps: usize,
+    dev: &Device,
+    precision: Precision,
+) -> Result<f64> {
     let a = Tensor::from_vec(
         (0..n * n)
             .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
@@ -33,6 +40,10 @@ pub fn matmul_peak_gflops(n: usize, reps: usize, dev: &Device) -> Result<f64> {
         (n, n),
         dev,
     )?;
+    let a = match precision {
+        Precision::F32 => a,
+        Precision::Bf16 => a.to_dtype(candle_core::DType::BF16)?,
+    };
     let b = a.t()?.contiguous()?;
     for _ in 0..2 {
         a.matmul(&b)?;
@@ -61,8 +72,11 @@ pub struct ThroughputReport {
     pub optimizer_ms_median: f64,
     pub tokens_per_s: f64,
     pub gflops: f64,
+    /// The device's matmul rate in the track's precision (`precision`).
     pub matmul_peak_gflops: f64,
     pub fraction_of_peak: f64,
+    /// The track's `train.precision`: the dtype of the model's products.
+    pub precision: Precision,
     pub threads: usize,
     /// The device stepped on (the GPU's name on a GPU).
     pub device: crate::device::DeviceInfo,
@@ -107,8 +121,9 @@ impl<'a> Stepper<'a> {
             ..
         } = comps;
         let meter = std::sync::Arc::new(crate::device::memory::MemoryMeter::new(device, None));
-        crate::plugins::attach_device(&plugins, &meter);
-        let model = Model::build(&track.model, hooks, 0, device)?;
+        crate::plugins::attach_device(&plugins, &meter, track.train.precision);
+        let model =
+            Model::build(&track.model, hooks, 0, device)?.with_precision(track.train.precision);
         optimizer.init(&model.params)?;
         let stream = TrainStream::new(&data.train, track.batch_size(), track.model.seq_len, 0);
         Ok(Stepper {
@@ -188,9 +203,9 @@ pub fn throughput(
     let tokens_per_s = track.train.batch_tokens as f64 / step_s;
     let gflops = flops_per_token(track, parameters) * tokens_per_s / 1e9;
     let peak = match device {
-        Device::Cpu => matmul_peak_gflops(1024, 10, device)?,
+        Device::Cpu => matmul_peak_gflops(1024, 10, device, track.train.precision)?,
         // A GPU needs a bigger problem to reach its peak.
-        _ => matmul_peak_gflops(8192, 10, device)?,
+        _ => matmul_peak_gflops(8192, 10, device, track.train.precision)?,
     };
     Ok(ThroughputReport {
         track: track.name.clone(),
@@ -205,6 +220,7 @@ pub fn throughput(
         gflops,
         matmul_peak_gflops: peak,
         fraction_of_peak: gflops / peak,
+        precision: track.train.precision,
         threads: candle_core::utils::get_num_threads(),
         device: crate::device::describe(device),
         peak_memory_bytes: s.meter.peak(),

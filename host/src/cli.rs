@@ -104,6 +104,8 @@ pub enum Command {
         json: bool,
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        device: crate::device::DeviceSettings,
     },
     /// One stored run: summary, verdict, evaluations, and an SVG of its curves.
     Show {
@@ -592,7 +594,10 @@ pub fn run(cli: Cli) -> Result<()> {
             policy,
             json,
             quiet,
+            device,
         } => {
+            // A device this build or machine lacks is refused before the rebuild.
+            crate::device::open(device.choice)?;
             let store = db.open()?;
             let r = store.record(record)?;
             // The track file the record ran on, else the track of that name here.
@@ -622,6 +627,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 seeds: (!seed_list.is_empty()).then_some(seed_list),
                 policy: load_policy(policy.as_deref())?,
                 progress: !quiet && !json,
+                device,
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
@@ -777,8 +783,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("step (median of {}): {:.1} ms = forward {:.1} + backward {:.1} + optimizer {:.1}",
                     r.steps_timed, r.step_ms_median, r.forward_ms_median, r.backward_ms_median, r.optimizer_ms_median);
                 println!("tokens/s: {:.0}", r.tokens_per_s);
-                println!("achieved: {:.1} GFLOP/s; f32 matmul peak (1024^3, median of 10): {:.1} GFLOP/s; fraction {:.1}%",
-                    r.gflops, r.matmul_peak_gflops, 100.0 * r.fraction_of_peak);
+                println!("achieved: {:.1} GFLOP/s; {} matmul peak (median of 10): {:.1} GFLOP/s; fraction {:.1}%",
+                    r.gflops, r.precision.name(), r.matmul_peak_gflops, 100.0 * r.fraction_of_peak);
             }
             Ok(())
         }
@@ -1237,7 +1243,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         t.model.seq_len,
         &Tokenizer::new(t.data.tokenizer)?,
     )?;
-    let model = crate::model::Model::build(&t.model, Default::default(), 0, &dev)?;
+    let model = crate::model::Model::build(&t.model, Default::default(), 0, &dev)?
+        .with_precision(t.train.precision);
     crate::checkpoint::load_into(&model, &a.checkpoint, &dev)?;
     let (loss, bpb) = train::validate::evaluate(&model, &val, t.batch_size(), &dev)?;
     println!(

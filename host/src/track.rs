@@ -7,6 +7,7 @@ use crate::data::tokenizer::TokenizerKind;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use speedrun_kernels::Precision;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +63,10 @@ pub struct TrainSpec {
     /// stack; the timed run then starts from the same initial state.
     #[serde(default)]
     pub warmup_steps: usize,
+    /// The dtype of the model's products: `f32` (default) or `bf16` (autocast:
+    /// products in bf16, master weights, optimizer state and everything else f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

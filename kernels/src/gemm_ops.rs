@@ -5,7 +5,7 @@
 //! fused CPU kernels (`tests/against_references.rs`).
 
 use crate::NsCoefficients;
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 
 /// `x @ w + b` for `x` `[..., in]`, `w` `[in, out]`, `b` `[out]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -42,15 +42,27 @@ pub fn causal_attention_packed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
             .transpose(1, 2)?
             .contiguous()
     };
-    let (q, k, v) = (head(0)?, head(1)?, head(2)?);
+    let scale = 1.0 / (hd as f64).sqrt();
+    causal_attention(&head(0)?, &head(1)?, &head(2)?, scale)?
+        .transpose(1, 2)?
+        .reshape((b, t, d))
+}
+
+/// softmax(q kᵀ · scale + causal mask) v on `[.., T, hd]` heads. The products run
+/// in the inputs' dtype; the softmax in f32 or f64 (the fused kernel), so half
+/// precision products get an f32 softmax.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let scores = q.matmul(&k.t()?)?;
-    let p = crate::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
-    p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))
+    let p = match scores.dtype() {
+        DType::F32 | DType::F64 => crate::causal_softmax(&scores, scale)?,
+        _ => crate::causal_softmax(&scores.to_dtype(DType::F32)?, scale)?,
+    };
+    p.to_dtype(v.dtype())?.matmul(v)
 }
 
 /// Muon's orthogonalisation: the same iteration as the CPU's, `B = b·A + c·A²`,
 /// `X ← a·X + B·X` with `A = X Xᵀ` on the wide orientation, after scaling `X`
-/// by `1 / (‖X‖·norm_scale + eps)` (here in f32).
+/// by `1 / (‖X‖·norm_scale + eps)`, in the matrix's dtype.
 pub fn newton_schulz(
     g: &Tensor,
     coefficients: &[NsCoefficients],
@@ -64,8 +76,16 @@ pub fn newton_schulz(
     } else {
         g.contiguous()?
     };
-    let norm = x.sqr()?.sum_all()?.sqrt()?;
-    x = x.broadcast_div(&norm.affine(norm_scale as f64, eps as f64)?)?;
+    // The norm in at least f32: a bf16 running sum drifts.
+    let wide = match x.dtype() {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    };
+    let norm = x.to_dtype(wide)?.sqr()?.sum_all()?.sqrt()?;
+    let norm = norm
+        .affine(norm_scale as f64, eps as f64)?
+        .to_dtype(x.dtype())?;
+    x = x.broadcast_div(&norm)?;
     for &(ca, cb, cc) in coefficients {
         let a = x.matmul(&x.t()?)?;
         let bm = ((&a * cb as f64)? + (a.matmul(&a)? * cc as f64)?)?;

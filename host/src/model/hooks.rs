@@ -8,6 +8,7 @@ use crate::track::ModelSpec;
 use anyhow::Result;
 use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
+pub use speedrun_kernels::Precision;
 
 /// What a forward hook may read: the parameters, the shape, whether it is training.
 pub struct ForwardCtx<'a> {
@@ -17,6 +18,8 @@ pub struct ForwardCtx<'a> {
     pub train: bool,
     /// The forward pass's token ids `[B, T]` (plugins read them with the `tokens` op).
     pub tokens: Option<&'a Tensor>,
+    /// The dtype of the products (linear layers, attention); see `Precision`.
+    pub precision: Precision,
 }
 
 pub use speedrun_plugin_api::NormSite;

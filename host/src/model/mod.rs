@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use hooks::*;
 use params::{param_rng, ParamStore};
 use reference::ReferenceGpt;
+use speedrun_kernels::Precision;
 
 /// Which implementation serves each model hook.
 pub struct ModelHooks {
@@ -49,6 +50,8 @@ pub struct Model {
     pub spec: ModelSpec,
     pub params: ParamStore,
     hooks: ModelHooks,
+    /// The dtype the forward's products run in (the track's `train.precision`).
+    pub precision: Precision,
 }
 
 impl Model {
@@ -91,7 +94,14 @@ impl Model {
             spec: *spec,
             params: ParamStore::with_dtype(values, device, dtype)?,
             hooks,
+            precision: Precision::F32,
         })
+    }
+
+    /// The same model with its products in `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Model {
+        self.precision = precision;
+        self
     }
 
     /// Token ids `[B, T]` to logits `[B, T, V]`.
@@ -101,6 +111,7 @@ impl Model {
             spec: &self.spec,
             train,
             tokens: Some(tokens),
+            precision: self.precision,
         };
         let logits = self.hooks.forward.forward(&cx, self, tokens)?;
         let (b, t) = tokens.dims2()?;

@@ -86,7 +86,7 @@ impl AttentionHook for ReferenceGpt {
     fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
         // One packed projection [B, T, 3D] read in place by the fused attention
         // kernel: no head splits, transposes or copies in the autograd graph.
-        let mut qkv = ops::linear(
+        let mut qkv = cx.precision.linear(
             x,
             layer_param(cx, layer, "attn.c_attn.weight")?,
             Some(layer_param(cx, layer, "attn.c_attn.bias")?),
@@ -97,8 +97,8 @@ impl AttentionHook for ReferenceGpt {
         {
             qkv = add_value_embedding(cx, &qkv, table)?;
         }
-        let y = speedrun_kernels::causal_attention_packed(&qkv, cx.spec.heads)?;
-        Ok(ops::linear(
+        let y = cx.precision.causal_attention_packed(&qkv, cx.spec.heads)?;
+        Ok(cx.precision.linear(
             &y,
             layer_param(cx, layer, "attn.c_proj.weight")?,
             Some(layer_param(cx, layer, "attn.c_proj.bias")?),
@@ -122,12 +122,12 @@ fn add_value_embedding(cx: &ForwardCtx, qkv: &Tensor, table: &Tensor) -> Result<
 
 impl MlpHook for ReferenceGpt {
     fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
-        let h = ops::linear(
+        let h = cx.precision.linear(
             x,
             layer_param(cx, layer, "mlp.c_fc.weight")?,
             Some(layer_param(cx, layer, "mlp.c_fc.bias")?),
         )?;
-        Ok(ops::linear(
+        Ok(cx.precision.linear(
             &ops::gelu(&h)?,
             layer_param(cx, layer, "mlp.c_proj.weight")?,
             Some(layer_param(cx, layer, "mlp.c_proj.bias")?),
@@ -152,7 +152,7 @@ impl HeadHook for ReferenceGpt {
             Some(w) => w,
             None => cx.params.get("transformer.wte.weight")?,
         };
-        Ok(ops::linear(x, &w.t()?, None)?)
+        Ok(cx.precision.linear(x, &w.t()?, None)?)
     }
 }
 

@@ -29,6 +29,8 @@ pub struct OpEnv<'a> {
     /// The seeded stream `randn` / `uniform` draw from.
     pub rng: &'a mut ChaCha8Rng,
     pub device: &'a Device,
+    /// The dtype of products (matmul, linear, attention, Newton–Schulz): the track's.
+    pub precision: speedrun_kernels::Precision,
     /// The host is validating: no writes, no kept handles.
     pub eval: bool,
     /// Refusals recorded for the verdict, whether or not the plugin passes the error on.
@@ -300,7 +302,7 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
         Op::BroadcastAs => t(0)?.broadcast_as(dims(&f.ints)?)?,
         Op::Unsqueeze => t(0)?.unsqueeze(int(0)?)?,
         Op::Squeeze => t(0)?.squeeze(int(0)?)?,
-        Op::Matmul => t(0)?.broadcast_matmul(t(1)?)?,
+        Op::Matmul => env.precision.matmul(t(0)?, t(1)?)?,
         Op::IndexSelect => t(0)?.index_select(t(1)?, int(0)?)?,
         Op::Embedding => {
             let (table, ids) = (t(0)?, t(1)?);
@@ -333,13 +335,11 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
                 t(1)?.contiguous()?,
                 t(2)?.contiguous()?,
             );
-            let (q, k, v) = (&q, &k, &v);
-            match f.floats.first() {
-                None => model_ops::causal_attention(q, k, v)?,
-                Some(&scale) => {
-                    speedrun_kernels::causal_softmax(&q.matmul(&k.t()?)?, scale)?.matmul(v)?
-                }
-            }
+            let scale = match f.floats.first() {
+                Some(&scale) => scale,
+                None => 1.0 / (q.dim(candle_core::D::Minus1)? as f64).sqrt(),
+            };
+            env.precision.causal_attention(&q, &k, &v, scale)?
         }
         Op::Rotary => {
             t(0)?.dims4().context("rotary expects [B, H, T, hd]")?;
@@ -351,11 +351,11 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
             } else {
                 None
             };
-            speedrun_kernels::linear(t(0)?, t(1)?, b)?
+            env.precision.linear(t(0)?, t(1)?, b)?
         }
         Op::CausalAttentionPacked => {
             let heads = int(0)?;
-            speedrun_kernels::causal_attention_packed(t(0)?, heads)?
+            env.precision.causal_attention_packed(t(0)?, heads)?
         }
         Op::NewtonSchulz => {
             let (s, eps) = (float(0)?, float(1)?);
@@ -370,7 +370,8 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
                 .chunks_exact(3)
                 .map(|c| (c[0] as f32, c[1] as f32, c[2] as f32))
                 .collect();
-            speedrun_kernels::newton_schulz(t(0)?, &coeffs, s as f32, eps as f32)?
+            env.precision
+                .newton_schulz(t(0)?, &coeffs, s as f32, eps as f32)?
         }
         Op::WhereCond => t(0)?.where_cond(t(1)?, t(2)?)?,
         Op::MaskedFill => {

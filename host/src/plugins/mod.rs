@@ -380,10 +380,17 @@ pub fn compose(track: &Track, plugins: Vec<LoadedPlugin>) -> Result<Components> 
     Ok(comps)
 }
 
-/// Puts the plugins' ops on the run's device and their hooks under its memory meter.
-pub fn attach_device(plugins: &[LoadedPlugin], meter: &std::sync::Arc<MemoryMeter>) {
+/// Puts the plugins' ops on the run's device, in the track's precision, and
+/// their hooks under the run's memory meter.
+pub fn attach_device(
+    plugins: &[LoadedPlugin],
+    meter: &std::sync::Arc<MemoryMeter>,
+    precision: speedrun_kernels::Precision,
+) {
     for p in plugins {
-        p.session.borrow_mut().attach_device(meter.clone());
+        p.session
+            .borrow_mut()
+            .attach_device(meter.clone(), precision);
     }
 }
 

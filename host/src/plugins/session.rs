@@ -13,6 +13,7 @@ use anyhow::{anyhow, Result};
 use candle_core::Device;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use speedrun_kernels::Precision;
 use speedrun_plugin_api::native::{FfiResult, FrameFfi, HostFfi};
 use speedrun_plugin_api::{Frame, HookPoint, Manifest, Op};
 use std::cell::Cell;
@@ -62,6 +63,8 @@ pub struct PluginSession {
     table: HandleTable,
     rng: ChaCha8Rng,
     device: Device,
+    /// The dtype of the plugin's products (the track's `train.precision`).
+    precision: Precision,
     /// The run's memory meter: checked after every hook call.
     meter: Option<Arc<MemoryMeter>>,
     stats: BTreeMap<HookPoint, HookStats>,
@@ -154,6 +157,7 @@ impl PluginSession {
             table,
             rng,
             device: Device::Cpu,
+            precision: Default::default(),
             meter: None,
             stats: BTreeMap::new(),
             allow: BTreeMap::new(),
@@ -163,9 +167,11 @@ impl PluginSession {
         }
     }
 
-    /// Runs the plugin's ops on the meter's device and checks its budget after each hook.
-    pub fn attach_device(&mut self, meter: Arc<MemoryMeter>) {
+    /// Runs the plugin's ops on the meter's device, its products in `precision`,
+    /// and checks the meter's budget after each hook.
+    pub fn attach_device(&mut self, meter: Arc<MemoryMeter>, precision: Precision) {
         self.device = meter.device().clone();
+        self.precision = precision;
         self.meter = Some(meter);
     }
 
@@ -250,6 +256,7 @@ impl PluginSession {
                     None => &mut self.rng,
                 },
                 device: &self.device,
+                precision: self.precision,
                 eval: self.eval,
                 tokens: self.tokens.as_ref(),
                 violations: &mut self.violations,

@@ -140,6 +140,8 @@ pub struct ReverifyOptions {
     pub seeds: Option<Vec<u64>>,
     pub policy: LoadedPolicy,
     pub progress: bool,
+    /// Where both sides train (a GPU track's record re-runs on a GPU).
+    pub device: crate::device::DeviceSettings,
 }
 
 /// Rebuilds record `o.record` from its stored source into a fresh folder and runs it
@@ -182,7 +184,7 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
         policy: o.policy.clone(),
         progress: o.progress,
         deadline: None,
-        device: Default::default(),
+        device: o.device,
     };
     let mut sides =
         compare::run_stacks(&session, &[("record", &stack), ("reference", &reference)])?;

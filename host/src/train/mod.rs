@@ -343,8 +343,9 @@ fn execute_rank(
         plugins,
         policy,
     } = build()?;
-    crate::plugins::attach_device(&plugins, &meter);
-    let model = Model::build(&track.model, hooks, opts.seed, &device)?;
+    crate::plugins::attach_device(&plugins, &meter, track.train.precision);
+    let model = Model::build(&track.model, hooks, opts.seed, &device)?
+        .with_precision(track.train.precision);
     optimizer
         .init(&model.params)
         .context("in hook optimizer.init")?;
@@ -592,8 +593,9 @@ fn warm_up(
         ..
     } = build()?;
     let meter = std::sync::Arc::new(MemoryMeter::new(meter.device(), meter.budget()));
-    crate::plugins::attach_device(&plugins, &meter);
-    let model = Model::build(&track.model, hooks, opts.seed, meter.device())?;
+    crate::plugins::attach_device(&plugins, &meter, track.train.precision);
+    let model = Model::build(&track.model, hooks, opts.seed, meter.device())?
+        .with_precision(track.train.precision);
     let digest = model.params.digest()?;
     optimizer.init(&model.params)?;
     let mut stream = TrainStream::with_stream(
