@@ -61,6 +61,8 @@ fn two_ranks_train_like_one_rank_on_the_whole_batch_and_share_one_verdict() {
     }
     // Both ranks report the same (averaged) losses.
     assert_eq!(all[0].summary.train_losses, all[1].summary.train_losses);
+    // Validation is shared out between the ranks and summed: one value for all.
+    assert_eq!(all[0].summary.final_val_loss, all[1].summary.final_val_loss);
     assert_eq!(all[1].summary.run_dir, dir.path().join("ranked/rank-1"));
     assert!(dir.path().join("ranked/rank-1/summary.json").exists());
     // A single run's ranks check passes as one rank.

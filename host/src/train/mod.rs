@@ -787,7 +787,13 @@ impl LoopCx<'_> {
     ) -> Result<()> {
         let track = &self.opts.track.track;
         let t0 = std::time::Instant::now();
-        let result = validate::evaluate(self.model, self.valset, track.batch_size(), self.device);
+        let result = validate::evaluate_shared(
+            self.model,
+            self.valset,
+            track.batch_size(),
+            self.device,
+            self.opts.parallel.as_deref(),
+        );
         self.evals += 1;
         crate::plugins::take_stats(self.plugins);
         self.check_plugins()?;

@@ -4,6 +4,7 @@
 use crate::data::loader::{Batch, ValidationSet};
 use crate::loss::cross_entropy;
 use crate::model::Model;
+use crate::parallel::Collective;
 use crate::verify::causality::all_finite;
 use crate::verify::{Check, Violation};
 use anyhow::{bail, Result};
@@ -40,14 +41,43 @@ pub fn evaluate(
     batch: usize,
     device: &Device,
 ) -> Result<(f64, f64)> {
+    evaluate_shared(model, val, batch, device, None)
+}
+
+/// `evaluate`, shared by a data-parallel group: each rank scores every
+/// world-th batch, and the ranks exchange their sums, so every rank gets the
+/// same mean of the whole set in 1/world of the time.
+pub fn evaluate_shared(
+    model: &Model,
+    val: &ValidationSet,
+    batch: usize,
+    device: &Device,
+    group: Option<&dyn Collective>,
+) -> Result<(f64, f64)> {
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world()));
     let mut total = 0.0f64;
     let mut count = 0usize;
-    for b in val.batches(batch) {
+    for b in val.batches(batch).into_iter().skip(rank).step_by(world) {
         let (x, y) = batch_tensors(&b, device)?;
         let loss = batch_loss(model, &x, &y, false)?.to_scalar::<f32>()? as f64;
         let n = b.batch * b.seq;
         total += loss * n as f64;
         count += n;
+    }
+    if let Some(g) = group {
+        // Summed in rank order: every rank gets the same bits.
+        let all = g.exchange([total.to_le_bytes(), (count as f64).to_le_bytes()].concat())?;
+        (total, count) = (0.0, 0);
+        for (r, bytes) in all.iter().enumerate() {
+            let [t, c]: [f64; 2] = match bytes.len() {
+                16 => std::array::from_fn(|i| {
+                    f64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+                }),
+                n => bail!("rank {r} sent {n} bytes of validation sums, not 16"),
+            };
+            total += t;
+            count += c as usize;
+        }
     }
     let nats = total / count as f64;
     if !nats.is_finite() {
