@@ -696,9 +696,13 @@ fn train_step(
     let mut grads = Grads::collect(&model.params, &store)?;
     let mut loss = loss;
     if let Some(g) = group {
-        // The all-reduce: every rank continues with the same averaged gradients.
-        grads = Grads(grads.0.iter().map(|t| g.mean(t)).collect::<Result<_>>()?);
-        loss = g.mean(&loss)?;
+        // The all-reduce, one for the gradients and the loss together: every rank
+        // continues with the same averaged gradients.
+        let mut all = grads.0;
+        all.push(loss);
+        let mut mean = g.mean_all(&all)?;
+        loss = mean.pop().expect("the loss went in last");
+        grads = Grads(mean);
     }
     let grad_norm = grads.global_norm()?;
     let loss_value = loss.to_scalar::<f32>()?;
