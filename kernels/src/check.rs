@@ -3,7 +3,7 @@
 //! error (max |a − b| / max |b|). What `speedrun kernels check --device cuda`
 //! prints; on the CPU against itself every error is zero.
 
-use crate::NsCoefficients;
+use crate::{NsCoefficients, Precision};
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -192,36 +192,44 @@ pub fn against_cpu(dev: &Device) -> Result<Vec<KernelCheck>> {
     )?);
     let lw = seeded(&[d, 3 * d], 8, 0.1)?;
     let lb = seeded(&[3 * d], 9, 0.1)?;
-    out.push(case(
-        "linear",
-        &[b, t, d],
-        vec![x.clone(), lw, lb],
-        Box::new(|i| crate::linear(&i[0], &i[1], Some(&i[2]))),
-        true,
-        tol,
-        dev,
-    )?);
     let qkv = seeded(&[b, t, 3 * d], 10, 1.0)?;
-    out.push(case(
-        "causal_attention_packed",
-        &[b, t, 3 * d],
-        vec![qkv],
-        Box::new(move |i| crate::causal_attention_packed(&i[0], heads)),
-        true,
-        tol,
-        dev,
-    )?);
     let g = seeded(&[d, 4 * d], 11, 1.0)?;
-    let coeffs: Vec<NsCoefficients> = vec![(3.4445, -4.775, 2.0315); 5];
-    out.push(case(
-        "newton_schulz",
-        &[d, 4 * d],
-        vec![g],
-        Box::new(move |i| crate::newton_schulz(&i[0], &coeffs, 1.0, 1e-7)),
-        false,
-        1e-3,
-        dev,
-    )?);
+    // The gemm-shaped ops in both precisions. In bf16 the device's products
+    // (tensor cores) and the CPU's (f32 products of bf16 inputs) may round an
+    // output element to neighbouring bf16 values: 2⁻⁸ relative, hence 1e-2.
+    for (p, name, tol, ns_tol) in [
+        (Precision::F32, "", tol, 1e-3),
+        (Precision::Bf16, " (bf16)", 1e-2, 5e-2),
+    ] {
+        out.push(case(
+            &format!("linear{name}"),
+            &[b, t, d],
+            vec![x.clone(), lw.clone(), lb.clone()],
+            Box::new(move |i| p.linear(&i[0], &i[1], Some(&i[2]))),
+            true,
+            tol,
+            dev,
+        )?);
+        out.push(case(
+            &format!("causal_attention_packed{name}"),
+            &[b, t, 3 * d],
+            vec![qkv.clone()],
+            Box::new(move |i| p.causal_attention_packed(&i[0], heads)),
+            true,
+            tol,
+            dev,
+        )?);
+        let coeffs: Vec<NsCoefficients> = vec![(3.4445, -4.775, 2.0315); 5];
+        out.push(case(
+            &format!("newton_schulz{name}"),
+            &[d, 4 * d],
+            vec![g.clone()],
+            Box::new(move |i| p.newton_schulz(&i[0], &coeffs, 1.0, 1e-7)),
+            false,
+            ns_tol,
+            dev,
+        )?);
+    }
     out.push(adamw_case(dev)?);
     Ok(out)
 }
@@ -278,6 +286,9 @@ mod tests {
             "linear",
             "causal_attention_packed",
             "newton_schulz",
+            "linear (bf16)",
+            "causal_attention_packed (bf16)",
+            "newton_schulz (bf16)",
             "adamw_update",
             "rotary",
             "add_rows",
@@ -292,7 +303,7 @@ mod tests {
             );
         }
         // Gradients flowed for every differentiable op.
-        assert_eq!(checks.iter().filter(|c| c.backward.is_some()).count(), 10);
+        assert_eq!(checks.iter().filter(|c| c.backward.is_some()).count(), 12);
     }
 
     #[test]
