@@ -40,9 +40,7 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// go through the fused causal softmax, which never exponentiates a masked entry.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let hd = q.dim(D::Minus1)?;
-    let scores = q.matmul(&k.t()?)?;
-    let probs = speedrun_kernels::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
-    probs.matmul(v)
+    speedrun_kernels::gemm_ops::causal_attention(q, k, v, 1.0 / (hd as f64).sqrt())
 }
 
 /// GELU, tanh approximation (GPT-2's), fused kernel.
