@@ -159,3 +159,73 @@ fn the_cli_runs_ranks_and_refuses_them_on_a_gpu() {
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("several GPUs need the `nccl` feature"), "{t}");
 }
+
+/// An optimizer whose second instance in this process (the other rank's, when
+/// ranks are threads) steps at half the learning rate: ranks that diverge,
+/// coordinated through a `static`.
+struct Diverger {
+    slow: bool,
+}
+
+static DIVERGERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl speedrun_plugin_api::Plugin for Diverger {
+    fn new(_: &serde_json::Value) -> speedrun_plugin_api::Result<Self> {
+        let n = DIVERGERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Diverger { slow: n % 2 == 1 })
+    }
+}
+
+impl speedrun_plugin_api::Optimizer for Diverger {
+    fn init(&mut self, _: &[speedrun_plugin_api::ParamRef]) -> speedrun_plugin_api::Result<()> {
+        Ok(())
+    }
+
+    fn step(&mut self, s: &speedrun_plugin_api::OptimizerStep) -> speedrun_plugin_api::Result<()> {
+        let lr = if self.slow { s.lr * 0.5 } else { s.lr };
+        for pg in s.params.iter() {
+            pg.param.assign(&pg.param.sub(&pg.grad.scale(lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+speedrun_plugin_api::impl_plugin!(Diverger, name: "diverger", hooks: [optimizer]);
+
+#[test]
+fn ranks_that_diverge_are_caught_at_the_next_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = smoke_options(dir.path(), Some(12));
+    opts.track.track.validation.every_steps = 5;
+    let track = opts.track.track.clone();
+    let build = || {
+        let module = speedrun::plugins::native::NativeModule::in_process(
+            speedrun_plugin_api::native::module::<Diverger>(),
+        );
+        let p = speedrun::plugins::start(
+            speedrun::plugins::PluginModule::Native(module),
+            std::path::Path::new("in-process:diverger"),
+            &track,
+            0,
+            None,
+            &default_policy(),
+        )?;
+        speedrun::plugins::compose(&track, vec![p])
+    };
+    let all = run_local(&opts, 2, &build);
+    for (r, f) in all.into_iter().enumerate() {
+        let f = f.unwrap();
+        let v = &f.summary.verdict;
+        assert!(!v.valid, "rank {r}");
+        let ranks = v.get(Check::Ranks).unwrap();
+        assert_eq!(ranks.outcome, Outcome::Failed, "rank {r}");
+        // Caught at the first validation after the ranks' first steps, long
+        // before the end (step 12) where only final digests used to be compared.
+        assert!(
+            ranks.detail.contains("at the validation after step 5"),
+            "rank {r}: {}",
+            ranks.detail
+        );
+        assert_eq!(f.summary.steps, 5, "rank {r}");
+    }
+}

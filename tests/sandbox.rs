@@ -101,6 +101,7 @@ fn small_limits() -> WasmLimits {
         memory_bytes: 4 << 20,
         max_live_handles: 1000,
         max_tensor_bytes: 64 << 20,
+        max_module_bytes: 1 << 20,
     }
 }
 

@@ -97,11 +97,15 @@ fn a_scaffolded_optimizer_is_built_as_wasm_run_against_the_reference_and_judged(
         v["checks"].as_array().unwrap().len(),
         speedrun::verify::Check::ALL.len()
     );
-    assert!(v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|c| c["outcome"] == "passed"));
+    // Every check passed; the null-data control is made for record claims only.
+    for c in v["checks"].as_array().unwrap() {
+        let want = if c["check"] == "null_control" {
+            "skipped"
+        } else {
+            "passed"
+        };
+        assert_eq!(c["outcome"], want, "{c}");
+    }
     assert_eq!(v["val_loss"]["n"], 2);
     assert!(v["p_below_target"].is_number());
     // No record yet: the record to beat is the reference.
@@ -299,6 +303,18 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let v = verdict(&o);
     assert_eq!(v["new_record"], true, "{:#}", v["against_record"]);
+    // A record claim passes its null-data control first.
+    let null = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "null_control")
+        .unwrap();
+    assert_eq!(null["outcome"], "passed", "{null}");
+    assert!(null["detail"]
+        .as_str()
+        .unwrap()
+        .contains("validated under an independent one"));
     assert_eq!(v["against_record"]["verdict"], "faster_to_target");
     assert!(v["against_record"]["speedup"]["estimate"].as_f64().unwrap() > 1.5);
     let record_id = v["record"]["id"].as_i64().unwrap();
@@ -360,4 +376,74 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
     let o = speedrun_db(&db, &["records", "--track", track, "--format", "json"]);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["records"].as_array().unwrap().len(), 1);
+}
+
+/// The adversary fixture as an agent's own crate: copied out of the workspace
+/// with `attack` baked into its default configuration.
+fn adversary_crate(dir: &Path, attack: &str) -> std::path::PathBuf {
+    let src = root().join("tests/fixtures/adversary");
+    let krate = dir.join(format!("adv-{attack}"));
+    std::fs::create_dir_all(krate.join("src")).unwrap();
+    let lib = std::fs::read_to_string(src.join("src/lib.rs")).unwrap();
+    let lib = lib.replacen(
+        "\"attack\": \"none\"",
+        &format!("\"attack\": \"{attack}\""),
+        1,
+    );
+    std::fs::write(krate.join("src/lib.rs"), lib).unwrap();
+    let api = root().join("plugin-api");
+    std::fs::write(
+        krate.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"adv-{attack}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nspeedrun-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
+            api.display().to_string()
+        ),
+    )
+    .unwrap();
+    krate
+}
+
+#[test]
+fn an_adversarial_submission_is_invalid_and_never_a_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("runs.db");
+    let track = root().join("tests/fixtures/smoke-record.toml");
+    // A look-ahead on every real batch: it would reach any target at step 0.
+    let krate = adversary_crate(tmp.path(), "lookahead_batch");
+    let o = speedrun_db(
+        &db,
+        &[
+            "submit",
+            krate.to_str().unwrap(),
+            "--track",
+            track.to_str().unwrap(),
+            "--seeds",
+            "2",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let v = verdict(&o);
+    assert_eq!(v["status"], "invalid");
+    assert_eq!(v["new_record"], false);
+    let causality = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "causality")
+        .unwrap();
+    assert_eq!(causality["outcome"], "failed", "{causality}");
+    assert_eq!(causality["seeds_failed"].as_array().unwrap().len(), 2);
+    let r = speedrun_db(
+        &db,
+        &[
+            "records",
+            "--track",
+            track.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(r["records"].as_array().unwrap().is_empty(), "{r}");
 }

@@ -258,6 +258,7 @@ fn smoke_options(out: &Path, seed: u64) -> RunOptions {
         deadline: None,
         device: Default::default(),
         parallel: None,
+        vocab: Default::default(),
     }
 }
 

@@ -15,7 +15,8 @@ use std::path::Path;
 /// `"none"` it is an honest reference attention + MLP + constant schedule.
 struct Gamer {
     game: String,
-    /// Training-batch MLP calls of layer 0 so far (the NaN trick waits for `after`).
+    /// Training-batch MLP calls of layer 0 this instance served (the NaN trick
+    /// waits for `after`; with pure forward hooks it sees at most one).
     calls: usize,
     after: usize,
 }
@@ -99,8 +100,9 @@ impl Mlp for Gamer {
             &cx.layer_param(layer, "mlp.c_proj.weight")?,
             Some(&cx.layer_param(layer, "mlp.c_proj.bias")?),
         )?;
-        // Probes run one sequence; training batches are larger.
-        if cx.train && layer == 0 && x.dims()?[0] > 1 {
+        // Forward hooks are pure (a fresh instance each call), so this count
+        // never passes 1: a trick that waits for the n-th call never fires.
+        if cx.train && layer == 0 {
             self.calls += 1;
             if self.game == "nan" && self.calls > self.after {
                 return out.affine(f64::NAN, 0.0);
@@ -159,11 +161,27 @@ fn an_honest_plugin_passes_every_check() {
     let v = &f.summary.verdict;
     assert!(v.valid, "{v:#?}");
     for c in &v.checks {
-        assert_eq!(c.outcome, Outcome::Passed, "{c:?}");
+        // The null-data control is made for record claims only.
+        let want = if c.check == Check::NullControl {
+            Outcome::Skipped
+        } else {
+            Outcome::Passed
+        };
+        assert_eq!(c.outcome, want, "{c:?}");
     }
-    // Probes at the start, at a drawn step and at the end, each in both modes.
+    // Twins of real batches: step 0's and the whole final validation's at least.
     let causality = &v.get(Check::Causality).unwrap().detail;
-    assert!(causality.starts_with("6 probes"), "{causality}");
+    assert!(
+        causality.contains("twin forwards of real batches"),
+        "{causality}"
+    );
+    let twins: usize = causality
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(twins >= 2, "{causality}");
     assert!(
         causality.contains("moved by at most 0.000e0"),
         "{causality}"
@@ -176,7 +194,8 @@ fn non_causal_attention_is_caught_by_the_causality_probe() {
     let f = run_game(tmp.path(), serde_json::json!({"game": "noncausal"}), 12);
     assert!(f.error.is_some());
     assert_caught(&f, tmp.path(), Check::Causality, "the model looks ahead");
-    // Caught by the first probe, before any training step.
+    // Caught by a twin of the initial validation or of step 0's batch, before
+    // any training step completed.
     assert_eq!(f.summary.steps, 0);
 }
 
@@ -188,14 +207,16 @@ fn assign_during_eval_is_refused_and_named() {
     opts.store = Some(db.clone());
     let mut comps = Some(gamer_stack(serde_json::json!({"game": "eval_assign"})));
     let f = train::execute(&opts, &mut || Ok(comps.take().unwrap())).unwrap();
+    // Writes are for optimizer hooks, in any mode: the contract refuses it
+    // (the first forward is the initial model's validation).
     assert_caught(
         &f,
         tmp.path(),
-        Check::EvalIsolation,
-        "plugin gamer, hook model.mlp: op assign",
+        Check::OpContract,
+        "plugin gamer, hook model.mlp: op assign is not allowed",
     );
     let err = format!("{:#}", f.error.unwrap());
-    assert!(err.contains("eval_isolation"), "{err}");
+    assert!(err.contains("op_contract"), "{err}");
     // The store holds the same verdict, the run failed and invalid.
     let store = speedrun::store::Store::open(&db).unwrap();
     let run = store.run(&f.summary.store_id.unwrap().to_string()).unwrap();
@@ -211,7 +232,13 @@ fn assign_during_eval_is_refused_and_named() {
 fn a_handle_kept_from_eval_is_caught_even_when_the_plugin_swallows_the_refusal() {
     let tmp = tempfile::tempdir().unwrap();
     let f = run_game(tmp.path(), serde_json::json!({"game": "eval_keep"}), 12);
-    assert_caught(&f, tmp.path(), Check::EvalIsolation, "op keep");
+    // Forward hooks keep nothing, in any mode: the contract refuses it.
+    assert_caught(
+        &f,
+        tmp.path(),
+        Check::OpContract,
+        "op keep is not allowed in hook model.mlp",
+    );
 }
 
 #[test]
@@ -232,10 +259,10 @@ fn a_schedule_past_the_token_budget_is_refused() {
 #[test]
 fn a_nan_stops_the_run_naming_the_step() {
     let tmp = tempfile::tempdir().unwrap();
-    // NaN from the training step after the 4th on (step 4).
+    // A NaN in every training forward: caught at step 0.
     let f = run_game(
         tmp.path(),
-        serde_json::json!({"game": "nan", "after": 4}),
+        serde_json::json!({"game": "nan", "after": 0}),
         12,
     );
     assert_caught(
@@ -252,11 +279,26 @@ fn a_nan_stops_the_run_naming_the_step() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(step, 4, "{detail}");
+    assert_eq!(step, 0, "{detail}");
     assert_eq!(f.summary.steps, step, "steps before the NaN are recorded");
     // The curve up to the NaN is kept.
     let lines = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
     assert_eq!(lines.matches("\"kind\":\"step\"").count(), step);
+}
+
+#[test]
+fn a_trick_that_counts_forward_calls_never_fires() {
+    // "NaN after the 4th training forward": instance state that pure forward
+    // hooks reset before every call, so the run trains and is valid.
+    let tmp = tempfile::tempdir().unwrap();
+    let f = run_game(
+        tmp.path(),
+        serde_json::json!({"game": "nan", "after": 4}),
+        12,
+    );
+    assert!(f.error.is_none(), "{:?}", f.error);
+    assert!(f.summary.verdict.valid);
+    assert_eq!(f.summary.steps, 12);
 }
 
 #[test]
@@ -304,4 +346,241 @@ fn a_warm_up_track_refuses_components_it_cannot_rebuild() {
     opts.track.track.train.warmup_steps = 2;
     let err = train::run(&opts, Components::reference(&opts.track.track)).unwrap_err();
     assert!(format!("{err:#}").contains("untimed warm-up"), "{err:#}");
+}
+
+// ---- The adversarial suite: tests/fixtures/adversary, one trick per class ----
+//
+// Each test runs the fixture (built as a native library and, where the class
+// applies to both, as wasm) with one `attack` and asserts the check that names
+// it, or that the host leaves the trick nothing to gain.
+
+use speedrun::train::VocabMode;
+
+fn adversary_dir() -> std::path::PathBuf {
+    root().join("tests/fixtures/adversary")
+}
+
+/// A run of the adversary with `config` (merged into its defaults) for `steps`.
+fn adversary_run(
+    out: &Path,
+    config: serde_json::Value,
+    steps: usize,
+    wasm: bool,
+    vocab: VocabMode,
+) -> Finished {
+    adversary_run_with(smoke_options(out, Some(steps)), config, wasm, vocab)
+}
+
+fn adversary_run_with(
+    opts: speedrun::train::RunOptions,
+    config: serde_json::Value,
+    wasm: bool,
+    vocab: VocabMode,
+) -> Finished {
+    adversary_try(opts, config, wasm, vocab).unwrap()
+}
+
+fn adversary_try(
+    mut opts: speedrun::train::RunOptions,
+    config: serde_json::Value,
+    wasm: bool,
+    vocab: VocabMode,
+) -> anyhow::Result<Finished> {
+    opts.vocab = vocab;
+    let track = opts.track.track.clone();
+    let arg = format!("adversary={config}");
+    train::execute(&opts, &mut || {
+        plugins::stack(
+            &track,
+            0,
+            &[adversary_dir()],
+            std::slice::from_ref(&arg),
+            wasm,
+            &default_policy(),
+        )
+    })
+}
+
+fn attack(name: &str) -> serde_json::Value {
+    serde_json::json!({ "attack": name })
+}
+
+#[test]
+fn adversary_look_ahead_on_real_batches_is_caught_by_twin_forwards() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Native: a look-ahead only on batches of more than one row (the old probe
+    // ran one sequence); wasm: only in eval mode.
+    for (trick, wasm) in [("lookahead_batch", false), ("lookahead_eval", true)] {
+        let dir = tmp.path().join(trick);
+        let f = adversary_run(&dir, attack(trick), 20, wasm, VocabMode::Secret);
+        assert_caught(&f, &dir, Check::Causality, "a real batch of");
+    }
+}
+
+#[test]
+fn adversary_call_counting_never_fires_in_pure_forward_hooks() {
+    let tmp = tempfile::tempdir().unwrap();
+    for wasm in [false, true] {
+        let dir = tmp.path().join(format!("count-{wasm}"));
+        let f = adversary_run(&dir, attack("count"), 60, wasm, VocabMode::Secret);
+        assert!(f.error.is_none(), "wasm {wasm}: {:?}", f.error);
+        assert!(f.summary.verdict.valid, "wasm {wasm}");
+        // A look-ahead that fired would drive the loss towards 0; the honest
+        // model is still above 3 nats after 60 smoke steps.
+        let loss = f.summary.final_val_loss.unwrap();
+        assert!(
+            loss > 2.5,
+            "wasm {wasm}: the look-ahead fired (loss {loss})"
+        );
+    }
+}
+
+#[test]
+fn adversary_reading_validation_tokens_back_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for wasm in [false, true] {
+        let dir = tmp.path().join(format!("memorize-{wasm}"));
+        let f = adversary_run(&dir, attack("memorize"), 5, wasm, VocabMode::Secret);
+        // The plugin swallows the refusal; the verdict still names it.
+        assert_caught(
+            &f,
+            &dir,
+            Check::EvalIsolation,
+            "op to_scalar in hook model.head",
+        );
+    }
+}
+
+/// Log-frequencies of the real token ids in the smoke track's training shards.
+fn real_unigram_log_prior() -> Vec<f64> {
+    let lt = speedrun::track::load("smoke").unwrap();
+    let data = speedrun::data::loader::TrackData::open(&lt, None).unwrap();
+    let mut counts = vec![1.0f64; lt.track.model.vocab];
+    for s in &data.train {
+        for t in s.to_vec() {
+            counts[t as usize] += 1.0;
+        }
+    }
+    let total: f64 = counts.iter().sum();
+    counts.iter().map(|c| (c / total).ln()).collect()
+}
+
+#[test]
+fn adversary_outside_knowledge_is_worthless_under_the_permutation_and_caught_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({ "attack": "prior", "prior": real_unigram_log_prior() });
+    let ln_v = (256f64).ln();
+    // Under the secret permutation the real-id prior is noise: the initial
+    // model is no better than uniform.
+    let dir = tmp.path().join("secret");
+    let f = adversary_run(&dir, config.clone(), 3, false, VocabMode::Secret);
+    let c = f.summary.verdict.get(Check::InitialModel).unwrap();
+    assert_eq!(c.outcome, Outcome::Passed, "{}", c.detail);
+    let initial = f.summary.best_val_loss.unwrap();
+    assert!(initial > ln_v - 0.05, "initial loss {initial}");
+    // On the real ids (what a run without the permutation would be) it knows
+    // the data before training, and the initial-model check names it.
+    let dir = tmp.path().join("real");
+    let f = adversary_run(&dir, config, 3, false, VocabMode::Identity);
+    assert_caught(
+        &f,
+        &dir,
+        Check::InitialModel,
+        "it knew the data before training",
+    );
+}
+
+#[test]
+fn adversary_smuggled_values_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // wte of the smoke model: 256 x 32 values written at step 0 from literals.
+    let dir = tmp.path().join("step");
+    let cfg = serde_json::json!({ "attack": "smuggle_step", "smuggle": 256 * 32 });
+    let f = adversary_run(&dir, cfg, 3, true, VocabMode::Secret);
+    assert_caught(&f, &dir, Check::PluginInputs, "inputs.max_literal_elements");
+    // model.init is declarative (no from_values), and optimizer.init starts
+    // from zeros and constants: the refusal stops the run as a violation.
+    for (trick, hook, wasm) in [
+        ("init_values", "model.init", true),
+        ("smuggle_init", "optimizer.init", false),
+    ] {
+        let opts = smoke_options(&tmp.path().join(trick), Some(3));
+        let Err(e) = adversary_try(opts, attack(trick), wasm, VocabMode::Secret) else {
+            panic!("{trick}: the run started");
+        };
+        let v = speedrun::verify::violation_of(&e).expect("a violation");
+        assert_eq!(v.check, Check::OpContract);
+        let err = format!("{e:#}");
+        assert!(
+            err.contains(&format!("op from_values is not allowed in hook {hook}")),
+            "{err}"
+        );
+        assert_eq!(speedrun::cli::exit_code(&e), 2);
+    }
+}
+
+#[test]
+fn adversary_init_hooks_run_on_the_training_clock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = serde_json::json!({ "attack": "slow_init", "sleep_ms": 400 });
+    let f = adversary_run(tmp.path(), cfg, 2, false, VocabMode::Secret);
+    assert!(f.error.is_none(), "{:?}", f.error);
+    assert!(f.summary.train_time_s >= 0.4, "{}", f.summary.train_time_s);
+    let t = &f.summary.verdict.get(Check::Timing).unwrap().detail;
+    assert!(t.contains("init hooks on the clock (0.4"), "{t}");
+    // The clock the target is measured on starts before init too.
+    let line = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
+    let first_val: serde_json::Value = line
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["kind"] == "val")
+        .unwrap();
+    assert!(first_val["train_time_s"].as_f64().unwrap() >= 0.4);
+}
+
+#[test]
+fn adversary_statics_do_not_survive_between_stack_instances() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An untimed warm-up builds the stack twice in one run, and the second
+    // run builds it twice again: four loads of one library file.
+    for run in 0..2 {
+        let dir = tmp.path().join(format!("run{run}"));
+        let mut opts = smoke_options(&dir, Some(12));
+        opts.track.track.train.warmup_steps = 3;
+        let f = adversary_run_with(opts, attack("static"), false, VocabMode::Secret);
+        assert!(f.error.is_none(), "run {run}: {:?}", f.error);
+        assert_eq!(f.summary.warmup_steps, 3);
+    }
+}
+
+#[test]
+fn adversary_runs_record_what_they_brought_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = adversary_run(tmp.path(), attack("none"), 5, true, VocabMode::Secret);
+    assert!(f.summary.verdict.valid);
+    let d = &f.summary.verdict.get(Check::PluginInputs).unwrap().detail;
+    assert!(d.starts_with("adversary (wasm "), "{d}");
+    assert!(
+        d.contains("0 elements from its constants (cap 4096)"),
+        "{d}"
+    );
+    assert!(d.contains("ops in a hook call (cap 8192)"), "{d}");
+}
+
+#[test]
+fn a_wasm_module_over_the_size_cap_is_refused_at_load() {
+    let wat = format!(
+        r#"(module (memory (export "memory") 40) (data (i32.const 0) "{}"))"#,
+        "\\00".repeat(2 << 20)
+    );
+    let bytes = wat::parse_str(&wat).unwrap();
+    let limits = speedrun::plugins::wasm::WasmLimits::default();
+    let err = match speedrun::plugins::wasm::WasmModule::from_bytes(&bytes, limits) {
+        Ok(_) => panic!("a 2 MiB module loaded"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("over the policy's cap of 1048576 bytes (wasm.max_module_bytes)"),
+        "{err}"
+    );
 }

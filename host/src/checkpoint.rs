@@ -16,6 +16,34 @@ pub fn save(params: &ParamStore, path: &Path) -> Result<()> {
         .with_context(|| format!("writing checkpoint {}", path.display()))
 }
 
+/// Saves parameters trained under permutation `p` under the real token ids:
+/// every token-indexed table (`ParamKind::TokenEmbedding` with a row per id)
+/// has its rows put back, so the checkpoint reads like any other.
+pub fn save_unpermuted(
+    params: &ParamStore,
+    p: &crate::data::permutation::VocabPermutation,
+    path: &Path,
+) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut named = params.named_tensors();
+    for param in params.iter() {
+        let rows = param.spec.shape.first().copied();
+        if param.spec.kind == crate::model::params::ParamKind::TokenEmbedding
+            && rows == Some(p.len())
+        {
+            let t = named
+                .get(&param.spec.name)
+                .context("a parameter without a tensor")?;
+            let back = p.unpermute_rows(t)?;
+            named.insert(param.spec.name.clone(), back);
+        }
+    }
+    candle_core::safetensors::save(&named, path)
+        .with_context(|| format!("writing checkpoint {}", path.display()))
+}
+
 /// Replaces the model's parameters with a checkpoint's; names and shapes must match exactly.
 pub fn load_into(model: &Model, path: &Path, device: &Device) -> Result<()> {
     let mut tensors = candle_core::safetensors::load(path, device)

@@ -236,6 +236,15 @@ pub struct RunArgs {
     /// Given as 1 it still goes through the group (NCCL at world size 1).
     #[arg(long)]
     pub ranks: Option<usize>,
+    /// After the run, its null-data control: the same stack, seed and steps
+    /// trained under the run's secret permutation and validated under an
+    /// independent one; a score below the floor fails the `null_control` check.
+    #[arg(long, conflicts_with_all = ["unpermuted", "ranks"])]
+    pub null_control: bool,
+    /// Train and validate on the real token ids, without the secret vocabulary
+    /// permutation (calibration only: the run is unofficial).
+    #[arg(long)]
+    pub unpermuted: bool,
     /// Set by the GPU launcher for each rank process it starts (not for users).
     #[arg(long, hide = true, requires_all = ["world_size", "rendezvous"])]
     pub rank: Option<usize>,
@@ -1023,6 +1032,11 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         deadline: None,
         device: a.device,
         parallel: None,
+        vocab: if a.unpermuted {
+            train::VocabMode::Identity
+        } else {
+            train::VocabMode::Secret
+        },
     };
     let track = opts.track.track.clone();
     let build = || {
@@ -1038,7 +1052,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let finished = match a.ranks {
         _ if a.rank.is_some() => {
             let place = (a.rank, a.world_size, a.rendezvous.clone(), a.device.choice);
-            let opts = gpu_rank_options(opts, place)?;
+            let opts = gpu_rank_options(opts.clone(), place)?;
             let f = train::execute(&opts, &mut || build())?;
             if a.rank != Some(0) {
                 // Rank 0 reports; the others' run directories hold their own.
@@ -1061,9 +1075,18 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             all.swap_remove(0)?
         }
     };
-    let s = finished.summary;
+    let mut s = finished.summary;
     if let Some(e) = finished.error {
         return Err(invalid_if_caught(e, &s.verdict));
+    }
+    if a.null_control {
+        let check = train::null_control(&opts, &mut || build())?;
+        println!(
+            "null-data control: {} ({})",
+            check.outcome.name(),
+            check.detail
+        );
+        train::amend_verdict(&mut s, check, opts.store.as_deref())?;
     }
     let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
     println!(
@@ -1221,9 +1244,9 @@ fn invalid_if_caught(e: anyhow::Error, v: &crate::verify::Verdict) -> anyhow::Er
     }
 }
 
-/// The exit status for an error: 2 for an invalid run, 1 otherwise.
+/// The exit status for an error: 2 for an invalid run (a check failed), 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<Invalid>()) {
+    if e.chain().any(|c| c.is::<Invalid>()) || crate::verify::violation_of(e).is_some() {
         2
     } else {
         1

@@ -357,6 +357,7 @@ pub fn run_stacks(s: &Session, stacks: &[(&str, &StackSpec)]) -> Result<Vec<Vec<
                 deadline: s.deadline,
                 device: s.device,
                 parallel: None,
+                vocab: Default::default(),
             };
             let f = train::execute(&opts, &mut || stack.build(&s.track, seed, &s.policy))?;
             if let Some(e) = f.error {
@@ -373,6 +374,31 @@ pub fn run_stacks(s: &Session, stacks: &[(&str, &StackSpec)]) -> Result<Vec<Vec<
         }
     }
     Ok(out)
+}
+
+/// The null-data control of `stack` at `seed` (see `train::null_control`), in
+/// `OUT/ROLE-sSEED/null-control`: the check a record claim must also pass.
+pub fn null_control(
+    s: &Session,
+    role: &str,
+    stack: &StackSpec,
+    seed: u64,
+) -> Result<crate::verify::CheckResult> {
+    let opts = RunOptions {
+        track: s.track.clone(),
+        seed,
+        steps: stack.steps.or(s.steps),
+        out: s.out.join(format!("{role}-s{seed}")),
+        data_dir: s.data_dir.clone(),
+        save_checkpoint: None,
+        progress: false,
+        store: None,
+        deadline: s.deadline,
+        device: s.device,
+        parallel: None,
+        vocab: Default::default(),
+    };
+    train::null_control(&opts, &mut || stack.build(&s.track, seed, &s.policy))
 }
 
 /// Stores a report as a comparison of the store at `path`; answers its id.

@@ -15,6 +15,9 @@ pub enum OpClass {
     Write,
     /// Reads a model parameter by name: the forward hooks only.
     ParamRead,
+    /// Keeps a handle past its hook call: `optimizer.*` only, since forward
+    /// hooks are pure (their instance is reset before every call).
+    State,
 }
 
 macro_rules! ops {
@@ -191,7 +194,7 @@ ops! {
 
     // --- handles ---
     /// Keeps a handle past the end of the hook call (state). T = [x]; the value is detached.
-    Keep = 100, "keep", Compute;
+    Keep = 100, "keep", State;
     /// Releases a handle now. T = [x].
     Release = 101, "release", Compute;
 
@@ -217,10 +220,28 @@ impl Op {
         match hook {
             // Pure functions of their arguments, or declarations: no tensors.
             Schedule | ModelParams => false,
-            OptimizerInit | OptimizerStep => self.class() != OpClass::ParamRead,
-            ModelInit => self.class() == OpClass::Compute,
+            // State starts from zeros or constants: nothing the plugin brings in
+            // (no values, no draws it could tune), and no parameter writes yet.
+            OptimizerInit => {
+                matches!(self.class(), OpClass::Compute | OpClass::State)
+                    && !matches!(self, Op::FromValues | Op::Randn | Op::Uniform | Op::Arange)
+            }
+            OptimizerStep => self.class() != OpClass::ParamRead,
+            // Declarative: one constant or one distribution of the host's seeded
+            // generator per parameter, nothing composed from plugin values.
+            ModelInit => matches!(
+                self,
+                Op::Zeros
+                    | Op::Ones
+                    | Op::Full
+                    | Op::Randn
+                    | Op::Uniform
+                    | Op::Shape
+                    | Op::DTypeOf
+                    | Op::Release
+            ),
             ModelEmbed | ModelBlock | ModelAttention | ModelMlp | ModelNorm | ModelHead
-            | ModelForward => self.class() != OpClass::Write,
+            | ModelForward => matches!(self.class(), OpClass::Compute | OpClass::ParamRead),
         }
     }
 }
@@ -251,5 +272,45 @@ mod tests {
         assert!(!Op::Param.allowed_in(HookPoint::OptimizerStep));
         assert!(!Op::Add.allowed_in(HookPoint::Schedule));
         assert!(Op::Randn.allowed_in(HookPoint::ModelInit));
+    }
+
+    #[test]
+    fn init_is_declarative_and_forward_hooks_keep_nothing() {
+        // model.init: a constant or a seeded distribution, nothing composed.
+        for op in [
+            Op::FromValues,
+            Op::Cat,
+            Op::Add,
+            Op::Affine,
+            Op::Narrow,
+            Op::Arange,
+        ] {
+            assert!(!op.allowed_in(HookPoint::ModelInit), "{op:?}");
+        }
+        for op in [Op::Zeros, Op::Ones, Op::Full, Op::Randn, Op::Uniform] {
+            assert!(op.allowed_in(HookPoint::ModelInit), "{op:?}");
+        }
+        // optimizer.init: state from zeros and constants, no writes.
+        for op in [
+            Op::FromValues,
+            Op::Randn,
+            Op::Uniform,
+            Op::Assign,
+            Op::AdamwUpdate,
+        ] {
+            assert!(!op.allowed_in(HookPoint::OptimizerInit), "{op:?}");
+        }
+        assert!(Op::Keep.allowed_in(HookPoint::OptimizerInit));
+        assert!(Op::Zeros.allowed_in(HookPoint::OptimizerInit));
+        // Forward hooks are pure: no kept handles.
+        for h in [
+            HookPoint::ModelAttention,
+            HookPoint::ModelHead,
+            HookPoint::ModelForward,
+        ] {
+            assert!(!Op::Keep.allowed_in(h));
+            assert!(Op::Tokens.allowed_in(h));
+        }
+        assert!(Op::Keep.allowed_in(HookPoint::OptimizerStep));
     }
 }

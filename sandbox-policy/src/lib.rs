@@ -53,6 +53,14 @@ pub struct WasmLimits {
     pub max_live_handles: u64,
     /// Bytes of the tensors those handles name.
     pub max_tensor_bytes: u64,
+    /// Size of the module file: its data segments are what a plugin can bring
+    /// in wholesale (a checkpoint), so they are bounded before it runs.
+    #[serde(default = "default_module_bytes")]
+    pub max_module_bytes: u64,
+}
+
+fn default_module_bytes() -> u64 {
+    1 << 20
 }
 
 impl Default for WasmLimits {
@@ -62,6 +70,27 @@ impl Default for WasmLimits {
             memory_pages: 4096,
             max_live_handles: 1 << 16,
             max_tensor_bytes: 8 << 30,
+            max_module_bytes: default_module_bytes(),
+        }
+    }
+}
+
+/// What any plugin (either transport) may bring into a run through its ops.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputLimits {
+    /// Ops one hook call may make.
+    pub max_ops_per_call: u64,
+    /// Tensor elements a plugin may create from its own constants in one run
+    /// (`from_values` and `full`): the channel a smuggled checkpoint would use.
+    pub max_literal_elements: u64,
+}
+
+impl Default for InputLimits {
+    fn default() -> InputLimits {
+        InputLimits {
+            max_ops_per_call: 8192,
+            max_literal_elements: 4096,
         }
     }
 }
@@ -96,6 +125,8 @@ pub struct Policy {
     pub mode: Mode,
     #[serde(default)]
     pub wasm: WasmLimits,
+    #[serde(default)]
+    pub inputs: InputLimits,
     /// Keyed by dotted hook name; a hook absent here may not be replaced.
     #[serde(default)]
     pub hooks: BTreeMap<String, HookRule>,
@@ -119,11 +150,14 @@ pub enum NativeVerdict {
     Unapproved(String),
 }
 
-const LIMIT_BOUNDS: [(&str, u64, u64); 4] = [
-    ("fuel_per_call", 1_000, 1_000_000_000_000),
-    ("memory_pages", 1, 65_536),
-    ("max_live_handles", 1, 100_000_000),
-    ("max_tensor_bytes", 1 << 10, 1 << 40),
+const LIMIT_BOUNDS: [(&str, u64, u64); 7] = [
+    ("wasm.fuel_per_call", 1_000, 1_000_000_000_000),
+    ("wasm.memory_pages", 1, 65_536),
+    ("wasm.max_live_handles", 1, 100_000_000),
+    ("wasm.max_tensor_bytes", 1 << 10, 1 << 40),
+    ("wasm.max_module_bytes", 1 << 10, 1 << 30),
+    ("inputs.max_ops_per_call", 1, 100_000_000),
+    ("inputs.max_literal_elements", 0, 1 << 40),
 ];
 
 impl Policy {
@@ -135,16 +169,19 @@ impl Policy {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let w = &self.wasm;
+        let (w, i) = (&self.wasm, &self.inputs);
         for (field, lo, hi) in LIMIT_BOUNDS {
             let v = match field {
-                "fuel_per_call" => w.fuel_per_call,
-                "memory_pages" => w.memory_pages,
-                "max_live_handles" => w.max_live_handles,
-                _ => w.max_tensor_bytes,
+                "wasm.fuel_per_call" => w.fuel_per_call,
+                "wasm.memory_pages" => w.memory_pages,
+                "wasm.max_live_handles" => w.max_live_handles,
+                "wasm.max_tensor_bytes" => w.max_tensor_bytes,
+                "wasm.max_module_bytes" => w.max_module_bytes,
+                "inputs.max_ops_per_call" => i.max_ops_per_call,
+                _ => i.max_literal_elements,
             };
             if !(lo..=hi).contains(&v) {
-                bail!("wasm.{field} = {v} is outside the sane range {lo}..={hi}");
+                bail!("{field} = {v} is outside the sane range {lo}..={hi}");
             }
         }
         for (name, rule) in &self.hooks {

@@ -32,6 +32,7 @@ pub fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
         deadline: None,
         device: Default::default(),
         parallel: None,
+        vocab: Default::default(),
     }
 }
 

@@ -216,6 +216,8 @@ pub struct TrainStream<'a> {
     seq: usize,
     /// Tokens handed out so far (inputs only: the budget's unit).
     pub tokens_consumed: u64,
+    /// The run's secret relabelling of the vocabulary (none: the real ids).
+    permutation: Option<std::sync::Arc<super::permutation::VocabPermutation>>,
 }
 
 impl<'a> TrainStream<'a> {
@@ -250,7 +252,17 @@ impl<'a> TrainStream<'a> {
             batch,
             seq,
             tokens_consumed: 0,
+            permutation: None,
         }
+    }
+
+    /// The same stream with every token relabelled through `p`.
+    pub fn permuted(
+        mut self,
+        p: std::sync::Arc<super::permutation::VocabPermutation>,
+    ) -> TrainStream<'a> {
+        self.permutation = Some(p);
+        self
     }
 
     pub fn next_batch(&mut self) -> Batch {
@@ -279,6 +291,10 @@ impl<'a> TrainStream<'a> {
             targets.extend_from_slice(&buf[1..]);
         }
         self.tokens_consumed += (batch * self.seq) as u64;
+        if let Some(p) = &self.permutation {
+            p.apply(&mut inputs);
+            p.apply(&mut targets);
+        }
         Batch {
             inputs,
             targets,
@@ -318,6 +334,12 @@ impl ValidationSet {
             seq,
             target_bytes,
         })
+    }
+
+    /// Relabels every token through `p` (bits per byte, counted from the real
+    /// tokens, stay as they are).
+    pub fn permute(&mut self, p: &super::permutation::VocabPermutation) {
+        p.apply(&mut self.tokens);
     }
 
     /// Scored tokens.

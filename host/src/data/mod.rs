@@ -5,5 +5,6 @@
 pub mod corpus;
 pub mod loader;
 pub mod manifest;
+pub mod permutation;
 pub mod shard;
 pub mod tokenizer;

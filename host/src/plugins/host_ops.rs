@@ -35,6 +35,9 @@ pub struct OpEnv<'a> {
     pub eval: bool,
     /// Refusals recorded for the verdict, whether or not the plugin passes the error on.
     pub violations: &'a mut Vec<Violation>,
+    /// Elements this plugin made from its own constants so far in the run.
+    pub literal_elements: &'a mut u64,
+    pub max_literal_elements: u64,
 }
 
 impl OpEnv<'_> {
@@ -115,21 +118,23 @@ fn same_shape(target: &Tensor, value: &Tensor, what: &str) -> Result<()> {
 
 /// Runs one op for a plugin. The caller counts it and names plugin and hook in errors.
 pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
-    if env.eval && (op == Op::Keep || op.class() == OpClass::Write) {
-        return Err(env.refuse(
-            Check::EvalIsolation,
-            format!(
-                "op {} in hook {} while the host validates: eval mode allows no writes and no kept handles",
-                op.name(),
-                env.hook
-            ),
-        ));
-    }
     if !op.allowed_in(env.hook) {
         return Err(env.refuse(
             Check::OpContract,
             format!(
                 "op {} is not allowed in hook {} (the hook's contract)",
+                op.name(),
+                env.hook
+            ),
+        ));
+    }
+    // In eval mode nothing flows back into the plugin: no value read back (the
+    // validation tokens would reach its memory), no write, no kept handle.
+    if env.eval && (op == Op::Keep || op == Op::ToScalar || op.class() == OpClass::Write) {
+        return Err(env.refuse(
+            Check::EvalIsolation,
+            format!(
+                "op {} in hook {} while the host validates: eval mode allows no value read back, no writes and no kept handles",
                 op.name(),
                 env.hook
             ),
@@ -145,6 +150,20 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
             );
             return Err(env.refuse(Check::OpContract, detail));
         }
+    }
+    if matches!(op, Op::FromValues | Op::Full) {
+        let n = creation(f)?.1.iter().product::<usize>() as u64;
+        let total = *env.literal_elements + n;
+        if total > env.max_literal_elements {
+            let detail = format!(
+                "op {} in hook {} would bring the elements made from the plugin's own constants to {total}, over the policy's inputs.max_literal_elements of {} per run",
+                op.name(),
+                env.hook,
+                env.max_literal_elements
+            );
+            return Err(env.refuse(Check::PluginInputs, detail));
+        }
+        *env.literal_elements = total;
     }
     let dev = env.device;
     let t = |i: usize| -> Result<&Tensor> { env.table.tensor(f.tensor(i)?) };
@@ -302,7 +321,10 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
         Op::BroadcastAs => t(0)?.broadcast_as(dims(&f.ints)?)?,
         Op::Unsqueeze => t(0)?.unsqueeze(int(0)?)?,
         Op::Squeeze => t(0)?.squeeze(int(0)?)?,
-        Op::Matmul => env.precision.matmul(t(0)?, t(1)?)?,
+        // Plugins reach operands through transposes; the gemm wants them laid out.
+        Op::Matmul => env
+            .precision
+            .matmul(&t(0)?.contiguous()?, &t(1)?.contiguous()?)?,
         Op::IndexSelect => t(0)?.index_select(t(1)?, int(0)?)?,
         Op::Embedding => {
             let (table, ids) = (t(0)?, t(1)?);

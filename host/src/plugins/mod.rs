@@ -43,6 +43,8 @@ pub struct PluginRecord {
     pub path: String,
     /// SHA-256 of the library file.
     pub sha256: String,
+    /// Size of the library file in bytes (what it could bring in as data).
+    pub bytes: u64,
     pub config: serde_json::Value,
 }
 
@@ -64,6 +66,16 @@ pub fn wasm_limits(policy: &LoadedPolicy) -> WasmLimits {
         memory_bytes: (w.memory_pages * 65536) as usize,
         max_live_handles: w.max_live_handles as usize,
         max_tensor_bytes: w.max_tensor_bytes as usize,
+        max_module_bytes: w.max_module_bytes as usize,
+    }
+}
+
+/// The op budgets a policy sets for every plugin.
+pub fn input_budget(policy: &LoadedPolicy) -> session::InputBudget {
+    let i = policy.policy.inputs;
+    session::InputBudget {
+        max_ops_per_call: i.max_ops_per_call,
+        max_literal_elements: i.max_literal_elements,
     }
 }
 
@@ -87,10 +99,11 @@ pub fn admit(
     }
     let mut warnings = Vec::new();
     if transport == PolicyTransport::Native {
-        let sha = if library.is_file() {
-            sha256_file(library)?
-        } else {
-            String::new()
+        // The hash of what was loaded, not of the file as it is now.
+        let sha = match module.loaded_bytes().0 {
+            s if !s.is_empty() => s,
+            _ if library.is_file() => sha256_file(library)?,
+            _ => String::new(),
         };
         if let NativeVerdict::Unapproved(why) =
             policy
@@ -148,6 +161,14 @@ impl PluginModule {
         match self {
             PluginModule::Native(m) => m.create(config),
             PluginModule::Wasm(m) => m.create(config),
+        }
+    }
+
+    /// SHA-256 and size of the bytes loaded (what ran), when they came from a file.
+    pub fn loaded_bytes(&self) -> (String, u64) {
+        match self {
+            PluginModule::Native(m) => (m.sha256.clone(), m.bytes),
+            PluginModule::Wasm(m) => (m.sha256.clone(), m.bytes as u64),
         }
     }
 
@@ -295,15 +316,20 @@ pub fn start(
         hooks: manifest.hooks.clone(),
         transport: module.transport_name().into(),
         path: path.display().to_string(),
-        sha256: if path.is_file() {
-            sha256_file(path)?
-        } else {
-            String::new()
-        },
+        sha256: module.loaded_bytes().0,
+        bytes: module.loaded_bytes().1,
         config,
     };
     let table = module.handle_table();
-    let mut session = PluginSession::new(manifest, module.into_transport(), instance, rng, table);
+    let mut session = PluginSession::new(
+        manifest,
+        module.into_transport(),
+        instance,
+        record.config.clone(),
+        rng,
+        table,
+    );
+    session.set_budget(input_budget(policy));
     for hook in HookPoint::ALL {
         if let Some(ops) = policy.policy.op_allow_list(hook) {
             session.restrict(hook, ops, policy.path.display().to_string());
@@ -400,6 +426,20 @@ pub fn take_stats(plugins: &[LoadedPlugin]) -> Vec<HookLine> {
         .iter()
         .flat_map(|p| p.session.borrow_mut().take_stats())
         .collect()
+}
+
+/// Every plugin's seeded generator, to restore after a twin forward.
+pub fn rng_states(plugins: &[LoadedPlugin]) -> Vec<rand_chacha::ChaCha8Rng> {
+    plugins
+        .iter()
+        .map(|p| p.session.borrow().rng_state())
+        .collect()
+}
+
+pub fn set_rng_states(plugins: &[LoadedPlugin], states: Vec<rand_chacha::ChaCha8Rng>) {
+    for (p, s) in plugins.iter().zip(states) {
+        p.session.borrow_mut().set_rng_state(s);
+    }
 }
 
 /// Every op refusal the plugins' sessions recorded since the last call.

@@ -15,6 +15,10 @@ const VERDICT_LINES: usize = 12;
 
 pub struct NativeModule {
     module: PluginModRef,
+    /// SHA-256 of the bytes loaded (empty for a plugin linked into the host).
+    pub sha256: String,
+    /// Their size.
+    pub bytes: u64,
 }
 
 fn ffi<T>(r: FfiResult<T>) -> std::result::Result<T, String> {
@@ -44,9 +48,34 @@ fn verdict(msg: &str) -> String {
 
 impl NativeModule {
     /// Loads the library at `path` and checks its root module's layout and version
-    /// against this host's plugin API.
+    /// against this host's plugin API. The bytes are read once, hashed, and
+    /// loaded from a private copy of their own: what is hashed is what runs, a
+    /// file replaced on disk afterwards changes nothing, and every load (each
+    /// stack instance: the warm-up copy, the timed run, each seed, each rank)
+    /// gets fresh statics, so no `static` carries state between them.
     pub fn load(path: &Path) -> Result<NativeModule> {
-        let header = speedrun_plugin_api::native::__abi::library::lib_header_from_path(path)
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot load plugin {}: reading it", path.display()))?;
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let copy = private_copy(&bytes, &sha256).with_context(|| {
+            format!(
+                "cannot load plugin {}: making its private copy",
+                path.display()
+            )
+        })?;
+        let loaded = NativeModule::load_file(&copy, path);
+        // Loaded (or refused): the mapping needs no name on disk.
+        let _ = std::fs::remove_file(&copy);
+        let module = loaded?;
+        Ok(NativeModule {
+            module,
+            sha256,
+            bytes: bytes.len() as u64,
+        })
+    }
+
+    fn load_file(copy: &Path, path: &Path) -> Result<PluginModRef> {
+        let header = speedrun_plugin_api::native::__abi::library::lib_header_from_path(copy)
             .map_err(|e| {
                 anyhow!(
                     "cannot load plugin {}: {}",
@@ -54,19 +83,22 @@ impl NativeModule {
                     verdict(&e.to_string())
                 )
             })?;
-        let module = header.init_root_module::<PluginModRef>().map_err(|e| {
+        header.init_root_module::<PluginModRef>().map_err(|e| {
             anyhow!(
                 "plugin {} was built against an incompatible plugin API and is refused:\n{}",
                 path.display(),
                 verdict(&e.to_string())
             )
-        })?;
-        Ok(NativeModule { module })
+        })
     }
 
     /// A plugin linked into this process (tests, and built-in plugins).
     pub fn in_process(module: PluginModRef) -> NativeModule {
-        NativeModule { module }
+        NativeModule {
+            module,
+            sha256: String::new(),
+            bytes: 0,
+        }
     }
 
     pub fn manifest(&self) -> Result<Manifest> {
@@ -85,6 +117,22 @@ impl NativeModule {
         ))
         .map_err(|e| anyhow!(e))
     }
+}
+
+/// Writes `bytes` to a file of its own for one load.
+fn private_copy(bytes: &[u8], sha256: &str) -> Result<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join("speedrun-plugin-loads");
+    std::fs::create_dir_all(&dir)?;
+    let p = dir.join(format!(
+        "{}-{}-{}.so",
+        &sha256[..16],
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&p, bytes)?;
+    Ok(p)
 }
 
 /// What every transport checks of a manifest: the API version and hook names.
@@ -117,6 +165,21 @@ impl Transport for NativeModule {
             args.into(),
         ))
         .map(Frame::from)
+    }
+
+    /// A new instance for the call, destroyed after it. (Native code is
+    /// reviewed: its statics are not reset here, but each stack loads its own
+    /// copy of the library, so none outlives the stack.)
+    fn call_pristine(
+        &self,
+        config: &serde_json::Value,
+        hook: HookPoint,
+        args: Frame,
+    ) -> std::result::Result<Frame, String> {
+        let instance = self.create(config).map_err(|e| format!("{e:#}"))?;
+        let out = self.call(instance, hook, args);
+        self.destroy(instance);
+        out
     }
 
     fn destroy(&self, instance: u64) {

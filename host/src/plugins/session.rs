@@ -21,16 +21,64 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-/// How the host reaches a plugin instance (native library, or in #5, wasm).
+/// How the host reaches a plugin instance (a native library, or a wasm module).
 pub trait Transport {
-    /// Calls one hook; an `Err` is the plugin's error text (a panic included).
+    /// Calls one hook on the stateful instance; an `Err` is the plugin's error
+    /// text (a panic included).
     fn call(
         &self,
         instance: u64,
         hook: HookPoint,
         args: Frame,
     ) -> std::result::Result<Frame, String>;
+    /// Calls one hook on an instance in its post-initialisation state, made
+    /// from `config` for this call alone: the model hooks are pure by
+    /// construction, so nothing is counted, memorised or replayed between them.
+    fn call_pristine(
+        &self,
+        config: &serde_json::Value,
+        hook: HookPoint,
+        args: Frame,
+    ) -> std::result::Result<Frame, String>;
     fn destroy(&self, instance: u64);
+}
+
+/// The model hooks run pristine; optimizer and schedule keep their instance.
+pub fn is_pristine(hook: HookPoint) -> bool {
+    !matches!(
+        hook,
+        HookPoint::Schedule | HookPoint::OptimizerInit | HookPoint::OptimizerStep
+    )
+}
+
+/// What a plugin may bring in through its ops (the policy's `[inputs]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputBudget {
+    pub max_ops_per_call: u64,
+    pub max_literal_elements: u64,
+}
+
+impl Default for InputBudget {
+    fn default() -> InputBudget {
+        let d = speedrun_sandbox_policy::InputLimits::default();
+        InputBudget {
+            max_ops_per_call: d.max_ops_per_call,
+            max_literal_elements: d.max_literal_elements,
+        }
+    }
+}
+
+/// What a plugin brought in over a run, for the `plugin_inputs` check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct InputUse {
+    /// Elements created from the plugin's own constants (`from_values`, `full`).
+    pub literal_elements: u64,
+    /// The most ops one hook call made.
+    pub max_ops_in_a_call: u64,
+    /// Ops over all calls.
+    pub ops: u64,
+    /// Hook calls.
+    pub calls: u64,
 }
 
 /// Time, calls and ops inside one hook of one plugin.
@@ -77,12 +125,17 @@ pub struct PluginSession {
     tokens: Option<candle_core::Tensor>,
     /// Ops the host refused, for the verdict (the plugin may have swallowed the error).
     violations: Vec<Violation>,
+    /// The configuration the instance was created from: pristine calls recreate it.
+    config: serde_json::Value,
+    budget: InputBudget,
+    inputs: InputUse,
 }
 
 /// The context of the hook call in progress on this thread, for `host_call_op`.
 struct Active<'a> {
     env: OpEnv<'a>,
     ops: u64,
+    max_ops: u64,
 }
 
 thread_local! {
@@ -121,8 +174,38 @@ pub fn dispatch_op(op: u32, args: Frame) -> std::result::Result<Frame, String> {
             // hook call that is running this op; cleared when it returns.
             let active = unsafe { &mut *ptr };
             active.ops += 1;
-            host_ops::execute(&mut active.env, op, &args)
-                .map_err(|e| format!("op {}: {e:#}", op.name()))
+            if active.ops > active.max_ops {
+                let detail = format!(
+                    "more than {} ops in one call of hook {} (the policy's inputs.max_ops_per_call)",
+                    active.max_ops, active.env.hook
+                );
+                active
+                    .env
+                    .violations
+                    .push(Violation::new(Check::PluginInputs, detail.clone()));
+                return Err(detail);
+            }
+            let refused_before = active.env.violations.len();
+            let out = host_ops::execute(&mut active.env, op, &args)
+                .map_err(|e| format!("op {}: {e:#}", op.name()));
+            // In eval mode an error is information about validation data the
+            // plugin could branch on (an index out of range, a shape): any
+            // failed op there is a violation, even if the plugin survives it.
+            // A `param` lookup is the exception: whether a name exists is fixed
+            // by the model's declarations, never by data (the SDK's
+            // `head_weight` asks for `lm_head.weight` first).
+            if let Err(e) = &out {
+                if active.env.eval
+                    && op != Op::Param
+                    && active.env.violations.len() == refused_before
+                {
+                    active.env.violations.push(Violation::new(
+                        Check::EvalIsolation,
+                        format!("{e} while the host validates: any op error in eval mode is a violation"),
+                    ));
+                }
+            }
+            out
         },
     ));
     result.unwrap_or_else(|_| Err("the host panicked running this op (a host bug)".into()))
@@ -147,6 +230,7 @@ impl PluginSession {
         manifest: Manifest,
         transport: Box<dyn Transport>,
         instance: u64,
+        config: serde_json::Value,
         rng: ChaCha8Rng,
         table: HandleTable,
     ) -> PluginSession {
@@ -154,6 +238,9 @@ impl PluginSession {
             manifest,
             transport,
             instance,
+            config,
+            budget: InputBudget::default(),
+            inputs: InputUse::default(),
             table,
             rng,
             device: Device::Cpu,
@@ -173,6 +260,30 @@ impl PluginSession {
         self.device = meter.device().clone();
         self.precision = precision;
         self.meter = Some(meter);
+    }
+
+    /// Bounds what the plugin may bring in through its ops (the policy's `[inputs]`).
+    pub fn set_budget(&mut self, budget: InputBudget) {
+        self.budget = budget;
+    }
+
+    /// What the plugin brought in so far.
+    pub fn inputs(&self) -> InputUse {
+        self.inputs
+    }
+
+    pub fn budget(&self) -> InputBudget {
+        self.budget
+    }
+
+    /// The plugin's seeded generator (forward hooks' draws), to save and restore
+    /// around the host's twin forwards so they leave the run's randomness as it was.
+    pub fn rng_state(&self) -> ChaCha8Rng {
+        self.rng.clone()
+    }
+
+    pub fn set_rng_state(&mut self, rng: ChaCha8Rng) {
+        self.rng = rng;
     }
 
     /// Narrows the ops `hook` may call to `ops` (a policy's allow-list).
@@ -228,6 +339,9 @@ impl PluginSession {
         let s = self.stats.entry(hook).or_default();
         s.calls += 1;
         s.ops += ops;
+        self.inputs.calls += 1;
+        self.inputs.ops += ops;
+        self.inputs.max_ops_in_a_call = self.inputs.max_ops_in_a_call.max(ops);
         s.spans.push(span);
         out.map_err(|e| anyhow!("plugin {}, hook {hook}: {e:#}", self.manifest.name))
     }
@@ -260,11 +374,20 @@ impl PluginSession {
                 eval: self.eval,
                 tokens: self.tokens.as_ref(),
                 violations: &mut self.violations,
+                literal_elements: &mut self.inputs.literal_elements,
+                max_literal_elements: self.budget.max_literal_elements,
             },
             ops: 0,
+            max_ops: self.budget.max_ops_per_call,
         };
-        let (transport, instance) = (&self.transport, self.instance);
-        let reply = with_active(&mut active, || transport.call(instance, hook, args));
+        let (transport, instance, config) = (&self.transport, self.instance, &self.config);
+        let reply = with_active(&mut active, || {
+            if is_pristine(hook) {
+                transport.call_pristine(config, hook, args)
+            } else {
+                transport.call(instance, hook, args)
+            }
+        });
         *ops = active.ops;
         read(&reply.map_err(|e| anyhow!(e))?, &self.table)
     }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use wasmtime::{
-    Caller, Engine, Extern, Instance, Linker, Memory, Module, Store, StoreLimits,
+    Caller, Engine, Extern, Instance, InstancePre, Linker, Memory, Module, Store, StoreLimits,
     StoreLimitsBuilder, Trap, TypedFunc,
 };
 
@@ -29,6 +29,8 @@ pub struct WasmLimits {
     pub max_live_handles: usize,
     /// Cap on the bytes of the tensors those handles name.
     pub max_tensor_bytes: usize,
+    /// Cap on the module file's size: what a plugin can bring in as data.
+    pub max_module_bytes: usize,
 }
 
 impl Default for WasmLimits {
@@ -38,6 +40,7 @@ impl Default for WasmLimits {
             memory_bytes: 256 << 20,
             max_live_handles: 1 << 16,
             max_tensor_bytes: 8 << 30,
+            max_module_bytes: 1 << 20,
         }
     }
 }
@@ -143,12 +146,25 @@ struct Exports {
     destroy: TypedFunc<u64, ()>,
 }
 
-pub struct WasmModule {
-    store: RefCell<Store<WasmState>>,
+/// One instantiation of the module: its store (memory, globals, tables), its
+/// exports and its memory.
+struct Live {
+    store: Store<WasmState>,
     exports: Exports,
     memory: Memory,
     limits: WasmLimits,
+}
+
+pub struct WasmModule {
+    /// The instance that serves the stateful hooks (optimizer, schedule).
+    main: RefCell<Live>,
+    /// Linked and ready to instantiate again: every forward-hook call gets a
+    /// fresh instance of its own (`Transport::call_pristine`).
+    pre: InstancePre<WasmState>,
+    limits: WasmLimits,
     pub sha256: String,
+    /// The module's size in bytes, for the verdict.
+    pub bytes: usize,
 }
 
 fn unpack(packed: i64) -> (bool, u32, u32) {
@@ -158,6 +174,56 @@ fn unpack(packed: i64) -> (bool, u32, u32) {
         (false, -(packed + 1))
     };
     (ok, (p >> 32) as u32, (p & 0xffff_ffff) as u32)
+}
+
+fn instantiate(pre: &InstancePre<WasmState>, limits: WasmLimits) -> Result<Live> {
+    let mut store = Store::new(
+        engine(),
+        WasmState {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .instances(1)
+                .memories(1)
+                .tables(4)
+                .table_elements(1 << 16)
+                .trap_on_grow_failure(true)
+                .build(),
+            pending: Vec::new(),
+            last_op_error: None,
+        },
+    );
+    store.limiter(|s| &mut s.limits);
+    store.set_fuel(limits.fuel_per_call).map_err(wt)?;
+    let instance: Instance = pre
+        .instantiate(&mut store)
+        .map_err(|e| anyhow!("instantiating: {e:#}"))?;
+    fn get<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        store: &mut Store<WasmState>,
+        instance: &Instance,
+        name: &str,
+    ) -> Result<TypedFunc<P, R>> {
+        instance.get_typed_func::<P, R>(&mut *store, name).map_err(|e| {
+            anyhow!("the module lacks export {name} of the right type ({e}); is it built with export_plugin!?")
+        })
+    }
+    let exports = Exports {
+        alloc: get(&mut store, &instance, "speedrun_alloc")?,
+        free: get(&mut store, &instance, "speedrun_free")?,
+        manifest: get(&mut store, &instance, "speedrun_manifest")?,
+        panic_message: get(&mut store, &instance, "speedrun_panic_message").ok(),
+        create: get(&mut store, &instance, "speedrun_create")?,
+        call: get(&mut store, &instance, "speedrun_call")?,
+        destroy: get(&mut store, &instance, "speedrun_destroy")?,
+    };
+    let memory = instance
+        .get_memory(&mut store, "memory")
+        .context("the module exports no memory")?;
+    Ok(Live {
+        store,
+        exports,
+        memory,
+        limits,
+    })
 }
 
 impl WasmModule {
@@ -170,6 +236,15 @@ impl WasmModule {
     }
 
     pub fn from_bytes(bytes: &[u8], limits: WasmLimits) -> Result<WasmModule> {
+        // What a module brings in is bounded before anything of it runs: its
+        // data segments could otherwise carry a whole checkpoint.
+        if bytes.len() > limits.max_module_bytes {
+            bail!(
+                "the module is {} bytes, over the policy's cap of {} bytes (wasm.max_module_bytes)",
+                bytes.len(),
+                limits.max_module_bytes
+            );
+        }
         let (module, sha256) = compile(bytes)?;
         for import in module.imports() {
             if !OFFERED.contains(&(import.module(), import.name())) {
@@ -180,23 +255,6 @@ impl WasmModule {
                 );
             }
         }
-        let mut store = Store::new(
-            engine(),
-            WasmState {
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(limits.memory_bytes)
-                    .instances(1)
-                    .memories(1)
-                    .tables(4)
-                    .table_elements(1 << 16)
-                    .trap_on_grow_failure(true)
-                    .build(),
-                pending: Vec::new(),
-                last_op_error: None,
-            },
-        );
-        store.limiter(|s| &mut s.limits);
-        store.set_fuel(limits.fuel_per_call).map_err(wt)?;
         let mut linker = Linker::new(engine());
         linker
             .func_wrap("speedrun", "call_op", call_op)
@@ -204,36 +262,16 @@ impl WasmModule {
         linker
             .func_wrap("speedrun", "take_reply", take_reply)
             .map_err(wt)?;
-        let instance: Instance = linker
-            .instantiate(&mut store, &module)
-            .map_err(|e| anyhow!("instantiating: {e:#}"))?;
-        fn get<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
-            store: &mut Store<WasmState>,
-            instance: &Instance,
-            name: &str,
-        ) -> Result<TypedFunc<P, R>> {
-            instance.get_typed_func::<P, R>(&mut *store, name).map_err(|e| {
-                anyhow!("the module lacks export {name} of the right type ({e}); is it built with export_plugin!?")
-            })
-        }
-        let exports = Exports {
-            alloc: get(&mut store, &instance, "speedrun_alloc")?,
-            free: get(&mut store, &instance, "speedrun_free")?,
-            manifest: get(&mut store, &instance, "speedrun_manifest")?,
-            panic_message: get(&mut store, &instance, "speedrun_panic_message").ok(),
-            create: get(&mut store, &instance, "speedrun_create")?,
-            call: get(&mut store, &instance, "speedrun_call")?,
-            destroy: get(&mut store, &instance, "speedrun_destroy")?,
-        };
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .context("the module exports no memory")?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| anyhow!("linking: {e:#}"))?;
+        let main = instantiate(&pre, limits)?;
         Ok(WasmModule {
-            store: RefCell::new(store),
-            exports,
-            memory,
+            main: RefCell::new(main),
+            pre,
             limits,
             sha256,
+            bytes: bytes.len(),
         })
     }
 
@@ -241,113 +279,24 @@ impl WasmModule {
         self.limits
     }
 
-    /// Why a call failed, in words: the trap, the deadline, the panic message.
-    fn explain(&self, store: &mut Store<WasmState>, e: wasmtime::Error) -> String {
-        let mut msg = match e.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => format!(
-                "exceeded its deadline of {} wasm instructions in one hook call",
-                self.limits.fuel_per_call
-            ),
-            Some(Trap::StackOverflow) => {
-                "exhausted its call stack (unbounded recursion?)".to_string()
-            }
-            Some(Trap::UnreachableCodeReached) => {
-                let panic = self.panic_message(store).filter(|m| !m.is_empty());
-                match panic {
-                    Some(p) => format!("the plugin panicked: {p}"),
-                    None => "trapped: wasm `unreachable` executed".to_string(),
-                }
-            }
-            Some(t) => format!("trapped: {t}"),
-            None => format!("trapped: {e:#}"),
-        };
-        if let Some(op) = store.data_mut().last_op_error.take() {
-            msg.push_str(&format!(" (its last failed op: {op})"));
-        }
-        msg
-    }
-
-    fn panic_message(&self, store: &mut Store<WasmState>) -> Option<String> {
-        let f = self.exports.panic_message.as_ref()?;
-        store.set_fuel(1_000_000).ok()?;
-        let packed = f.call(&mut *store, ()).ok()?;
-        self.take(store, packed)
-            .ok()
-            .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
-    }
-
-    /// Copies bytes into a fresh buffer in the module's memory.
-    fn put(
-        &self,
-        store: &mut Store<WasmState>,
-        bytes: &[u8],
-    ) -> std::result::Result<(u32, u32), String> {
-        let len = u32::try_from(bytes.len()).map_err(|_| "argument too large".to_string())?;
-        let ptr = self
-            .exports
-            .alloc
-            .call(&mut *store, len)
-            .map_err(|e| self.explain(store, e))?;
-        self.memory
-            .write(&mut *store, ptr as usize, bytes)
-            .map_err(|_| {
-                format!("speedrun_alloc({len}) answered a buffer outside the module's memory")
-            })?;
-        Ok((ptr, len))
-    }
-
-    /// Reads (and frees) a result buffer the module handed back.
-    fn take(
-        &self,
-        store: &mut Store<WasmState>,
-        packed: i64,
-    ) -> std::result::Result<(bool, Vec<u8>), String> {
-        let (ok, ptr, len) = unpack(packed);
-        let end = ptr as usize + len as usize;
-        if end > self.memory.data_size(&*store) {
-            return Err(format!(
-                "the module answered a result at {ptr}..{end}, outside its memory"
-            ));
-        }
-        let mut buf = vec![0u8; len as usize];
-        self.memory
-            .read(&*store, ptr as usize, &mut buf)
-            .map_err(|e| e.to_string())?;
-        let _ = self.exports.free.call(&mut *store, (ptr, len));
-        Ok((ok, buf))
-    }
-
-    /// Runs `f` with a fresh deadline; a module error comes back as its text.
     fn run<R>(
         &self,
-        f: impl FnOnce(&Self, &mut Store<WasmState>) -> std::result::Result<i64, String>,
+        f: impl FnOnce(&mut Live) -> std::result::Result<i64, String>,
         read: impl FnOnce(Vec<u8>) -> std::result::Result<R, String>,
     ) -> std::result::Result<R, String> {
-        let mut store = self
-            .store
+        let mut live = self
+            .main
             .try_borrow_mut()
             .map_err(|_| "the wasm plugin was re-entered".to_string())?;
-        store
-            .set_fuel(self.limits.fuel_per_call)
-            .map_err(|e| e.to_string())?;
-        store.data_mut().last_op_error = None;
-        let packed = f(self, &mut store)?;
-        let (ok, bytes) = self.take(&mut store, packed)?;
-        if ok {
-            read(bytes)
-        } else {
-            Err(String::from_utf8_lossy(&bytes).into_owned())
-        }
+        live.run(f, read)
     }
 
     pub fn manifest(&self) -> Result<Manifest> {
         let m: Manifest = self
             .run(
-                |me, store| {
-                    me.exports
-                        .manifest
-                        .call(&mut *store, ())
-                        .map_err(|e| me.explain(store, e))
+                |live| {
+                    let r = live.exports.manifest.call(&mut live.store, ());
+                    r.map_err(|e| live.explain(e))
                 },
                 |b| serde_json::from_slice(&b).map_err(|e| e.to_string()),
             )
@@ -357,16 +306,107 @@ impl WasmModule {
     }
 
     pub fn create(&self, config: &serde_json::Value) -> Result<u64> {
+        self.main
+            .try_borrow_mut()
+            .map_err(|_| anyhow!("the wasm plugin was re-entered"))?
+            .create(config)
+            .map_err(|e| anyhow!(e))
+    }
+}
+
+impl Live {
+    /// Why a call failed, in words: the trap, the deadline, the panic message.
+    fn explain(&mut self, e: wasmtime::Error) -> String {
+        let mut msg = match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => format!(
+                "exceeded its deadline of {} wasm instructions in one hook call",
+                self.limits.fuel_per_call
+            ),
+            Some(Trap::StackOverflow) => {
+                "exhausted its call stack (unbounded recursion?)".to_string()
+            }
+            Some(Trap::UnreachableCodeReached) => {
+                let panic = self.panic_message().filter(|m| !m.is_empty());
+                match panic {
+                    Some(p) => format!("the plugin panicked: {p}"),
+                    None => "trapped: wasm `unreachable` executed".to_string(),
+                }
+            }
+            Some(t) => format!("trapped: {t}"),
+            None => format!("trapped: {e:#}"),
+        };
+        if let Some(op) = self.store.data_mut().last_op_error.take() {
+            msg.push_str(&format!(" (its last failed op: {op})"));
+        }
+        msg
+    }
+
+    fn panic_message(&mut self) -> Option<String> {
+        let f = self.exports.panic_message.clone()?;
+        self.store.set_fuel(1_000_000).ok()?;
+        let packed = f.call(&mut self.store, ()).ok()?;
+        self.take(packed)
+            .ok()
+            .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Copies bytes into a fresh buffer in the module's memory.
+    fn put(&mut self, bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
+        let len = u32::try_from(bytes.len()).map_err(|_| "argument too large".to_string())?;
+        let r = self.exports.alloc.call(&mut self.store, len);
+        let ptr = r.map_err(|e| self.explain(e))?;
+        self.memory
+            .write(&mut self.store, ptr as usize, bytes)
+            .map_err(|_| {
+                format!("speedrun_alloc({len}) answered a buffer outside the module's memory")
+            })?;
+        Ok((ptr, len))
+    }
+
+    /// Reads (and frees) a result buffer the module handed back.
+    fn take(&mut self, packed: i64) -> std::result::Result<(bool, Vec<u8>), String> {
+        let (ok, ptr, len) = unpack(packed);
+        let end = ptr as usize + len as usize;
+        if end > self.memory.data_size(&self.store) {
+            return Err(format!(
+                "the module answered a result at {ptr}..{end}, outside its memory"
+            ));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.memory
+            .read(&self.store, ptr as usize, &mut buf)
+            .map_err(|e| e.to_string())?;
+        let _ = self.exports.free.call(&mut self.store, (ptr, len));
+        Ok((ok, buf))
+    }
+
+    /// Runs `f` with a fresh deadline; a module error comes back as its text.
+    fn run<R>(
+        &mut self,
+        f: impl FnOnce(&mut Live) -> std::result::Result<i64, String>,
+        read: impl FnOnce(Vec<u8>) -> std::result::Result<R, String>,
+    ) -> std::result::Result<R, String> {
+        self.store
+            .set_fuel(self.limits.fuel_per_call)
+            .map_err(|e| e.to_string())?;
+        self.store.data_mut().last_op_error = None;
+        let packed = f(self)?;
+        let (ok, bytes) = self.take(packed)?;
+        if ok {
+            read(bytes)
+        } else {
+            Err(String::from_utf8_lossy(&bytes).into_owned())
+        }
+    }
+
+    fn create(&mut self, config: &serde_json::Value) -> std::result::Result<u64, String> {
         let cfg = config.to_string();
         self.run(
-            |me, store| {
-                let (p, l) = me.put(store, cfg.as_bytes())?;
-                let r = me
-                    .exports
-                    .create
-                    .call(&mut *store, (p, l))
-                    .map_err(|e| me.explain(store, e));
-                let _ = me.exports.free.call(&mut *store, (p, l));
+            |live| {
+                let (p, l) = live.put(cfg.as_bytes())?;
+                let r = live.exports.create.call(&mut live.store, (p, l));
+                let r = r.map_err(|e| live.explain(e));
+                let _ = live.exports.free.call(&mut live.store, (p, l));
                 r
             },
             |b| {
@@ -376,7 +416,32 @@ impl WasmModule {
                 Ok(u64::from_le_bytes(id))
             },
         )
-        .map_err(|e| anyhow!(e))
+    }
+
+    fn call(
+        &mut self,
+        instance: u64,
+        hook: HookPoint,
+        args: Frame,
+    ) -> std::result::Result<Frame, String> {
+        let args = args.to_bytes();
+        self.run(
+            |live| {
+                let (hp, hl) = live.put(hook.name().as_bytes())?;
+                let (ap, al) = live.put(&args)?;
+                let r = live
+                    .exports
+                    .call
+                    .call(&mut live.store, (instance, hp, hl, ap, al));
+                let r = r.map_err(|e| live.explain(e));
+                if r.is_ok() {
+                    let _ = live.exports.free.call(&mut live.store, (hp, hl));
+                    let _ = live.exports.free.call(&mut live.store, (ap, al));
+                }
+                r
+            },
+            |b| Frame::from_bytes(&b).map_err(|e| e.to_string()),
+        )
     }
 }
 
@@ -387,30 +452,31 @@ impl Transport for WasmModule {
         hook: HookPoint,
         args: Frame,
     ) -> std::result::Result<Frame, String> {
-        let args = args.to_bytes();
-        self.run(
-            |me, store| {
-                let (hp, hl) = me.put(store, hook.name().as_bytes())?;
-                let (ap, al) = me.put(store, &args)?;
-                let r = me
-                    .exports
-                    .call
-                    .call(&mut *store, (instance, hp, hl, ap, al))
-                    .map_err(|e| me.explain(store, e));
-                if r.is_ok() {
-                    let _ = me.exports.free.call(&mut *store, (hp, hl));
-                    let _ = me.exports.free.call(&mut *store, (ap, al));
-                }
-                r
-            },
-            |b| Frame::from_bytes(&b).map_err(|e| e.to_string()),
-        )
+        self.main
+            .try_borrow_mut()
+            .map_err(|_| "the wasm plugin was re-entered".to_string())?
+            .call(instance, hook, args)
+    }
+
+    /// A fresh instance from the compiled module, created from `config`, called
+    /// once and dropped: memory, globals and tables as after initialisation, so
+    /// nothing can be counted, memorised or replayed between calls.
+    fn call_pristine(
+        &self,
+        config: &serde_json::Value,
+        hook: HookPoint,
+        args: Frame,
+    ) -> std::result::Result<Frame, String> {
+        let mut live = instantiate(&self.pre, self.limits).map_err(|e| format!("{e:#}"))?;
+        let instance = live.create(config)?;
+        live.call(instance, hook, args)
     }
 
     fn destroy(&self, instance: u64) {
-        if let Ok(mut store) = self.store.try_borrow_mut() {
-            let _ = store.set_fuel(self.limits.fuel_per_call);
-            let _ = self.exports.destroy.call(&mut *store, instance);
+        if let Ok(mut live) = self.main.try_borrow_mut() {
+            let _ = live.store.set_fuel(self.limits.fuel_per_call);
+            let Live { store, exports, .. } = &mut *live;
+            let _ = exports.destroy.call(store, instance);
         }
     }
 }

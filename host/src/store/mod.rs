@@ -166,6 +166,12 @@ impl Store {
         Ok(())
     }
 
+    /// The record of a run already stored, to rewrite its end (a check added
+    /// after the run, such as its null-data control).
+    pub fn run_record(self, id: i64) -> RunRecord {
+        RunRecord { store: self, id }
+    }
+
     /// Records the start of a run; the returned record takes its evaluations and end.
     pub fn begin_run(mut self, m: &RunManifest, run_dir: &Path) -> Result<RunRecord> {
         let tx = self.conn.transaction()?;

@@ -428,8 +428,24 @@ fn run_submission(
         frontier_svg: Some(frontier_svg.display().to_string()),
     };
 
-    // The record rule (compare::Report::beats_baseline), at the full budget only.
+    // The record rule (compare::Report::beats_baseline), at the full budget only;
+    // a claim must also pass the null-data control (one seed, the first).
     let full_budget = o.steps.is_none_or(|s| s == track.steps());
+    if v.valid && full_budget && vs_record.beats_baseline() {
+        let seed = o.seeds[0];
+        let null = compare::null_control(&session, "candidate", &candidate, seed)?;
+        let failed = null.outcome == Outcome::Failed;
+        v.checks.retain(|c| c.check != Check::NullControl);
+        v.checks.push(MergedCheck {
+            check: Check::NullControl,
+            outcome: null.outcome,
+            detail: format!("seed {seed}: {}", null.detail),
+            seeds_failed: if failed { vec![seed] } else { Vec::new() },
+        });
+        if failed {
+            v.valid = false;
+        }
+    }
     if v.valid && full_budget && vs_record.beats_baseline() {
         let rid = store.add_record(&NewRecord {
             track: &track.name,

@@ -7,6 +7,7 @@ pub mod timer;
 pub mod validate;
 
 use crate::data::loader::{ShardRecord, TrackData, TrainStream, ValidationSet};
+use crate::data::permutation::VocabPermutation;
 use crate::data::tokenizer::Tokenizer;
 use crate::device::clock::Span;
 use crate::device::memory::MemoryMeter;
@@ -19,11 +20,10 @@ use crate::parallel::{Collective, RankReport};
 use crate::plugins::{LoadedPlugin, PluginRecord, PolicyRecord};
 use crate::store::{RunRecord, Store};
 use crate::track::{LoadedTrack, Track};
-use crate::verify::{self, causality, Check, Ledger, Verdict, Violation};
+use crate::verify::causality::{self, Twins};
+use crate::verify::{self, Check, Ledger, Verdict, Violation};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::path::PathBuf;
 use telemetry::{Hardware, MetricLine, RunDir};
@@ -51,6 +51,61 @@ pub struct RunOptions {
     /// This run is one rank of a data-parallel group (`crate::parallel`): it
     /// trains on its share of every batch and averages gradients with the others.
     pub parallel: Option<std::sync::Arc<dyn Collective>>,
+    /// How the run's tokens are labelled (see `data::permutation`).
+    pub vocab: VocabMode,
+}
+
+/// How a run labels its tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VocabMode {
+    /// Training and validation under the run's secret permutation (every run).
+    #[default]
+    Secret,
+    /// The real token ids: for calibration only; the run is unofficial.
+    Identity,
+    /// The null-data control: trained under the run's permutation, validated
+    /// under an independent one, so an honest stack can learn nothing of use.
+    NullControl,
+}
+
+/// The run's permutations: what training sees, and what validation sees.
+pub struct Labels {
+    pub train: std::sync::Arc<VocabPermutation>,
+    pub val: std::sync::Arc<VocabPermutation>,
+    /// The secret seeds they were drawn from, hex (the private manifest).
+    pub seeds: (String, String),
+}
+
+impl Labels {
+    pub fn of(track: &Track, seed: u64, mode: VocabMode) -> Result<Labels> {
+        let vocab = track.model.vocab;
+        let real = track.data.tokenizer.vocab_size().min(vocab);
+        let key = crate::data::permutation::host_key()?;
+        let draw = |purpose: &str| {
+            let s = crate::data::permutation::secret_seed(&key, purpose, &track.name, seed);
+            (
+                std::sync::Arc::new(VocabPermutation::draw(real, vocab, s)),
+                hex::encode(s),
+            )
+        };
+        let ((train, ts), (val, vs)) = match mode {
+            VocabMode::Identity => {
+                let id = std::sync::Arc::new(VocabPermutation::identity(vocab));
+                ((id.clone(), String::new()), (id, String::new()))
+            }
+            VocabMode::Secret => {
+                let t = draw("vocab");
+                (t.clone(), t)
+            }
+            VocabMode::NullControl => (draw("vocab"), draw("null-control validation")),
+        };
+        Ok(Labels {
+            train,
+            val,
+            seeds: (ts, vs),
+        })
+    }
 }
 
 impl RunOptions {
@@ -303,12 +358,14 @@ fn execute_rank(
     let meter = std::sync::Arc::new(MemoryMeter::new(&device, opts.device.memory_budget));
     let data = TrackData::open(&opts.track, opts.data_dir.as_deref())?;
     let tokenizer = Tokenizer::new(track.data.tokenizer)?;
-    let valset = ValidationSet::new(
+    let mut valset = ValidationSet::new(
         &data.val,
         track.validation.tokens,
         track.model.seq_len,
         &tokenizer,
     )?;
+    let labels = Labels::of(track, opts.seed, opts.vocab)?;
+    valset.permute(&labels.val);
     let mut ledger = Ledger::default();
     match &track.data.manifest {
         Some(m) => ledger.pass(
@@ -334,7 +391,10 @@ fn execute_rank(
 
     let warm = match track.train.warmup_steps.min(steps) {
         0 => None,
-        n => Some(warm_up(opts, build, &data, n, steps, &meter).context("in the untimed warm-up")?),
+        n => Some(
+            warm_up(opts, build, &data, &labels, n, steps, &meter)
+                .context("in the untimed warm-up")?,
+        ),
     };
     let Components {
         hooks,
@@ -344,11 +404,31 @@ fn execute_rank(
         policy,
     } = build()?;
     crate::plugins::attach_device(&plugins, &meter, track.train.precision);
-    let model = Model::build(&track.model, hooks, opts.seed, &device)?
-        .with_precision(track.train.precision);
-    optimizer
-        .init(&model.params)
-        .context("in hook optimizer.init")?;
+    // Every hook call is training time: model.params, model.init and
+    // optimizer.init run on the clock, before the first step.
+    let mut timer = TrainingTimer::new();
+    timer.resume();
+    let built = Model::build(&track.model, hooks, opts.seed, &device).and_then(|m| {
+        let m = m.with_precision(track.train.precision);
+        optimizer
+            .init(&m.params)
+            .context("in hook optimizer.init")?;
+        Ok(m)
+    });
+    let init_s = timer.pause().as_secs_f64();
+    // A refused op in an init hook stops the run before it has a verdict: the
+    // refusal is the error, so the run is reported invalid, not unrunnable.
+    let model = match built {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(
+                match crate::plugins::take_violations(&plugins).into_iter().next() {
+                    Some(v) => anyhow::Error::new(v).context(format!("{e:#}")),
+                    None => e,
+                },
+            )
+        }
+    };
     ledger.pass(Check::Plugins, plugins_detail(&plugins, policy.as_ref()));
     let warm_detail = match &warm {
         None => "no untimed warm-up".to_string(),
@@ -385,8 +465,10 @@ fn execute_rank(
         parameters: model.params.numel(),
         optimizer: optimizer.name().to_string(),
         plugins: plugins.iter().map(|p| p.record.clone()).collect(),
-        // The reference stack needs no approval; plugins need every one approved.
-        official: plugins.is_empty() || policy.as_ref().is_some_and(|p| p.warnings.is_empty()),
+        // The reference stack needs no approval; plugins need every one approved;
+        // real labels are for calibration only.
+        official: (plugins.is_empty() || policy.as_ref().is_some_and(|p| p.warnings.is_empty()))
+            && opts.vocab != VocabMode::Identity,
         policy,
         hardware: Hardware::detect(),
         device: crate::device::describe(&device),
@@ -394,6 +476,16 @@ fn execute_rank(
         command: std::env::args().collect(),
     };
     dir.write_json("manifest.json", &manifest)?;
+    dir.write_private_json(
+        "private.json",
+        &serde_json::json!({
+            "vocab": opts.vocab,
+            "train_permutation_seed": labels.seeds.0,
+            "train_permutation_sha256": labels.train.sha256(),
+            "val_permutation_seed": labels.seeds.1,
+            "val_permutation_sha256": labels.val.sha256(),
+        }),
+    )?;
     let mut record = match &opts.store {
         Some(path) => Some(
             Store::open(path)?
@@ -430,7 +522,12 @@ fn execute_rank(
             .policy
             .as_ref()
             .map(|p| p.warnings.clone())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into_iter()
+            .chain((opts.vocab == VocabMode::Identity).then(|| {
+                "trained and validated on the real token ids (no secret permutation)".to_string()
+            }))
+            .collect(),
         verdict: ledger.verdict(),
         store_id: record.as_ref().map(|r| r.id()),
         train_losses: Vec::with_capacity(steps),
@@ -449,12 +546,16 @@ fn execute_rank(
         record: record.as_mut(),
         ledger: &mut ledger,
         flops_per_token: flops_per_token(track, model.params.numel()),
-        probes: Vec::new(),
+        twins: Twins::secret(labels.train.real()),
+        labels_train: labels.train.clone(),
+        timer,
         plugin_ms: 0.0,
         evals: 0,
+        initial_loss: None,
     };
     let outcome = train_loop(&mut cx, optimizer.as_mut(), schedule.as_ref(), &mut summary);
-    let (probes, plugin_ms, evals) = (cx.probes, cx.plugin_ms, cx.evals);
+    let (twins, plugin_ms, evals, initial_loss) =
+        (cx.twins, cx.plugin_ms, cx.evals, cx.initial_loss);
     summary.peak_memory_bytes = meter.peak();
     summary.flops = flops_per_token(track, model.params.numel()) * summary.tokens as f64;
     for v in crate::plugins::take_violations(&plugins) {
@@ -477,13 +578,17 @@ fn execute_rank(
         &summary,
         &outcome,
         Conclusion {
-            probes: &probes,
+            twins: &twins,
             plugin_ms,
+            init_s,
             evals,
             budget: track.train.token_budget,
             warm_detail,
             vocab: track.model.vocab,
-            plugins: plugins.len(),
+            plugins: &plugins,
+            initial_loss,
+            labels: &labels,
+            mode: opts.vocab,
         },
     );
     judge_ranks(opts.parallel.as_deref(), &mut ledger, &model)?;
@@ -503,13 +608,100 @@ fn execute_rank(
     }
     if outcome.is_ok() {
         if let Some(path) = &opts.save_checkpoint {
-            crate::checkpoint::save(&model.params, path)?;
+            crate::checkpoint::save_unpermuted(&model.params, &labels.train, path)?;
         }
     }
     Ok(Finished {
         summary,
         error: outcome.err(),
     })
+}
+
+/// The null-data control's floor: an honest stack trained under one
+/// permutation and validated under an independent one can do no better than
+/// what in-context copying gains inside a window, which the calibration of the
+/// reference and every technique plugin in `plugins/` put well above this
+/// (docs/verification.md); a look-ahead or knowledge from outside the training
+/// stream lands far below.
+pub fn null_control_floor(vocab: usize) -> f64 {
+    NULL_CONTROL_FLOOR_FRACTION * (vocab as f64).ln()
+}
+
+/// See `null_control_floor`: a fraction of ln(vocabulary).
+pub const NULL_CONTROL_FLOOR_FRACTION: f64 = 0.8;
+
+/// Runs the null-data control of a run: the same stack (built anew by
+/// `build`), seed and steps, trained under the run's permutation and validated
+/// under an independent one, in `OUT/null-control` and not in the store.
+/// Answers the `null_control` check for the run it controls.
+pub fn null_control(
+    opts: &RunOptions,
+    build: &mut dyn FnMut() -> Result<Components>,
+) -> Result<verify::CheckResult> {
+    let mut o = opts.clone();
+    o.vocab = VocabMode::NullControl;
+    o.out = opts.out.join("null-control");
+    o.store = None;
+    o.save_checkpoint = None;
+    o.progress = false;
+    let t0 = std::time::Instant::now();
+    let f = execute(&o, build)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let floor = null_control_floor(opts.track.track.model.vocab);
+    let (outcome, detail) = match (&f.error, f.summary.final_val_loss) {
+        (Some(e), _) => (
+            verify::Outcome::Failed,
+            format!("the null-data control run ({}) failed: {e:#}", o.out.display()),
+        ),
+        (None, Some(l)) if l < floor => (
+            verify::Outcome::Failed,
+            format!(
+                "trained under one permutation and validated under an independent one, the stack scored {l:.4}, below the floor {floor:.4} ({NULL_CONTROL_FLOOR_FRACTION} x ln {}): it looks ahead or brings in knowledge from outside its training stream ({}, {seconds:.1} s)",
+                opts.track.track.model.vocab,
+                o.out.display()
+            ),
+        ),
+        (None, Some(l)) => (
+            verify::Outcome::Passed,
+            format!(
+                "trained under one permutation and validated under an independent one, the stack scored {l:.4}, not below the floor {floor:.4} ({NULL_CONTROL_FLOOR_FRACTION} x ln {}); the control took {seconds:.1} s ({})",
+                opts.track.track.model.vocab,
+                o.out.display()
+            ),
+        ),
+        (None, None) => (
+            verify::Outcome::Failed,
+            "the null-data control run ended without a validation".to_string(),
+        ),
+    };
+    Ok(verify::CheckResult {
+        check: Check::NullControl,
+        outcome,
+        detail,
+    })
+}
+
+/// Puts a check made after the run (its null-data control) into the run's
+/// verdict, `summary.json` and its row in the store.
+pub fn amend_verdict(
+    summary: &mut RunSummary,
+    result: verify::CheckResult,
+    store: Option<&std::path::Path>,
+) -> Result<()> {
+    let v = &mut summary.verdict;
+    match v.checks.iter_mut().find(|c| c.check == result.check) {
+        Some(c) => *c = result,
+        None => v.checks.push(result),
+    }
+    v.valid = v
+        .checks
+        .iter()
+        .all(|c| c.outcome != verify::Outcome::Failed);
+    RunDir::at(&summary.run_dir).write_json("summary.json", &*summary)?;
+    if let (Some(path), Some(id)) = (store, summary.store_id) {
+        Store::open(path)?.run_record(id).finish(summary)?;
+    }
+    Ok(())
 }
 
 /// The `ranks` check: one rank passes; a group exchanges every rank's verdict and
@@ -534,6 +726,33 @@ fn judge_ranks(group: Option<&dyn Collective>, ledger: &mut Ledger, model: &Mode
         Err(e) => ledger.fail(Check::Ranks, format!("{e:#}")),
     }
     Ok(())
+}
+
+/// The `plugin_inputs` line: what each plugin brought in, against the policy's caps.
+fn plugin_inputs_detail(plugins: &[LoadedPlugin]) -> String {
+    if plugins.is_empty() {
+        return "no plugins: the reference stack".into();
+    }
+    let lines: Vec<String> = plugins
+        .iter()
+        .map(|p| {
+            let s = p.session.borrow();
+            let (u, b) = (s.inputs(), s.budget());
+            format!(
+                "{} ({} {} bytes): {} elements from its constants (cap {}), at most {} ops in a hook call (cap {}), {} ops in {} calls",
+                p.record.name,
+                p.record.transport,
+                p.record.bytes,
+                u.literal_elements,
+                b.max_literal_elements,
+                u.max_ops_in_a_call,
+                b.max_ops_per_call,
+                u.ops,
+                u.calls
+            )
+        })
+        .collect();
+    lines.join("; ")
 }
 
 fn plugins_detail(plugins: &[LoadedPlugin], policy: Option<&PolicyRecord>) -> String {
@@ -580,6 +799,7 @@ fn warm_up(
     opts: &RunOptions,
     build: &mut dyn FnMut() -> Result<Components>,
     data: &TrackData,
+    labels: &Labels,
     n: usize,
     steps: usize,
     meter: &MemoryMeter,
@@ -604,7 +824,8 @@ fn warm_up(
         track.model.seq_len,
         opts.seed,
         WARMUP_STREAM,
-    );
+    )
+    .permuted(labels.train.clone());
     let t0 = std::time::Instant::now();
     for step in 0..n {
         train_step(
@@ -617,6 +838,7 @@ fn warm_up(
             steps,
             &meter,
             opts.parallel.as_deref(),
+            None,
         )?;
     }
     Ok(WarmUp {
@@ -627,8 +849,6 @@ fn warm_up(
 }
 
 const WARMUP_STREAM: u64 = 0x7761_726d_5f75_7073; // "warm_ups"
-const PROBE_STREAM: u64 = 0x7072_6f62_655f_7365; // "probe_se"
-const PROBE_RNG: u64 = 0x7072_6f62_655f_6375; // "probe_cu"
 
 /// One training step's outcome.
 struct StepOut {
@@ -651,6 +871,7 @@ fn train_step(
     steps: usize,
     meter: &MemoryMeter,
     group: Option<&dyn Collective>,
+    twin: Option<TwinStep<'_>>,
 ) -> Result<StepOut> {
     let device = meter.device();
     let sched = schedule
@@ -688,9 +909,21 @@ fn train_step(
     }
     let (x, y) = validate::batch_tensors(&batch, device)?;
     let lr = track.optimizer.lr * sched.lr_mult;
+    let logits = match twin {
+        None => model.forward(&x, true),
+        Some(tw) => validate::forward_twinned(
+            model,
+            tw.plugins,
+            &batch.inputs,
+            &x,
+            true,
+            tw.twins,
+            Some(tw.timer),
+        ),
+    };
     let loss = meter.guard(
         "the forward pass",
-        validate::batch_loss(model, &x, &y, true),
+        logits.and_then(|l| validate::loss_of(&l, &y, true)),
     )?;
     let store = meter.guard("the backward pass", loss.backward().map_err(Into::into))?;
     let mut grads = Grads::collect(&model.params, &store)?;
@@ -745,6 +978,14 @@ fn train_step(
     })
 }
 
+/// A training step whose forward is twinned: the secret draws, the clock to
+/// pause around the twin, and the plugins whose generators it must not move.
+struct TwinStep<'a> {
+    twins: &'a mut Twins,
+    timer: &'a mut TrainingTimer,
+    plugins: &'a [LoadedPlugin],
+}
+
 /// What the loop works with, besides the optimizer, schedule and summary.
 struct LoopCx<'a> {
     opts: &'a RunOptions,
@@ -759,12 +1000,18 @@ struct LoopCx<'a> {
     record: Option<&'a mut RunRecord>,
     ledger: &'a mut Ledger,
     flops_per_token: f64,
-    /// Each causality probe made: (step, what it measured).
-    probes: Vec<(usize, causality::Probe)>,
+    /// The twin causality checks: secret draws and what they measured.
+    twins: Twins,
+    /// The permutation training batches are relabelled through.
+    labels_train: std::sync::Arc<VocabPermutation>,
+    /// The training clock (already holding the init hooks' time).
+    timer: TrainingTimer,
     /// Time inside plugin hooks during timed steps.
     plugin_ms: f64,
     /// Validations run (each in eval mode).
     evals: usize,
+    /// The validation loss of the initial model.
+    initial_loss: Option<f64>,
 }
 
 impl LoopCx<'_> {
@@ -788,20 +1035,23 @@ impl LoopCx<'_> {
         tokens: u64,
         train_time_s: f64,
         summary: &mut RunSummary,
+        twin_share: f64,
     ) -> Result<()> {
         let track = &self.opts.track.track;
         let t0 = std::time::Instant::now();
-        let result = validate::evaluate_shared(
+        let result = validate::evaluate_checked(
             self.model,
             self.valset,
             track.batch_size(),
             self.device,
             self.opts.parallel.as_deref(),
+            Some((&mut self.twins, twin_share, self.plugins)),
         );
         self.evals += 1;
         crate::plugins::take_stats(self.plugins);
         self.check_plugins()?;
         let (loss, bpb) = result?;
+        self.compare_ranks(step)?;
         let line = MetricLine::Val {
             step,
             tokens,
@@ -842,15 +1092,25 @@ impl LoopCx<'_> {
         Ok(())
     }
 
-    /// A causality probe in train and eval mode on a fresh training sequence (untimed).
-    fn probe(&mut self, step: usize, stream: &mut TrainStream, rng: &mut ChaCha8Rng) -> Result<()> {
-        let seq = stream.next_batch();
-        for train in [true, false] {
-            let p = causality::probe(self.model, &seq.inputs, train, rng, self.device);
-            crate::plugins::take_stats(self.plugins);
-            self.check_plugins()?;
-            let p = p.with_context(|| format!("in the causality probe after step {step}"))?;
-            self.probes.push((step, p));
+    /// Data parallelism: every rank must hold the same parameters at every
+    /// validation, not only at the end (a rank that diverged and copied rank
+    /// 0's values back at the last step is caught at the first validation after).
+    fn compare_ranks(&mut self, step: usize) -> Result<()> {
+        let Some(g) = self.opts.parallel.as_deref() else {
+            return Ok(());
+        };
+        let mine = self.model.params.digest()?;
+        let all = g.exchange(mine.clone().into_bytes())?;
+        for (r, d) in all.iter().enumerate() {
+            if d.as_slice() != mine.as_bytes() {
+                let detail = format!(
+                    "at the validation after step {step}, rank {r}'s parameters (sha256 {}) differ from rank {}'s ({mine})",
+                    String::from_utf8_lossy(d),
+                    g.rank()
+                );
+                self.ledger.fail(Check::Ranks, detail.clone());
+                return Err(Violation::new(Check::Ranks, detail).into());
+            }
         }
         Ok(())
     }
@@ -870,26 +1130,16 @@ fn train_loop(
         track.batch_size(),
         track.model.seq_len,
         opts.seed,
-    );
-    let mut probe_stream = TrainStream::with_stream(
-        &cx.data.train,
-        1,
-        track.model.seq_len,
-        opts.seed,
-        PROBE_STREAM,
-    );
-    let mut probe_rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    probe_rng.set_stream(PROBE_RNG);
-    // The middle probe's step is drawn, so a plugin cannot know it in advance.
-    let probe_at = (steps > 1).then(|| probe_rng.random_range(1..steps));
-    let mut timer = TrainingTimer::new();
+    )
+    .permuted(cx.labels_train.clone());
     let progress = Progress::new(opts.progress, steps);
     let val_every = track.validation.every_steps;
 
-    cx.probe(0, &mut probe_stream, &mut probe_rng)?;
-    if val_every > 0 {
-        cx.validate(0, 0, 0.0, summary)?;
-    }
+    // The initial model is validated before the first timed step, so that what
+    // it knows before training (it should know nothing) is measured.
+    let init_s = cx.timer.elapsed().as_secs_f64();
+    cx.validate(0, 0, init_s, summary, causality::VALIDATION_SHARE)?;
+    cx.initial_loss = summary.final_val_loss;
     for step in 0..steps {
         if opts
             .deadline
@@ -897,7 +1147,10 @@ fn train_loop(
         {
             bail!("{DEADLINE} before step {step}");
         }
-        timer.resume();
+        // Step 0 is always twinned; later steps by the secret draw.
+        let twinned = step == 0 || cx.twins.pick(causality::TRAIN_SHARE);
+        let twin_s = cx.twins.seconds;
+        cx.timer.resume();
         let mut span = Span::start(cx.device);
         let out = train_step(
             track,
@@ -909,12 +1162,18 @@ fn train_loop(
             steps,
             cx.meter,
             opts.parallel.as_deref(),
+            twinned.then_some(TwinStep {
+                twins: &mut cx.twins,
+                timer: &mut cx.timer,
+                plugins: cx.plugins,
+            }),
         );
         // The device's queued work is part of the step: wait for it before the clock.
         let synced = cx.device.synchronize();
         span.stop();
-        timer.pause();
-        let step_time = std::time::Duration::from_secs_f64(span.ms() / 1e3);
+        cx.timer.pause();
+        let untimed_ms = (cx.twins.seconds - twin_s) * 1e3;
+        let step_time = std::time::Duration::from_secs_f64((span.ms() - untimed_ms).max(0.0) / 1e3);
         synced?;
         let hooks = crate::plugins::take_stats(cx.plugins);
         cx.plugin_ms += hooks.iter().map(|h| h.ms).sum::<f64>();
@@ -923,7 +1182,7 @@ fn train_loop(
 
         summary.steps = step + 1;
         summary.tokens = stream.tokens_consumed;
-        summary.train_time_s = timer.elapsed().as_secs_f64();
+        summary.train_time_s = cx.timer.elapsed().as_secs_f64();
         summary.tokens_per_s = summary.tokens as f64 / summary.train_time_s.max(1e-9);
         summary.train_losses.push(out.loss);
         let tok_s = out.batch_tokens as f64 / step_time.as_secs_f64().max(1e-9);
@@ -942,59 +1201,94 @@ fn train_loop(
         })?;
         progress.step(step, steps, out.loss, tok_s);
 
-        if probe_at == Some(step + 1) && step + 1 < steps {
-            cx.probe(step + 1, &mut probe_stream, &mut probe_rng)?;
-        }
         let last = step + 1 == steps;
         if last || (val_every > 0 && (step + 1) % val_every == 0) {
+            // Every batch of the final validation is twinned: it is what is scored.
+            let share = if last {
+                1.0
+            } else {
+                causality::VALIDATION_SHARE
+            };
             cx.validate(
                 step + 1,
                 stream.tokens_consumed,
                 summary.train_time_s,
                 summary,
+                share,
             )?;
         }
     }
-    cx.probe(steps, &mut probe_stream, &mut probe_rng)?;
     progress.finish();
     Ok(())
 }
 
 /// What the end of a run knows for the checks the loop passes silently.
 struct Conclusion<'a> {
-    probes: &'a [(usize, causality::Probe)],
+    twins: &'a Twins,
     plugin_ms: f64,
+    /// Time of model.params, model.init and optimizer.init (on the clock).
+    init_s: f64,
     evals: usize,
     budget: usize,
     warm_detail: String,
     vocab: usize,
-    plugins: usize,
+    plugins: &'a [LoadedPlugin],
+    initial_loss: Option<f64>,
+    labels: &'a Labels,
+    mode: VocabMode,
+}
+
+/// How far under ln(vocabulary) an initial model's loss may be: an honest
+/// initialisation knows nothing of the (secretly relabelled) data, so its loss
+/// is ln V plus the logits' spread; anything clearly below was brought in.
+pub fn initial_loss_floor(vocab: usize) -> f64 {
+    let ln_v = (vocab as f64).ln();
+    ln_v - (0.02 * ln_v).max(0.1)
 }
 
 /// Records a pass for every check that did not fail, with what it covered.
 fn conclude(ledger: &mut Ledger, s: &RunSummary, outcome: &Result<()>, c: Conclusion) {
-    if !c.probes.is_empty() {
-        let worst = c.probes.iter().map(|(_, p)| p.moved).fold(0.0f64, f64::max);
-        let at: Vec<String> = c
-            .probes
-            .iter()
-            .step_by(2)
-            .map(|(s, _)| s.to_string())
-            .collect();
-        ledger.pass(
-            Check::Causality,
+    if !c.twins.probes.is_empty() {
+        ledger.pass(Check::Causality, c.twins.describe());
+    }
+    match c.initial_loss {
+        Some(l) if l < initial_loss_floor(c.vocab) => ledger.fail(
+            Check::InitialModel,
             format!(
-                "{} probes (train and eval mode, after steps {}): logits before the cut moved by at most {worst:.3e}; tolerance {:.0e} x max(1, max |logit|)",
-                c.probes.len(),
-                at.join(", "),
-                causality::RELATIVE_TOLERANCE
+                "the initial model's validation loss is {l:.4}, below {:.4} (ln {} = {:.4} less the margin): it knew the data before training",
+                initial_loss_floor(c.vocab),
+                c.vocab,
+                (c.vocab as f64).ln()
             ),
-        );
+        ),
+        Some(l) => ledger.pass(
+            Check::InitialModel,
+            format!(
+                "validated before the first timed step: loss {l:.4}, not below {:.4} (ln {} less the margin)",
+                initial_loss_floor(c.vocab),
+                c.vocab
+            ),
+        ),
+        None => {}
+    }
+    ledger.pass(Check::PluginInputs, plugin_inputs_detail(c.plugins));
+    let null = match c.mode {
+        VocabMode::NullControl => format!(
+            "this is a null-data control run: trained under permutation {}, validated under {}",
+            &c.labels.train.sha256()[..12],
+            &c.labels.val.sha256()[..12]
+        ),
+        _ => String::new(),
+    };
+    if null.is_empty() {
+        ledger.skip(Check::NullControl, "not a record claim: no null-data control was asked for (submit runs one for every record claim; run --null-control on request)");
+    } else {
+        ledger.pass(Check::NullControl, null);
     }
     ledger.pass(
         Check::FullDistribution,
         format!(
-            "every validation batch and probe gave logits finite over all {} vocabulary entries; the host computed every loss itself",
+            "every validation batch and twin gave logits finite over all {} vocabulary entries; the host computed every loss itself",
             c.vocab
         ),
     );
@@ -1007,11 +1301,11 @@ fn conclude(ledger: &mut Ledger, s: &RunSummary, outcome: &Result<()>, c: Conclu
     );
     ledger.pass(
         Check::EvalIsolation,
-        if c.plugins == 0 {
+        if c.plugins.is_empty() {
             format!("{} validations in eval mode; no plugins", c.evals)
         } else {
             format!(
-                "{} validations and every eval-mode probe ran with no plugin write or kept handle",
+                "{} validations (twins included) ran with no plugin write, kept handle, value read back or failed op",
                 c.evals
             )
         },
@@ -1024,8 +1318,8 @@ fn conclude(ledger: &mut Ledger, s: &RunSummary, outcome: &Result<()>, c: Conclu
     ledger.pass(
         Check::Timing,
         format!(
-            "{:.1} ms inside plugin hooks, all within the {:.2} s of timed training; validation and probes untimed; {}",
-            c.plugin_ms, s.train_time_s, c.warm_detail
+            "{:.1} ms inside plugin hooks (twin forwards' included), init hooks on the clock ({:.3} s), {:.2} s of timed training; validation and twin forwards untimed; {}",
+            c.plugin_ms, c.init_s, s.train_time_s, c.warm_detail
         ),
     );
     match outcome {

@@ -131,6 +131,45 @@ impl RunDir {
         })
     }
 
+    /// A run directory that exists, for rewriting its JSON files (no metrics file).
+    pub fn at(path: &Path) -> RunDirFiles {
+        RunDirFiles {
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        RunDir::at(&self.path).write_json(name, value)
+    }
+
+    /// As `write_json`, readable by the file's owner only: the host's secrets
+    /// of the run (its permutation seeds), for replaying it.
+    pub fn write_private_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        self.write_json(name, value)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let p = self.path.join(name);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("restricting {}", p.display()))?;
+        }
+        Ok(())
+    }
+
+    pub fn metric(&mut self, line: &MetricLine) -> Result<()> {
+        serde_json::to_writer(&mut self.metrics, line)?;
+        self.metrics.write_all(b"\n")?;
+        self.metrics.flush()?;
+        Ok(())
+    }
+}
+
+/// The JSON files of a run directory.
+pub struct RunDirFiles {
+    path: PathBuf,
+}
+
+impl RunDirFiles {
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let mut text = serde_json::to_string_pretty(value)?;
         text.push('\n');
@@ -139,13 +178,6 @@ impl RunDir {
         let tmp = self.path.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
-    }
-
-    pub fn metric(&mut self, line: &MetricLine) -> Result<()> {
-        serde_json::to_writer(&mut self.metrics, line)?;
-        self.metrics.write_all(b"\n")?;
-        self.metrics.flush()?;
-        Ok(())
     }
 }
 

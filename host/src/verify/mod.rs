@@ -2,7 +2,7 @@
 //! verdict they add up to. A check either passes, fails (the run is invalid),
 //! or does not apply (`skipped`, with why). The loop reports failures as a
 //! [`Violation`] error or, where a plugin could swallow the refusal, as an entry
-//! in the plugin session's ledger; `Verdict::build` reads both.
+//! in the plugin session's ledger; `Ledger::verdict` lists both.
 
 pub mod causality;
 
@@ -36,13 +36,22 @@ pub enum Check {
     Timing,
     /// The run trained every step it was asked to and was validated at the end.
     Completed,
-    /// Data parallelism: every rank's verdict is valid and every rank ends with
-    /// the same parameters (one rank: passes).
+    /// Data parallelism: every rank's verdict is valid and every rank holds the
+    /// same parameters at every validation (one rank: passes).
     Ranks,
+    /// The initial model, validated before the first timed step, knows nothing:
+    /// its loss is not clearly below ln(vocabulary).
+    InitialModel,
+    /// What plugins brought in stayed within the policy: module size, elements
+    /// made from plugin constants, ops per hook call.
+    PluginInputs,
+    /// The null-data control: the same stack trained under one vocabulary
+    /// permutation and validated under an independent one learns nothing.
+    NullControl,
 }
 
 impl Check {
-    pub const ALL: [Check; 12] = [
+    pub const ALL: [Check; 15] = [
         Check::DataHashes,
         Check::Track,
         Check::Plugins,
@@ -55,6 +64,9 @@ impl Check {
         Check::Timing,
         Check::Completed,
         Check::Ranks,
+        Check::InitialModel,
+        Check::PluginInputs,
+        Check::NullControl,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +83,9 @@ impl Check {
             Check::Timing => "timing",
             Check::Completed => "completed",
             Check::Ranks => "ranks",
+            Check::InitialModel => "initial_model",
+            Check::PluginInputs => "plugin_inputs",
+            Check::NullControl => "null_control",
         }
     }
 }
