@@ -584,3 +584,41 @@ fn a_wasm_module_over_the_size_cap_is_refused_at_load() {
         "{err}"
     );
 }
+
+#[test]
+fn the_null_data_control_passes_an_honest_stack_and_fails_a_look_ahead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = smoke_options(&tmp.path().join("reference"), Some(60));
+    let track = opts.track.track.clone();
+    let c = train::null_control(&opts, &mut || Ok(Components::reference(&track))).unwrap();
+    assert_eq!(c.outcome, Outcome::Passed, "{}", c.detail);
+    // The honest model is confidently wrong under the other labels: above ln V.
+    let score: f64 = c.detail.split("scored ").nth(1).unwrap()[..6]
+        .parse()
+        .unwrap();
+    assert!(score > (256f64).ln(), "{}", c.detail);
+    assert!(tmp
+        .path()
+        .join("reference/null-control/summary.json")
+        .exists());
+
+    let opts = smoke_options(&tmp.path().join("lookahead"), Some(20));
+    let arg = format!("adversary={}", attack("lookahead_batch"));
+    let c = train::null_control(&opts, &mut || {
+        plugins::stack(
+            &track,
+            0,
+            &[adversary_dir()],
+            std::slice::from_ref(&arg),
+            false,
+            &default_policy(),
+        )
+    })
+    .unwrap();
+    assert_eq!(c.outcome, Outcome::Failed, "{}", c.detail);
+    assert!(
+        c.detail.contains("the null-data control run"),
+        "{}",
+        c.detail
+    );
+}

@@ -108,9 +108,10 @@ impl Twins {
         for (row, &cut) in cuts.iter().enumerate() {
             let prefix = |l: &Tensor| l.narrow(0, row, 1)?.narrow(1, 0, cut + 1);
             let moved = max_abs(&(prefix(real)? - prefix(twin)?)?)?;
-            // NaN compares false: count a non-finite difference as moved.
-            if !(moved <= worst.0) {
-                worst = (if moved.is_nan() { f64::INFINITY } else { moved }, row);
+            // A NaN difference counts as moved by infinity.
+            let moved = if moved.is_nan() { f64::INFINITY } else { moved };
+            if moved > worst.0 {
+                worst = (moved, row);
             }
         }
         self.probes.push(Probe {
