@@ -222,3 +222,115 @@ fn the_curve_is_the_same_for_one_and_three_threads() {
     assert_eq!(one.len(), 40);
     assert_eq!(one, curve("3"));
 }
+
+/// The adversary fixture's `--plugin` arguments for `attack` (extra config keys in `more`).
+fn adversary_args(attack: &str, more: &str) -> Vec<String> {
+    vec![
+        "--plugin".into(),
+        common::root()
+            .join("tests/fixtures/adversary")
+            .display()
+            .to_string(),
+        "--plugin-config".into(),
+        format!(r#"adversary={{"attack": "{attack}"{more}}}"#),
+    ]
+}
+
+/// Runs a 3-step smoke run with `extra` arguments; answers its exit code and output.
+fn smoke_run(dir: &Path, name: &str, extra: &[String]) -> (Option<i32>, String) {
+    let out = dir.join(name);
+    let mut args: Vec<String> = [
+        "run", "--track", "smoke", "--steps", "3", "--quiet", "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(out.display().to_string());
+    args.extend_from_slice(extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = speedrun(&refs);
+    (o.status.code(), text(&o))
+}
+
+#[test]
+fn every_check_that_stops_a_run_exits_2_and_a_crash_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases: Vec<(&str, Vec<String>)> = vec![
+        ("causality", adversary_args("lookahead_batch", "")),
+        ("eval_isolation", adversary_args("memorize", "")),
+        ("op_contract", adversary_args("init_values", "")),
+        (
+            "plugin_inputs",
+            adversary_args("smuggle_step", r#", "smuggle": 8192"#),
+        ),
+        ("full_distribution", adversary_args("narrow_head", "")),
+        ("finite_training", adversary_args("nan", "")),
+    ];
+    // initial_model: the real unigram log-prior, on the real token ids.
+    let lt = speedrun::track::load("smoke").unwrap();
+    let data = speedrun::data::loader::TrackData::open(&lt, None).unwrap();
+    let mut counts = vec![1.0f64; 256];
+    for t in data.train.iter().flat_map(|s| s.to_vec()) {
+        counts[t as usize] += 1.0;
+    }
+    let total: f64 = counts.iter().sum();
+    let prior: Vec<f64> = counts.iter().map(|c| (c / total).ln()).collect();
+    let mut a = adversary_args(
+        "prior",
+        &format!(r#", "prior": {}"#, serde_json::to_string(&prior).unwrap()),
+    );
+    a.push("--unpermuted".into());
+    cases.push(("initial_model", a));
+    for (check, extra) in &cases {
+        let (code, t) = smoke_run(dir.path(), check, extra);
+        assert_eq!(code, Some(2), "{check}: {t}");
+        assert!(t.contains("INVALID") || t.contains(check), "{check}: {t}");
+        assert!(t.contains(check), "{check} not named: {t}");
+    }
+
+    // data_hashes: a shard that no longer matches the manifest.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("bytes")).unwrap();
+    let root = common::root().join("data");
+    std::fs::copy(root.join("manifest.json"), data.join("manifest.json")).unwrap();
+    for e in std::fs::read_dir(root.join("bytes")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), data.join("bytes").join(e.file_name())).unwrap();
+    }
+    let shard = data.join("bytes/shakespeare-milton_train_000000.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    let (code, t) = smoke_run(
+        dir.path(),
+        "data",
+        &["--data-dir".into(), data.display().to_string()],
+    );
+    assert_eq!(code, Some(2), "data_hashes: {t}");
+    assert!(t.contains("does not match the manifest"), "{t}");
+
+    // plugins: an unapproved native library under an official policy.
+    let policy = dir.path().join("official.toml");
+    let text_ =
+        std::fs::read_to_string(common::root().join("sandbox-policy/default.toml")).unwrap();
+    std::fs::write(
+        &policy,
+        text_.replacen("mode = \"dev\"", "mode = \"official\"", 1),
+    )
+    .unwrap();
+    let mut extra = adversary_args("none", "");
+    extra.extend(["--policy".into(), policy.display().to_string()]);
+    let (code, t) = smoke_run(dir.path(), "plugins", &extra);
+    assert_eq!(code, Some(2), "plugins: {t}");
+    assert!(t.contains("refused by policy"), "{t}");
+
+    // A plugin that crashes could not run: exit 1, not 2.
+    let panicking = common::root().join("tests/fixtures/panicking-plugin");
+    let (code, t) = smoke_run(
+        dir.path(),
+        "panic",
+        &["--plugin".into(), panicking.display().to_string()],
+    );
+    assert_eq!(code, Some(1), "completed: {t}");
+}

@@ -310,3 +310,21 @@ fn a_panicking_wasm_plugin_is_reported_with_its_message() {
         "{text}"
     );
 }
+
+#[test]
+fn an_out_of_bounds_access_is_named_as_a_rust_stack_overflow_would_be() {
+    // Rust's wasm stack lives in linear memory and grows down past address 0,
+    // so its overflow traps as an out-of-bounds access, which is what this does.
+    let tmp = tempfile::tempdir().unwrap();
+    let wat = hostile(
+        "(i32.store (i32.const -16) (i32.const 1)) (i64.const 0)",
+        "",
+    );
+    let err = run_fails(&wat, small_limits(), tmp.path());
+    assert_says(
+        &err,
+        "optimizer.init",
+        "a Rust plugin's stack overflow ends this way",
+    );
+    host_still_trains();
+}

@@ -400,3 +400,202 @@ fn repeated_seeds_and_missing_stores_are_refused() {
     assert!(text(&o).contains("no run store at"), "{}", text(&o));
     assert!(!db.exists(), "a view must not create a store");
 }
+
+#[test]
+fn concurrent_first_opens_of_a_new_store_all_succeed_and_keep_their_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Threads: eight opens of one new file at the same instant, many times over.
+    for round in 0..10 {
+        let db = tmp.path().join(format!("threads-{round}.db"));
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        Store::open(&db).map(|_| ())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+    }
+    // Processes: two runs that create the store together both stay in it.
+    let db = tmp.path().join("processes.db");
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_speedrun"))
+                .args([
+                    "run", "--track", "smoke", "--steps", "2", "--quiet", "--out",
+                ])
+                .arg(tmp.path().join(format!("run{i}")))
+                .arg("--db")
+                .arg(&db)
+                .env("SPEEDRUN_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let runs = Store::open(&db).unwrap().runs(Some("smoke")).unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r.status == "complete"));
+}
+
+#[test]
+fn only_official_valid_full_budget_runs_score_and_the_others_are_labelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("runs.db");
+    let adversary = root().join("tests/fixtures/adversary");
+    let adv = adversary.to_str().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "run",
+            "--track",
+            "smoke",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        speedrun_db(&db, &args)
+    };
+    assert!(run("full", &[]).status.success());
+    assert!(run("truncated", &["--steps", "20"]).status.success());
+    // An unapproved native plugin in dev mode: valid but unofficial.
+    assert!(run("unofficial", &["--plugin", adv]).status.success());
+    let cfg = r#"adversary={"attack": "lookahead_batch"}"#;
+    let invalid = run(
+        "invalid",
+        &["--plugin", adv, "--plugin-config", cfg, "--wasm"],
+    );
+    assert_eq!(invalid.status.code(), Some(2));
+    let store = Store::open(&db).unwrap();
+    let runs = store.runs(Some("smoke")).unwrap();
+    assert_eq!(runs.len(), 4);
+    let full_id = runs
+        .iter()
+        .find(|r| r.run_dir.ends_with("full"))
+        .unwrap()
+        .id;
+
+    let lb = json_of(&speedrun_db(
+        &db,
+        &["leaderboard", "--track", "smoke", "--json"],
+    ));
+    let ranked: Vec<i64> = lb["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ranked, vec![full_id], "{lb:#}");
+    let why = &lb["excluded_by_reason"];
+    assert_eq!(
+        (
+            why["truncated"].as_u64(),
+            why["unofficial"].as_u64(),
+            why["invalid"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{lb:#}"
+    );
+    let t = text(&speedrun_db(&db, &["leaderboard", "--track", "smoke"]));
+    assert!(t.contains("1 runs left out: truncated"), "{t}");
+    assert!(t.contains("1 runs left out: unofficial"), "{t}");
+    assert!(t.contains(" steps "), "{t}");
+
+    let fr = json_of(&speedrun_db(
+        &db,
+        &[
+            "frontier",
+            "--track",
+            "smoke",
+            "--json",
+            "--svg",
+            tmp.path().join("f.svg").to_str().unwrap(),
+        ],
+    ));
+    for axis in fr["axes"].as_array().unwrap() {
+        let ids: Vec<i64> = axis["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run_id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, vec![full_id], "{axis:#}");
+    }
+
+    // A bench of an unofficial stack is not a ladder row; it is counted.
+    let b = speedrun_db(
+        &db,
+        &[
+            "bench",
+            "--track",
+            "smoke",
+            "--seed-list",
+            "0,1",
+            "--steps",
+            "20",
+            "--plugin",
+            adv,
+            "--json",
+        ],
+    );
+    assert!(b.status.success(), "{}", text(&b));
+    let l = json_of(&speedrun_db(
+        &db,
+        &[
+            "ladder",
+            "--track",
+            "smoke",
+            "--format",
+            "json",
+            "--min-seeds",
+            "2",
+        ],
+    ));
+    assert!(l["rows"].as_array().unwrap().is_empty(), "{l:#}");
+    assert_eq!(l["left_out"], 1, "{l:#}");
+}
+
+#[test]
+fn a_record_with_an_infinite_speedup_is_refused_by_name_and_nothing_is_lost() {
+    // What a time to target of 0 s gives: an infinite speedup, an undefined p.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("runs.db")).unwrap();
+    let sub = store
+        .add_submission("smoke", "smoke", "zero", "", &"0".repeat(64), b"", "wasm")
+        .unwrap();
+    let rec = |speedup: f64, p: f64| speedrun::store::NewRecord {
+        track: "smoke",
+        submission_id: sub,
+        comparison_id: None,
+        description: "zero",
+        time_to_target_s: 0.0,
+        val_loss: 3.0,
+        p_target: 0.001,
+        p_speedup: p,
+        speedup,
+        previous: "reference",
+        seeds: &[0, 1],
+    };
+    let e = store.add_record(&rec(f64::INFINITY, 0.01)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("its speedup is inf, not a finite number"),
+        "{e:#}"
+    );
+    let e = store.add_record(&rec(2.0, f64::NAN)).unwrap_err();
+    assert!(format!("{e:#}").contains("its p (speedup) is NaN"), "{e:#}");
+    assert!(store.records("smoke").unwrap().is_empty());
+    let id = store.add_record(&rec(2.0, 0.01)).unwrap();
+    assert_eq!(store.records("smoke").unwrap()[0].id, id);
+}

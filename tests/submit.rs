@@ -349,9 +349,21 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
     );
     assert_eq!(re["reproduced"], true);
 
-    // A slower submission is run against the record (rebuilt from its source)
-    // and the reference, and does not replace it.
-    let slow = scaffold(tmp.path(), "schedule", "slow");
+    // A slower submission, named like the record's crate ("fast"), is run
+    // against the record (rebuilt from its source) and the reference, runs its
+    // own code, and does not replace it. A folder planted where the record is
+    // rebuilt (a broken crate of the record's name) is never reused.
+    let planted = tmp.path().join("submissions/record-1/fast");
+    std::fs::create_dir_all(planted.join("src")).unwrap();
+    std::fs::write(
+        planted.join("Cargo.toml"),
+        "[package]\nname = \"fast\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(planted.join("src/lib.rs"), "this does not compile").unwrap();
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let slow = scaffold(&other, "schedule", "fast");
     let o = speedrun_db(
         &db,
         &[
@@ -373,9 +385,45 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
         .unwrap()
         .starts_with("record 1"));
     assert_eq!(v["against_reference"]["stack"], "reference");
+    // Its own library ran: not the record's, and not the record's curve.
+    let record_lib = r["current"]["library_sha256"].as_str().unwrap().to_string();
+    assert_ne!(
+        v["submission"]["library_sha256"].as_str(),
+        Some(record_lib.as_str())
+    );
+    let delta = v["against_record"]["loss_delta"]["estimate"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        delta.abs() > 1e-6,
+        "the candidate ran the record's code: {delta}"
+    );
     let o = speedrun_db(&db, &["records", "--track", track, "--format", "json"]);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["records"].as_array().unwrap().len(), 1);
+
+    // A rewritten archive is refused by reverify, naming both hashes.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let sub: i64 = conn
+        .query_row(
+            "SELECT submission_id FROM records WHERE id = ?1",
+            [record_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE submissions SET source = X'1f8b0800000000000003' WHERE id = ?1",
+        [sub],
+    )
+    .unwrap();
+    drop(conn);
+    let o = speedrun_db(&db, &["reverify", &record_id.to_string(), "--json"]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("the archive was changed") && t.contains(&source),
+        "{t}"
+    );
 }
 
 /// The adversary fixture as an agent's own crate: copied out of the workspace

@@ -145,17 +145,42 @@ fn reference_row(c: &StoredComparison) -> Row {
 pub struct Ladder {
     pub reference: Option<Row>,
     pub rows: Vec<Row>,
-    /// Comparisons left out: another baseline, or too few seeds.
+    /// Comparisons left out: another baseline, too few seeds, or runs that do
+    /// not score (invalid, unofficial, unfinished, a truncated baseline).
     pub left_out: usize,
 }
 
 pub fn rows(store: &Store, track: &str, min_seeds: usize) -> Result<Ladder> {
     let all = store.comparisons(track)?;
     let total = all.len();
+    let runs: std::collections::HashMap<i64, crate::store::StoredRun> = store
+        .runs(Some(track))?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    // A row stands on scoring runs only: every candidate run complete, valid
+    // and official (shortened by design: a record trains fewer steps), every
+    // baseline run that and of the track's whole budget as well.
+    let counts = |c: &StoredComparison| -> bool {
+        let side_ok = |side: &str, full: bool| {
+            c.report[side]["runs"].as_array().is_some_and(|rs| {
+                rs.iter().all(|r| {
+                    let run = r["store_id"].as_i64().and_then(|id| runs.get(&id));
+                    run.is_some_and(|run| match crate::score::exclusion(run) {
+                        None => true,
+                        Some(crate::score::Exclusion::Truncated) => !full,
+                        Some(_) => false,
+                    })
+                })
+            })
+        };
+        side_ok("candidate", false) && side_ok("baseline", true)
+    };
     let kept: Vec<&StoredComparison> = all
         .iter()
         .filter(|c| c.baseline == "reference")
         .filter(|c| c.report["seeds"].as_array().map_or(0, |s| s.len()) >= min_seeds)
+        .filter(|c| counts(c))
         .collect();
     Ok(Ladder {
         reference: kept.first().map(|c| reference_row(c)),
@@ -265,7 +290,7 @@ pub fn render(track: &str, ladder: &Ladder, format: Format) -> Result<String> {
     if left_out > 0 {
         let _ = writeln!(
             o,
-            "\n({left_out} stored comparison(s) left out: another baseline, or fewer seeds than asked)"
+            "\n({left_out} stored comparison(s) left out: another baseline, fewer seeds than asked, or runs that do not score: invalid, unofficial, unfinished, or a baseline shorter than the track's budget)"
         );
     }
     Ok(o)

@@ -1,7 +1,8 @@
 //! Scoring stored runs: the leaderboard order and the efficiency frontier.
 //!
-//! * Leaderboard: valid, complete runs; those that reached the target first,
-//!   by time to target, then the rest by best-attained validation loss.
+//! * Leaderboard: official, valid, complete runs of the track's whole budget
+//!   (`exclusion` says why any other run is left out); those that reached the
+//!   target first, by time to target, then the rest by best-attained loss.
 //! * Frontier: the Pareto set of a track's valid runs in (cost, final
 //!   validation loss), for cost = training time, tokens and FLOPs, both
 //!   minimised. A run's distance to it is its loss gap at equal budget: its loss
@@ -12,9 +13,60 @@ use crate::store::StoredRun;
 use serde::Serialize;
 use std::cmp::Ordering;
 
+/// Why a stored run does not score; `None`: it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exclusion {
+    /// Failed, incomplete, still running, or never validated.
+    Unfinished,
+    /// A check failed.
+    Invalid,
+    /// Unapproved plugins under a dev-mode policy, or real token ids.
+    Unofficial,
+    /// Trained fewer steps than the track's budget (`--steps`).
+    Truncated,
+}
+
+impl Exclusion {
+    pub fn label(self) -> &'static str {
+        match self {
+            Exclusion::Unfinished => "failed, incomplete or running",
+            Exclusion::Invalid => "invalid (a check failed)",
+            Exclusion::Unofficial => "unofficial (unapproved plugins)",
+            Exclusion::Truncated => "truncated (--steps, fewer than the track's budget)",
+        }
+    }
+}
+
+/// Why a stored run is left out of the leaderboard and the frontier, if it is.
+/// Only official, valid, complete runs of the track's whole budget score.
+pub fn exclusion(r: &StoredRun) -> Option<Exclusion> {
+    // A run stopped by a failed check is invalid first, unfinished second.
+    if r.valid == Some(false) {
+        Some(Exclusion::Invalid)
+    } else if r.status != "complete" || r.final_val_loss.is_none() || r.valid != Some(true) {
+        Some(Exclusion::Unfinished)
+    } else if !r.official {
+        Some(Exclusion::Unofficial)
+    } else if !r.full_budget {
+        Some(Exclusion::Truncated)
+    } else {
+        None
+    }
+}
+
 /// Whether a stored run counts for scoring.
 pub fn scorable(r: &StoredRun) -> bool {
-    r.status == "complete" && r.valid == Some(true) && r.final_val_loss.is_some()
+    exclusion(r).is_none()
+}
+
+/// How many runs each reason left out.
+pub fn exclusions(runs: &[StoredRun]) -> std::collections::BTreeMap<Exclusion, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for e in runs.iter().filter_map(exclusion) {
+        *m.entry(e).or_insert(0) += 1;
+    }
+    m
 }
 
 /// Valid runs in leaderboard order.

@@ -21,8 +21,10 @@ fn day(started_at: &str) -> &str {
 #[derive(Serialize)]
 struct LeaderboardJson<'a> {
     track: &'a str,
-    /// Runs left out: invalid, failed, incomplete or still running.
+    /// Runs left out (unfinished, invalid, unofficial or truncated).
     excluded: usize,
+    /// How many for each reason.
+    excluded_by_reason: &'a std::collections::BTreeMap<score::Exclusion, usize>,
     runs: Vec<Ranked<'a>>,
 }
 
@@ -37,10 +39,12 @@ pub fn leaderboard(store: &Store, track: &str, json: bool) -> Result<String> {
     let runs = store.runs(Some(track))?;
     let board = score::leaderboard(&runs);
     let excluded = runs.len() - board.len();
+    let reasons = score::exclusions(&runs);
     if json {
         let j = LeaderboardJson {
             track,
             excluded,
+            excluded_by_reason: &reasons,
             runs: board
                 .iter()
                 .enumerate()
@@ -55,11 +59,12 @@ pub fn leaderboard(store: &Store, track: &str, json: bool) -> Result<String> {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:>4} {:>5} {:<34} {:>5} {:>10} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
+        "{:>4} {:>5} {:<34} {:>5} {:>5} {:>10} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
         "rank",
         "run",
         "stack",
         "seed",
+        "steps",
         "to target",
         "best",
         "final",
@@ -71,11 +76,12 @@ pub fn leaderboard(store: &Store, track: &str, json: bool) -> Result<String> {
     for (i, r) in board.iter().enumerate() {
         let _ = writeln!(
             o,
-            "{:>4} {:>5} {:<34} {:>5} {:>10} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
+            "{:>4} {:>5} {:<34} {:>5} {:>5} {:>10} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
             i + 1,
             r.id,
             r.stack,
             r.seed,
+            r.steps.map_or("-".into(), |s| s.to_string()),
             r.time_to_target_s
                 .map_or("-".into(), |t| format!("{t:.2} s")),
             opt(r.best_val_loss, 4),
@@ -89,15 +95,12 @@ pub fn leaderboard(store: &Store, track: &str, json: bool) -> Result<String> {
     if board.is_empty() {
         let _ = writeln!(
             o,
-            "(no valid, complete runs of track {track} in {})",
+            "(no official, valid, complete full-budget runs of track {track} in {})",
             store.path().display()
         );
     }
-    if excluded > 0 {
-        let _ = writeln!(
-            o,
-            "{excluded} runs left out (invalid, failed, incomplete or running)"
-        );
+    for (why, n) in &reasons {
+        let _ = writeln!(o, "{n} runs left out: {}", why.label());
     }
     Ok(o)
 }
@@ -306,8 +309,14 @@ pub fn show(store: &Store, key: &str, json: bool, svg: Option<PathBuf>) -> Resul
         Some(v) => {
             let _ = writeln!(
                 o,
-                "  verdict        {}",
-                if v.valid { "valid" } else { "INVALID" }
+                "  verdict        {} (checks v{}{})",
+                if v.valid { "valid" } else { "INVALID" },
+                run.checks_version,
+                if run.checks_version < crate::verify::CHECKS_VERSION {
+                    ", older than this host's: reverify or rerun it"
+                } else {
+                    ""
+                }
             );
             for c in &v.checks {
                 let _ = writeln!(o, "    {}", check_line(c.check, c.outcome, &c.detail));

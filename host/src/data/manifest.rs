@@ -3,7 +3,7 @@
 
 use super::shard::Shard;
 use super::tokenizer::TokenizerKind;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -106,22 +106,27 @@ impl DataManifest {
 pub fn check_shard(dir: &Path, entry: &ShardEntry) -> Result<()> {
     let path = dir.join(&entry.path);
     let shard = Shard::open(&path)?;
+    // A mismatch is the data_hashes check failing (the run is invalid, exit 2);
+    // a shard that cannot be read is an error of its own.
+    let mismatch = |detail: String| -> anyhow::Error {
+        crate::verify::Violation::new(crate::verify::Check::DataHashes, detail).into()
+    };
     if shard.len() as u64 != entry.tokens {
-        bail!(
+        return Err(mismatch(format!(
             "shard {}: holds {} tokens but the manifest says {}",
             path.display(),
             shard.len(),
             entry.tokens
-        );
+        )));
     }
     let sha = sha256_file(&path)?;
     if sha != entry.sha256 {
-        bail!(
+        return Err(mismatch(format!(
             "shard {}: SHA-256 {sha} does not match the manifest's {}; the file changed \
              (rebuild with `speedrun data prepare`)",
             path.display(),
             entry.sha256
-        );
+        )));
     }
     Ok(())
 }

@@ -117,11 +117,15 @@ impl Model {
         let (b, t) = tokens.dims2()?;
         let want = [b, t, self.spec.vocab];
         if logits.dims() != want {
-            bail!(
-                "the forward pass returned logits of shape {:?}, expected {:?} (the whole vocabulary)",
-                logits.dims(),
-                want
-            );
+            return Err(crate::verify::Violation::new(
+                crate::verify::Check::FullDistribution,
+                format!(
+                    "the forward pass returned logits of shape {:?}, expected {:?}: the loss needs a distribution over the whole vocabulary",
+                    logits.dims(),
+                    want
+                ),
+            )
+            .into());
         }
         Ok(logits)
     }

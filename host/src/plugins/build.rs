@@ -1,6 +1,10 @@
-//! Building a plugin crate with cargo. Every plugin goes to one shared target
+//! Building a plugin crate with cargo. Plugins go to one shared target
 //! directory, so dependencies (the plugin API, abi_stable) compile once and a
-//! second run of the same plugin does not rebuild.
+//! second run of the same plugin does not rebuild. Two crates of one name (a
+//! submission named like the record) share an output file there, so a build
+//! holds the directory's lock, rebuilds the crate whenever another folder's
+//! crate of that name was built since (`BuildSlot`), and answers a
+//! content-addressed copy of its artifact that no later build touches.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -36,7 +40,112 @@ pub fn build_native(dir: &Path) -> Result<PathBuf> {
         .arg("--target-dir")
         .arg(shared_target_dir())
         .env("RUSTFLAGS", reproducible_rustflags());
+    let _slot = BuildSlot::take(&shared_target_dir(), dir)?;
     cargo_artifact(dir, cmd, std::env::consts::DLL_SUFFIX)
+}
+
+/// A build of the crate at `dir` in the shared target directory `target`,
+/// holding that directory's build lock until the artifact is pinned. A crate
+/// name belongs to the folder that built it last: when another folder's crate
+/// of the same name was built there since (a submission named like the
+/// record), that crate's outputs are removed first, so cargo rebuilds it from
+/// this source instead of handing back the other's library as fresh.
+struct BuildSlot {
+    /// Held for the build and the pin; the lock goes with the file.
+    _lock: std::fs::File,
+}
+
+impl BuildSlot {
+    fn take(target: &Path, dir: &Path) -> Result<BuildSlot> {
+        let manifest = dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).with_context(|| {
+            format!(
+                "{} is not a plugin crate: it has no Cargo.toml",
+                dir.display()
+            )
+        })?;
+        let toml: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+        let Some(name) = toml
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+        else {
+            bail!("{} names no package", manifest.display());
+        };
+        let source = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?
+            .display()
+            .to_string();
+        let owners = target.join("owners");
+        std::fs::create_dir_all(&owners)?;
+        let lock = std::fs::File::create(owners.join(".lock"))?;
+        // SAFETY: flock on a file we own; released when `lock` is dropped.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            bail!(
+                "locking {}: {}",
+                owners.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        let owner = owners.join(name);
+        if std::fs::read_to_string(&owner).ok().as_deref() != Some(source.as_str()) {
+            remove_outputs(target, &name.replace('-', "_"))?;
+            std::fs::write(&owner, &source)?;
+        }
+        Ok(BuildSlot { _lock: lock })
+    }
+}
+
+/// Removes every output of crate `stem` under `target` (any profile, any
+/// target triple): its libraries and modules, not its dependencies'.
+fn remove_outputs(target: &Path, stem: &str) -> Result<()> {
+    let mut dirs = vec![target.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                // Profile and triple folders, and deps/; not the build caches.
+                if !matches!(
+                    name.as_str(),
+                    "build" | ".fingerprint" | "incremental" | "owners" | "artifacts"
+                ) {
+                    dirs.push(p);
+                }
+            } else if [format!("lib{stem}."), format!("{stem}.")]
+                .iter()
+                .any(|pre| name.starts_with(pre.as_str()))
+            {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A content-addressed copy of a built artifact under `artifacts/`: what the
+/// caller loads and hashes cannot be overwritten by a later build.
+fn pin_artifact(built: &Path) -> Result<PathBuf> {
+    let bytes = std::fs::read(built).with_context(|| format!("reading {}", built.display()))?;
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let name = built
+        .file_name()
+        .context("an artifact without a file name")?
+        .to_string_lossy();
+    let dir = shared_target_dir().join("artifacts").join(&sha[..16]);
+    std::fs::create_dir_all(&dir)?;
+    let pinned = dir.join(&*name);
+    if !pinned.is_file() {
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &pinned)?;
+    }
+    Ok(pinned)
 }
 
 /// Path remapping, so a library's bytes (and the SHA-256 a maintainer approves)
@@ -143,6 +252,7 @@ pub fn build_wasm(dir: &Path) -> Result<PathBuf> {
     ])
     .arg("--target-dir")
     .arg(wasm_target_dir());
+    let _slot = BuildSlot::take(&wasm_target_dir(), dir)?;
     if matches!(route, WasmRoute::DebianBuildStd { .. }) {
         cmd.arg("-Zbuild-std=std,panic_abort");
     }
@@ -210,7 +320,7 @@ fn cargo_artifact(dir: &Path, mut cmd: Command, suffix: &str) -> Result<PathBuf>
             .filter_map(|f| f.as_str())
             .find(|f| f.ends_with(suffix))
         {
-            return Ok(PathBuf::from(lib));
+            return pin_artifact(Path::new(lib));
         }
     }
     bail!(

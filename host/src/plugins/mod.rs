@@ -94,7 +94,10 @@ pub fn admit(
     for h in &manifest.hooks {
         let hook = HookPoint::from_name(h).with_context(|| format!("unknown hook {h}"))?;
         policy.policy.check_hook(hook, transport).map_err(|e| {
-            anyhow::anyhow!("plugin {} refused by policy {file}: {e}", manifest.name)
+            crate::verify::Violation::new(
+                crate::verify::Check::Plugins,
+                format!("plugin {} refused by policy {file}: {e}", manifest.name),
+            )
         })?;
     }
     let mut warnings = Vec::new();
@@ -112,10 +115,14 @@ pub fn admit(
         {
             match policy.policy.mode {
                 speedrun_sandbox_policy::Mode::Official => {
-                    bail!(
-                        "plugin {} refused by policy {file} (official mode): {why}",
-                        manifest.name
+                    return Err(crate::verify::Violation::new(
+                        crate::verify::Check::Plugins,
+                        format!(
+                            "plugin {} refused by policy {file} (official mode): {why}",
+                            manifest.name
+                        ),
                     )
+                    .into())
                 }
                 speedrun_sandbox_policy::Mode::Dev => {
                     tracing::warn!(

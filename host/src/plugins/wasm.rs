@@ -239,11 +239,15 @@ impl WasmModule {
         // What a module brings in is bounded before anything of it runs: its
         // data segments could otherwise carry a whole checkpoint.
         if bytes.len() > limits.max_module_bytes {
-            bail!(
-                "the module is {} bytes, over the policy's cap of {} bytes (wasm.max_module_bytes)",
-                bytes.len(),
-                limits.max_module_bytes
-            );
+            return Err(crate::verify::Violation::new(
+                crate::verify::Check::PluginInputs,
+                format!(
+                    "the module is {} bytes, over the policy's cap of {} bytes (wasm.max_module_bytes)",
+                    bytes.len(),
+                    limits.max_module_bytes
+                ),
+            )
+            .into());
         }
         let (module, sha256) = compile(bytes)?;
         for import in module.imports() {
@@ -324,6 +328,10 @@ impl Live {
             ),
             Some(Trap::StackOverflow) => {
                 "exhausted its call stack (unbounded recursion?)".to_string()
+            }
+            // Rust's wasm stack lives in linear memory and grows down past 0.
+            Some(Trap::MemoryOutOfBounds) => {
+                "trapped: out of bounds memory access; a Rust plugin's stack overflow ends this way (its stack lives in linear memory): unbounded recursion, or a large value on the stack?".to_string()
             }
             Some(Trap::UnreachableCodeReached) => {
                 let panic = self.panic_message().filter(|m| !m.is_empty());

@@ -56,6 +56,10 @@ pub struct StoredRun {
     pub flops_to_target: Option<f64>,
     pub error: Option<String>,
     pub git_revision: String,
+    /// Trained the track's whole token budget (a `--steps` run did not).
+    pub full_budget: bool,
+    /// The version of the host's checks that verified it (`verify::CHECKS_VERSION`).
+    pub checks_version: u32,
 }
 
 /// One validation of a stored run.
@@ -134,8 +138,23 @@ impl Store {
         self.conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // WAL: a reader never blocks the run writing; a kill leaves the last
         // committed transaction in place.
-        self.conn
-            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        // Switching a new file to WAL needs it alone and answers "busy" without
+        // waiting on the busy handler: retry while another process opens it too.
+        let started = std::time::Instant::now();
+        loop {
+            match self
+                .conn
+                .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && started.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other?,
+            }
+        }
         self.conn.execute_batch("PRAGMA foreign_keys = ON;")?;
         schema::migrate(&self.conn)?;
         self.mark_abandoned()
@@ -177,8 +196,9 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO runs (track, track_sha256, seed, run_dir, started_at, status, pid, pid_start,
-                 host_version, git_revision, steps_planned, stack, official, manifest)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 host_version, git_revision, steps_planned, stack, official, manifest,
+                 full_budget, checks_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 m.track,
                 m.track_sha256,
@@ -193,6 +213,8 @@ impl Store {
                 stack_key(&m.plugins),
                 m.official,
                 serde_json::to_string(m)?,
+                m.steps == m.track_steps,
+                crate::verify::CHECKS_VERSION,
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -403,7 +425,8 @@ impl Store {
 
 const RUN_COLUMNS: &str = "SELECT id, track, seed, run_dir, started_at, finished_at, status, stack,
     official, valid, steps, tokens, train_time_s, flops, final_val_loss, best_val_loss,
-    target_val_loss, time_to_target_s, tokens_to_target, flops_to_target, error, git_revision
+    target_val_loss, time_to_target_s, tokens_to_target, flops_to_target, error, git_revision,
+    full_budget, checks_version
     FROM runs";
 
 fn read_run(r: &rusqlite::Row) -> rusqlite::Result<StoredRun> {
@@ -433,6 +456,8 @@ fn read_run(r: &rusqlite::Row) -> rusqlite::Result<StoredRun> {
         flops_to_target: r.get(19)?,
         error: r.get(20)?,
         git_revision: r.get(21)?,
+        full_budget: r.get::<_, Option<bool>>(22)?.unwrap_or(true),
+        checks_version: r.get::<_, Option<u32>>(23)?.unwrap_or(1),
     })
 }
 

@@ -113,22 +113,37 @@ const MIGRATIONS: &[&str] = &[
         seeds TEXT NOT NULL
     );
     CREATE INDEX records_by_track ON records (track, id);",
+    // Which checks verified a run (NULL: before version 2, the first wave's
+    // checks), and whether it trained the track's whole budget (`--steps` runs
+    // never score). Older runs are taken to be full when they planned as many
+    // steps as the most any run of the same track file planned.
+    "ALTER TABLE runs ADD COLUMN checks_version INTEGER;
+    ALTER TABLE runs ADD COLUMN full_budget INTEGER;
+    UPDATE runs SET full_budget = (steps_planned = (
+        SELECT MAX(r2.steps_planned) FROM runs r2 WHERE r2.track_sha256 = runs.track_sha256));",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {
-    let version: usize =
-        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-    if version > MIGRATIONS.len() {
-        bail!(
-            "it was written by a newer speedrun (schema version {version}; this host knows up to {})",
-            MIGRATIONS.len()
-        );
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(sql)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+    loop {
+        // Each step holds the write lock from before it reads the version, so two
+        // processes opening a new store at once cannot both apply a migration
+        // (the second used to fail on "table runs already exists" and lose its run).
+        let tx =
+            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        let version: usize =
+            tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+        if version > MIGRATIONS.len() {
+            bail!(
+                "it was written by a newer speedrun (schema version {version}; this host knows up to {})",
+                MIGRATIONS.len()
+            );
+        }
+        if version == MIGRATIONS.len() {
+            tx.commit()?;
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[version])?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
         tx.commit()?;
     }
-    Ok(())
 }

@@ -46,6 +46,9 @@ pub struct Record {
     pub source_sha256: String,
     pub library_sha256: Option<String>,
     pub transport: String,
+    /// The version of the checks its runs were verified by (`verify::CHECKS_VERSION`;
+    /// 1 for records made before twin forwards and the secret permutation).
+    pub checks_version: u32,
 }
 
 /// What a new record says of itself.
@@ -83,7 +86,9 @@ fn read_submission(r: &rusqlite::Row) -> rusqlite::Result<Submission> {
 
 const RECORD_COLUMNS: &str = "SELECT r.id, r.track, r.submission_id, r.comparison_id, r.created_at,
     r.description, r.time_to_target_s, r.val_loss, r.p_target, r.p_speedup, r.speedup, r.previous,
-    r.seeds, s.crate_name, s.source_sha256, s.library_sha256, s.transport
+    r.seeds, s.crate_name, s.source_sha256, s.library_sha256, s.transport,
+    (SELECT MIN(COALESCE(u.checks_version, 1)) FROM comparison_runs cr JOIN runs u ON u.id = cr.run_id
+        WHERE cr.comparison_id = r.comparison_id AND cr.role = 'candidate')
     FROM records r JOIN submissions s ON s.id = r.submission_id";
 
 fn read_record(r: &rusqlite::Row) -> rusqlite::Result<Record> {
@@ -106,6 +111,7 @@ fn read_record(r: &rusqlite::Row) -> rusqlite::Result<Record> {
         source_sha256: r.get(14)?,
         library_sha256: r.get(15)?,
         transport: r.get(16)?,
+        checks_version: r.get::<_, Option<u32>>(17)?.unwrap_or(1),
     })
 }
 
@@ -168,15 +174,41 @@ impl Store {
     }
 
     /// The submission's source archive (tar.gz) as stored.
+    /// The stored source archive of submission `id`, checked against the
+    /// SHA-256 recorded when it was submitted: a rewritten archive is refused
+    /// naming both hashes.
     pub fn submission_source(&self, id: i64) -> Result<Vec<u8>> {
-        Ok(self.conn.query_row(
-            "SELECT source FROM submissions WHERE id = ?1",
+        let (archive, recorded): (Vec<u8>, String) = self.conn.query_row(
+            "SELECT source, source_sha256 FROM submissions WHERE id = ?1",
             params![id],
-            |r| r.get(0),
-        )?)
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&archive));
+        if actual != recorded {
+            bail!(
+                "submission {id}'s stored source archive has SHA-256 {actual}, but the store recorded {recorded} when it was submitted: the archive was changed, and is not built"
+            );
+        }
+        Ok(archive)
     }
 
     pub fn add_record(&self, r: &NewRecord) -> Result<i64> {
+        // A number the statistics could not give (a time to target of 0 makes
+        // the speedup infinite or undefined) is refused by name, not by SQLite.
+        for (what, v) in [
+            ("time to target", r.time_to_target_s),
+            ("validation loss", r.val_loss),
+            ("p (loss < target)", r.p_target),
+            ("p (speedup)", r.p_speedup),
+            ("speedup", r.speedup),
+        ] {
+            if !v.is_finite() {
+                bail!(
+                    "not recorded as a record of track {}: its {what} is {v}, not a finite number",
+                    r.track
+                );
+            }
+        }
         self.conn.execute(
             "INSERT INTO records (track, submission_id, comparison_id, created_at, description,
                  time_to_target_s, val_loss, p_target, p_speedup, speedup, previous, seeds)

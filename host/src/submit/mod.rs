@@ -187,15 +187,17 @@ fn admit(lib: &Path, native: bool, policy: &LoadedPolicy) -> Result<()> {
     Ok(())
 }
 
-/// Unpacks and builds a stored submission's source into `into`; answers its library.
+/// Unpacks a stored submission's source (its archive checked against the
+/// recorded SHA-256) into `into`, emptied first — a folder left on disk is
+/// never trusted — and builds it; answers its library.
 pub fn rebuild(store: &Store, submission_id: i64, into: &Path) -> Result<PathBuf> {
     let s = store.submission(submission_id)?;
     let archive = store.submission_source(submission_id)?;
-    let dir = if into.join(&s.crate_name).join("Cargo.toml").is_file() {
-        into.join(&s.crate_name)
-    } else {
-        snapshot::extract(&archive, &s.crate_name, into)?
-    };
+    if into.exists() {
+        std::fs::remove_dir_all(into)
+            .with_context(|| format!("clearing {} before the rebuild", into.display()))?;
+    }
+    let dir = snapshot::extract(&archive, &s.crate_name, into)?;
     build_library(&dir, s.transport == "native")
         .with_context(|| format!("rebuilding submission {submission_id} from its stored source"))
 }
@@ -399,6 +401,21 @@ fn run_submission(
         None => vs_reference.clone(),
     };
 
+    // The verdict names the library that ran: every candidate run hashed the
+    // bytes it loaded, and they must be the bytes built from the snapshot.
+    for r in &cand_runs {
+        let Some(run_id) = r.store_id else { continue };
+        for p in store.plugins(run_id)? {
+            if Some(&p.sha256) != v.submission.library_sha256.as_ref() {
+                anyhow::bail!(
+                    "run {run_id} (seed {}) loaded a library with SHA-256 {}, not the {} built from the submission's snapshot",
+                    r.seed,
+                    p.sha256,
+                    v.submission.library_sha256.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
     let c = &vs_reference.candidate;
     v.checks = merge_checks(store, &cand_runs)?;
     v.val_loss = c.val_loss;

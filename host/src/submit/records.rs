@@ -60,6 +60,11 @@ pub fn render(track: &str, records: &[Record], format: Format) -> Result<String>
             r.created_at.get(..10).unwrap_or(&r.created_at).to_string(),
             format!("{:.3}x over {}", r.speedup, r.previous),
             format!("{:.4}", r.val_loss),
+            if r.checks_version < crate::verify::CHECKS_VERSION {
+                format!("v{} (older: reverify it)", r.checks_version)
+            } else {
+                format!("v{}", r.checks_version)
+            },
             format!(
                 "src {} lib {} ({})",
                 short(&r.source_sha256),
@@ -75,6 +80,7 @@ pub fn render(track: &str, records: &[Record], format: Format) -> Result<String>
         "date",
         "speedup",
         "val loss",
+        "checks",
         "hashes",
     ];
     match format {
@@ -88,15 +94,15 @@ pub fn render(track: &str, records: &[Record], format: Format) -> Result<String>
         _ => {
             let _ = writeln!(
                 o,
-                "{:>3}  {:>11}  {:<40}  {:<10}  {:<28}  {:>8}  {}",
-                head[0], head[1], head[2], head[3], head[4], head[5], head[6]
+                "{:>3}  {:>11}  {:<40}  {:<10}  {:<28}  {:>8}  {:<6}  {}",
+                head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]
             );
             for (i, r) in records.iter().enumerate() {
                 let c = row(r, i);
                 let _ = writeln!(
                     o,
-                    "{:>3}  {:>11}  {:<40}  {:<10}  {:<28}  {:>8}  {}",
-                    c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+                    "{:>3}  {:>11}  {:<40}  {:<10}  {:<28}  {:>8}  {:<6}  {}",
+                    c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
                 );
             }
         }
@@ -118,6 +124,8 @@ pub struct Reverification {
     pub library_sha256: String,
     /// The rebuild gave the same library bytes as the submission's build.
     pub same_library: bool,
+    /// The checks this re-run was verified by (the record's own are in `record`).
+    pub checks_version: u32,
     pub seeds: Vec<u64>,
     pub valid: bool,
     pub val_loss: Option<Summary>,
@@ -201,9 +209,23 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
     report.comparison_id = Some(compare::store_comparison(&o.store, &report)?);
     let c = &report.candidate;
     let valid = c.all_valid;
+    // The hash of what ran (each run hashed the bytes it loaded), not of the file now.
+    let ran: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r.store_id)
+        .filter_map(|id| store.plugins(id).ok())
+        .flat_map(|ps| ps.into_iter().map(|p| p.sha256))
+        .collect();
+    let library_sha256 = match ran.first() {
+        Some(h) if ran.iter().all(|x| x == h) => h.clone(),
+        Some(_) => bail!("the record's runs loaded different libraries: {ran:?}"),
+        None => library_sha256,
+    };
+    let same_library = record.library_sha256.as_deref() == Some(library_sha256.as_str());
     Ok(Reverification {
-        same_library: record.library_sha256.as_deref() == Some(library_sha256.as_str()),
+        same_library,
         library_sha256,
+        checks_version: crate::verify::CHECKS_VERSION,
         val_loss_matches_record: c.val_loss.is_some_and(|s| {
             (s.mean - record.val_loss).abs() <= 1e-9 * record.val_loss.abs().max(1.0)
         }),
@@ -214,7 +236,8 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
         p_below_target: c.below_target.map(|t| t.p_value),
         target_claim: c.target_claim,
         against_reference: Against::new(&report, None),
-        reproduced: valid && c.target_claim,
+        // A different library is a different submission, whatever it scores.
+        reproduced: valid && c.target_claim && same_library,
         runs,
         record,
     })
@@ -238,6 +261,11 @@ pub fn render_reverification(r: &Reverification) -> String {
         } else {
             "DIFFERS from the submission's build"
         }
+    );
+    let _ = writeln!(
+        o,
+        "  checks         v{} (the record was verified by v{})",
+        r.checks_version, r.record.checks_version
     );
     let _ = writeln!(o, "  seeds          {:?}", r.seeds);
     let _ = writeln!(o, "  valid          {}", if r.valid { "yes" } else { "NO" });

@@ -172,6 +172,10 @@ pub struct RunManifest {
     pub shards: Vec<ShardRecord>,
     pub seed: u64,
     pub steps: usize,
+    /// The track's whole budget in steps: a run of fewer (`--steps`) never scores.
+    pub track_steps: usize,
+    /// The version of the checks that verify this run (`verify::CHECKS_VERSION`).
+    pub checks_version: u32,
     pub batch_tokens: usize,
     pub parameters: usize,
     pub optimizer: String,
@@ -461,6 +465,8 @@ fn execute_rank(
         shards: data.records.clone(),
         seed: opts.seed,
         steps,
+        track_steps: track.steps(),
+        checks_version: verify::CHECKS_VERSION,
         batch_tokens: track.train.batch_tokens,
         parameters: model.params.numel(),
         optimizer: optimizer.name().to_string(),

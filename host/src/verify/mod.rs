@@ -6,6 +6,12 @@
 
 pub mod causality;
 
+/// The version of the checks a run is verified by, recorded with every run
+/// (1: the first wave's checks, before twin forwards, pure forward hooks, the
+/// secret permutation and the input caps; 2: those). `reverify` re-runs a
+/// record under the current version.
+pub const CHECKS_VERSION: u32 = 2;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
