@@ -585,3 +585,81 @@ fn plugin_new_writes_a_crate_that_builds_inspects_and_trains() {
         );
     }
 }
+
+/// A head that records the separator id it is told, per mode.
+struct SepProbe;
+
+static SEEN_SEPARATORS: std::sync::Mutex<Vec<(bool, Option<u32>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+impl Plugin for SepProbe {
+    fn new(_: &serde_json::Value) -> api::Result<Self> {
+        Ok(SepProbe)
+    }
+}
+
+impl Head for SepProbe {
+    fn head(&mut self, cx: &ForwardCtx, x: &Tensor) -> api::Result<Tensor> {
+        SEEN_SEPARATORS
+            .lock()
+            .unwrap()
+            .push((cx.train, cx.separator_token()?));
+        linear(x, &cx.head_weight()?.transpose(0, 1)?, None)
+    }
+}
+
+speedrun_plugin_api::impl_plugin!(SepProbe, name: "sep-probe", hooks: [head]);
+
+#[test]
+fn plugins_are_told_the_separator_as_the_secret_labels_spell_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lt = speedrun::track::load("gpt2-cpu").unwrap();
+    // A tiny model of GPT-2's vocabulary: the point is the labels, not the training.
+    let t = &mut lt.track;
+    (
+        t.model.layers,
+        t.model.heads,
+        t.model.width,
+        t.model.seq_len,
+    ) = (1, 1, 8, 16);
+    (
+        t.train.batch_tokens,
+        t.validation.tokens,
+        t.validation.every_steps,
+    ) = (32, 32, 0);
+    let track = lt.track.clone();
+    for mode in [train::VocabMode::Secret, train::VocabMode::NullControl] {
+        SEEN_SEPARATORS.lock().unwrap().clear();
+        let mut opts = smoke_options(&tmp.path().join(format!("{mode:?}")), Some(1));
+        opts.track = lt.clone();
+        opts.vocab = mode;
+        let build = || {
+            let module =
+                NativeModule::in_process(speedrun_plugin_api::native::module::<SepProbe>());
+            let p = plugins::start(
+                plugins::PluginModule::Native(module),
+                Path::new("in-process:sep-probe"),
+                &track,
+                0,
+                None,
+                &default_policy(),
+            )?;
+            plugins::compose(&track, vec![p])
+        };
+        let f = train::execute(&opts, &mut || build()).unwrap();
+        assert!(f.error.is_none(), "{:?}", f.error);
+        let labels = train::Labels::of(&track, 0, mode).unwrap();
+        let (want_train, want_eval) = (labels.train.map(50256), labels.val.map(50256));
+        let seen = SEEN_SEPARATORS.lock().unwrap().clone();
+        assert!(
+            seen.iter().any(|s| s.0) && seen.iter().any(|s| !s.0),
+            "{seen:?}"
+        );
+        for (train_mode, sep) in seen {
+            assert_eq!(sep, Some(if train_mode { want_train } else { want_eval }));
+        }
+        // The permutation moved it (a fixed point has probability 1/50257).
+        assert_ne!(want_train, 50256);
+        assert_eq!(want_train == want_eval, mode == train::VocabMode::Secret);
+    }
+}

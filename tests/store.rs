@@ -491,13 +491,15 @@ fn only_official_valid_full_budget_runs_score_and_the_others_are_labelled() {
         &db,
         &["leaderboard", "--track", "smoke", "--json"],
     ));
-    let ranked: Vec<i64> = lb["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
-    assert_eq!(ranked, vec![full_id], "{lb:#}");
+    // The ids under `key` of a JSON array of runs.
+    let ids = |runs: &serde_json::Value, key: &str| -> Vec<i64> {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[key].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&lb["runs"], "id"), vec![full_id], "{lb:#}");
     let why = &lb["excluded_by_reason"];
     assert_eq!(
         (
@@ -525,13 +527,7 @@ fn only_official_valid_full_budget_runs_score_and_the_others_are_labelled() {
         ],
     ));
     for axis in fr["axes"].as_array().unwrap() {
-        let ids: Vec<i64> = axis["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["run_id"].as_i64().unwrap())
-            .collect();
-        assert_eq!(ids, vec![full_id], "{axis:#}");
+        assert_eq!(ids(&axis["runs"], "run_id"), vec![full_id], "{axis:#}");
     }
 
     // A bench of an unofficial stack is not a ladder row; it is counted.

@@ -211,6 +211,9 @@ ops! {
     /// The token ids `[B, T]` (u32) of the forward pass this hook call is part
     /// of (value embeddings read them in `model.attention`). → T = [ids].
     Tokens = 113, "tokens", ParamRead;
+    /// The document separator's id as this forward's tokens spell it (under
+    /// the run's secret vocabulary permutation), or none. → I = [id] or [].
+    SeparatorToken = 114, "separator_token", ParamRead;
 }
 
 impl Op {

@@ -402,6 +402,14 @@ impl Tensor {
         let reply = link::call(Op::Tokens, Frame::default())?;
         Ok(Tensor(reply.tensor(0)?))
     }
+    /// The document separator's id in this forward's tokens (forward hooks
+    /// only): the host relabels every token through a secret permutation per
+    /// run, so the id to look for is asked, never assumed. `None` when the
+    /// tokenizer has no separator (the byte tracks).
+    pub fn separator_token() -> Result<Option<u32>> {
+        let reply = link::call(Op::SeparatorToken, Frame::default())?;
+        Ok(reply.ints.first().map(|&i| i as u32))
+    }
     /// A model parameter by name (forward hooks only).
     pub fn param(name: &str) -> Result<Tensor> {
         let reply = link::call(

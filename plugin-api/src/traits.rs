@@ -43,39 +43,61 @@ pub trait Params {
     fn params(&mut self, model: &ModelShape, declared: Vec<ParamDecl>) -> Result<Vec<ParamDecl>>;
 }
 
-/// `model.init`, once per parameter: its initial value, with `p`'s shape, built
-/// with creation ops; `randn`/`uniform` draw from the parameter's own seeded
-/// stream. `None` leaves the parameter to the next hook (the reference).
+/// `model.init`, once per parameter: its initial value, with `p`'s shape.
+/// Declarative: one constant (`zeros`, `ones`, `full`) or one distribution
+/// (`randn`, `uniform`, drawn from the parameter's own seeded stream), nothing
+/// composed and no `from_values`. `None` leaves the parameter to the next hook
+/// (the reference).
 pub trait Init {
     fn init(&mut self, p: &ParamDecl, model: &ModelShape) -> Result<Option<Tensor>>;
 }
 
 /// `model.embed`, each forward: token ids `[B, T]` (u32) to the residual stream
 /// `[B, T, D]`. May read parameters; may not write.
+///
+/// Pure: every call runs on an instance made for it from the configuration
+/// (nothing from earlier calls survives); no `keep`, no writes; in eval mode no
+/// value read back (`to_scalar`) and no failed op.
 pub trait Embed {
     fn embed(&mut self, cx: &ForwardCtx, tokens: &Tensor) -> Result<Tensor>;
 }
 
 /// `model.norm`, each forward: a normalisation of `[B, T, D]`, shape preserved.
+///
+/// Pure: every call runs on an instance made for it from the configuration
+/// (nothing from earlier calls survives); no `keep`, no writes; in eval mode no
+/// value read back (`to_scalar`) and no failed op.
 pub trait Norm {
     fn norm(&mut self, cx: &ForwardCtx, site: NormSite, x: &Tensor) -> Result<Tensor>;
 }
 
 /// `model.attention`, each forward, per layer: normalised stream `[B, T, D]` to
 /// the attention output `[B, T, D]` (before the residual add). Must be causal:
-/// the host's causality probe checks it.
+/// twin forwards of real batches check it.
+///
+/// Pure: every call runs on an instance made for it from the configuration
+/// (nothing from earlier calls survives); no `keep`, no writes; in eval mode no
+/// value read back (`to_scalar`) and no failed op.
 pub trait Attention {
     fn attention(&mut self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor>;
 }
 
 /// `model.mlp`, each forward, per layer: normalised stream `[B, T, D]` to the MLP
 /// output `[B, T, D]`.
+///
+/// Pure: every call runs on an instance made for it from the configuration
+/// (nothing from earlier calls survives); no `keep`, no writes; in eval mode no
+/// value read back (`to_scalar`) and no failed op.
 pub trait Mlp {
     fn mlp(&mut self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor>;
 }
 
 /// `model.block`, each forward, per layer: residual stream in, residual stream
 /// out. A plugin block computes its norm, attention and MLP itself with ops.
+///
+/// Pure: every call runs on an instance made for it from the configuration
+/// (nothing from earlier calls survives); no `keep`, no writes; in eval mode no
+/// value read back (`to_scalar`) and no failed op.
 pub trait Block {
     fn block(&mut self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor>;
 }
@@ -83,12 +105,20 @@ pub trait Block {
 /// `model.head`, each forward: final normalised stream `[B, T, D]` to logits
 /// `[B, T, V]` over the whole vocabulary (the host checks the shape and computes
 /// the loss itself).
+///
+/// Pure: every call runs on an instance made for it from the configuration
+/// (nothing from earlier calls survives); no `keep`, no writes; in eval mode no
+/// value read back (`to_scalar`) and no failed op.
 pub trait Head {
     fn head(&mut self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor>;
 }
 
 /// `model.forward`, each forward: token ids `[B, T]` to logits `[B, T, V]`;
 /// replaces every model hook above.
+///
+/// Pure: every call runs on an instance made for it from the configuration
+/// (nothing from earlier calls survives); no `keep`, no writes; in eval mode no
+/// value read back (`to_scalar`) and no failed op.
 pub trait Forward {
     fn forward(&mut self, cx: &ForwardCtx, tokens: &Tensor) -> Result<Tensor>;
 }

@@ -202,8 +202,15 @@ impl ForwardCtx {
 
     /// The token ids `[B, T]` (u32) of this forward pass, in any forward hook
     /// (the embedding's input; value embeddings read them again in attention).
+    /// They are relabelled by the run's secret vocabulary permutation.
     pub fn tokens(&self) -> Result<Tensor> {
         Tensor::tokens()
+    }
+
+    /// The document separator's id among `tokens()` (GPT-2's end-of-text under
+    /// the run's permutation), or `None` on a tokenizer without one.
+    pub fn separator_token(&self) -> Result<Option<u32>> {
+        Tensor::separator_token()
     }
 
     /// A parameter of layer `layer`: `transformer.h.{layer}.{name}`.

@@ -25,6 +25,14 @@ impl TokenizerKind {
         }
     }
 
+    /// The document separator's real id, if the tokenizer has one.
+    pub fn separator(self) -> Option<u32> {
+        match self {
+            TokenizerKind::Bytes => None,
+            TokenizerKind::Gpt2 => Some(GPT2_EOT as u32),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TokenizerKind::Bytes => "bytes",

@@ -116,17 +116,7 @@ impl Model {
         let logits = self.hooks.forward.forward(&cx, self, tokens)?;
         let (b, t) = tokens.dims2()?;
         let want = [b, t, self.spec.vocab];
-        if logits.dims() != want {
-            return Err(crate::verify::Violation::new(
-                crate::verify::Check::FullDistribution,
-                format!(
-                    "the forward pass returned logits of shape {:?}, expected {:?}: the loss needs a distribution over the whole vocabulary",
-                    logits.dims(),
-                    want
-                ),
-            )
-            .into());
-        }
+        crate::verify::whole_vocabulary("the forward pass", logits.dims(), &want)?;
         Ok(logits)
     }
 

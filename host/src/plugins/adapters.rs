@@ -194,23 +194,6 @@ fn forward_call(
     )
 }
 
-/// Checks that logits cover the whole vocabulary: a head of another width is
-/// a `full_distribution` failure, not merely a crash.
-fn whole_vocabulary(hook: HookPoint, t: Tensor, want: &[usize]) -> Result<Tensor> {
-    if t.dims() != want {
-        return Err(crate::verify::Violation::new(
-            crate::verify::Check::FullDistribution,
-            format!(
-                "hook {hook} returned logits of shape {:?}, not {:?}: the loss needs a distribution over the whole vocabulary",
-                t.dims(),
-                want
-            ),
-        )
-        .into());
-    }
-    Ok(t)
-}
-
 /// Checks a hook's output shape, naming the hook.
 fn expect_dims(hook: HookPoint, t: Tensor, want: &[usize]) -> Result<Tensor> {
     if t.dims() != want {
@@ -271,7 +254,12 @@ impl HeadHook for PluginForwardHooks {
     fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let out = forward_call(&self.0, HookPoint::ModelHead, cx, x, &[])?;
-        whole_vocabulary(HookPoint::ModelHead, out, &[b, t, cx.spec.vocab])
+        crate::verify::whole_vocabulary(
+            &format!("hook {}", HookPoint::ModelHead),
+            out.dims(),
+            &[b, t, cx.spec.vocab],
+        )?;
+        Ok(out)
     }
 }
 

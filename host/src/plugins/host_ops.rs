@@ -35,6 +35,8 @@ pub struct OpEnv<'a> {
     pub eval: bool,
     /// Refusals recorded for the verdict, whether or not the plugin passes the error on.
     pub violations: &'a mut Vec<Violation>,
+    /// The document separator's id as this forward's tokens spell it.
+    pub separator: Option<u32>,
     /// Elements this plugin made from its own constants so far in the run.
     pub literal_elements: &'a mut u64,
     pub max_literal_elements: u64,
@@ -430,6 +432,12 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
         Op::DTypeOf => {
             return Ok(Frame {
                 ints: vec![from_candle(t(0)?.dtype())?.code()],
+                ..Frame::default()
+            })
+        }
+        Op::SeparatorToken => {
+            return Ok(Frame {
+                ints: env.separator.iter().map(|&s| s as i64).collect(),
                 ..Frame::default()
             })
         }

@@ -435,6 +435,13 @@ pub fn take_stats(plugins: &[LoadedPlugin]) -> Vec<HookLine> {
         .collect()
 }
 
+/// Tells every plugin the document separator as the run's labels spell it.
+pub fn set_separator(plugins: &[LoadedPlugin], train: Option<u32>, eval: Option<u32>) {
+    for p in plugins {
+        p.session.borrow_mut().set_separator(train, eval);
+    }
+}
+
 /// Every plugin's seeded generator, to restore after a twin forward.
 pub fn rng_states(plugins: &[LoadedPlugin]) -> Vec<rand_chacha::ChaCha8Rng> {
     plugins

@@ -129,6 +129,8 @@ pub struct PluginSession {
     config: serde_json::Value,
     budget: InputBudget,
     inputs: InputUse,
+    /// The document separator under the training and the validation labels.
+    separator: (Option<u32>, Option<u32>),
 }
 
 /// The context of the hook call in progress on this thread, for `host_call_op`.
@@ -241,6 +243,7 @@ impl PluginSession {
             config,
             budget: InputBudget::default(),
             inputs: InputUse::default(),
+            separator: (None, None),
             table,
             rng,
             device: Device::Cpu,
@@ -274,6 +277,11 @@ impl PluginSession {
 
     pub fn budget(&self) -> InputBudget {
         self.budget
+    }
+
+    /// The document separator as training and validation tokens spell it.
+    pub fn set_separator(&mut self, train: Option<u32>, eval: Option<u32>) {
+        self.separator = (train, eval);
     }
 
     /// The plugin's seeded generator (forward hooks' draws), to save and restore
@@ -374,6 +382,11 @@ impl PluginSession {
                 eval: self.eval,
                 tokens: self.tokens.as_ref(),
                 violations: &mut self.violations,
+                separator: if self.eval {
+                    self.separator.1
+                } else {
+                    self.separator.0
+                },
                 literal_elements: &mut self.inputs.literal_elements,
                 max_literal_elements: self.budget.max_literal_elements,
             },

@@ -106,6 +106,16 @@ impl Labels {
             seeds: (ts, vs),
         })
     }
+
+    /// Gives the plugins the document separator under these labels.
+    fn tell_separator(&self, track: &Track, plugins: &[LoadedPlugin]) {
+        let sep = track.data.tokenizer.separator();
+        crate::plugins::set_separator(
+            plugins,
+            sep.map(|s| self.train.map(s)),
+            sep.map(|s| self.val.map(s)),
+        );
+    }
 }
 
 impl RunOptions {
@@ -408,6 +418,7 @@ fn execute_rank(
         policy,
     } = build()?;
     crate::plugins::attach_device(&plugins, &meter, track.train.precision);
+    labels.tell_separator(track, &plugins);
     // Every hook call is training time: model.params, model.init and
     // optimizer.init run on the clock, before the first step.
     let mut timer = TrainingTimer::new();
@@ -820,6 +831,7 @@ fn warm_up(
     } = build()?;
     let meter = std::sync::Arc::new(MemoryMeter::new(meter.device(), meter.budget()));
     crate::plugins::attach_device(&plugins, &meter, track.train.precision);
+    labels.tell_separator(track, &plugins);
     let model = Model::build(&track.model, hooks, opts.seed, meter.device())?
         .with_precision(track.train.precision);
     let digest = model.params.digest()?;

@@ -119,6 +119,21 @@ impl Violation {
     }
 }
 
+/// Logits must cover the whole vocabulary: `got` against `want` (`[B, T, V]`),
+/// from `who` (a hook or the forward pass). A narrower head is a
+/// `full_distribution` failure, not merely a crash.
+pub fn whole_vocabulary(who: &str, got: &[usize], want: &[usize]) -> Result<(), Violation> {
+    if got == want {
+        return Ok(());
+    }
+    Err(Violation::new(
+        Check::FullDistribution,
+        format!(
+            "{who} returned logits of shape {got:?}, not {want:?}: the loss needs a distribution over the whole vocabulary"
+        ),
+    ))
+}
+
 /// The first violation in an error's chain, if the error is one.
 pub fn violation_of(e: &anyhow::Error) -> Option<&Violation> {
     e.chain().find_map(|c| c.downcast_ref::<Violation>())
