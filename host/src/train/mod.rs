@@ -664,6 +664,12 @@ pub fn null_control(
     let t0 = std::time::Instant::now();
     let f = execute(&o, build)?;
     let seconds = t0.elapsed().as_secs_f64();
+    // Out of time is "could not run", not a failed control.
+    if let Some(e) = &f.error {
+        if f.summary.error.as_deref().is_some_and(|m| m.contains(DEADLINE)) {
+            bail!("the null-data control ran out of time: {e:#}");
+        }
+    }
     let floor = null_control_floor(opts.track.track.model.vocab);
     let (outcome, detail) = match (&f.error, f.summary.final_val_loss) {
         (Some(e), _) => (
