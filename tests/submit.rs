@@ -433,11 +433,14 @@ fn adversary_crate(dir: &Path, attack: &str) -> std::path::PathBuf {
     let krate = dir.join(format!("adv-{attack}"));
     std::fs::create_dir_all(krate.join("src")).unwrap();
     let lib = std::fs::read_to_string(src.join("src/lib.rs")).unwrap();
-    let lib = lib.replacen(
-        "\"attack\": \"none\"",
-        &format!("\"attack\": \"{attack}\""),
-        1,
-    );
+    let lib = lib
+        .replacen(
+            "\"attack\": \"none\"",
+            &format!("\"attack\": \"{attack}\""),
+            1,
+        )
+        // The smoke model's wte, for the smuggling trick.
+        .replacen("\"smuggle\": 0", "\"smuggle\": 8192", 1);
     std::fs::write(krate.join("src/lib.rs"), lib).unwrap();
     let api = root().join("plugin-api");
     std::fs::write(
@@ -452,45 +455,46 @@ fn adversary_crate(dir: &Path, attack: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn an_adversarial_submission_is_invalid_and_never_a_record() {
+fn adversarial_submissions_are_invalid_and_never_a_record() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("runs.db");
     let track = root().join("tests/fixtures/smoke-record.toml");
-    // A look-ahead on every real batch: it would reach any target at step 0.
-    let krate = adversary_crate(tmp.path(), "lookahead_batch");
-    let o = speedrun_db(
-        &db,
-        &[
-            "submit",
-            krate.to_str().unwrap(),
-            "--track",
-            track.to_str().unwrap(),
-            "--seeds",
-            "2",
-            "--json",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let v = verdict(&o);
-    assert_eq!(v["status"], "invalid");
-    assert_eq!(v["new_record"], false);
-    let causality = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "causality")
-        .unwrap();
-    assert_eq!(causality["outcome"], "failed", "{causality}");
-    assert_eq!(causality["seeds_failed"].as_array().unwrap().len(), 2);
+    // A look-ahead would reach any target at step 0; a memoriser reads
+    // validation back; a smuggler writes a checkpoint from literals.
+    for (attack, check) in [
+        ("lookahead_batch", "causality"),
+        ("memorize", "eval_isolation"),
+        ("smuggle_step", "plugin_inputs"),
+    ] {
+        let krate = adversary_crate(tmp.path(), attack);
+        let o = speedrun_db(
+            &db,
+            &[
+                "submit",
+                krate.to_str().unwrap(),
+                "--track",
+                track.to_str().unwrap(),
+                "--seeds",
+                "2",
+                "--json",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{attack}: {}", text(&o));
+        let v = verdict(&o);
+        assert_eq!(v["status"], "invalid", "{attack}");
+        assert_eq!(v["new_record"], false, "{attack}");
+        let c = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == check)
+            .unwrap();
+        assert_eq!(c["outcome"], "failed", "{attack}: {c}");
+        assert_eq!(c["seeds_failed"].as_array().unwrap().len(), 2, "{attack}");
+    }
     let r = speedrun_db(
         &db,
-        &[
-            "records",
-            "--track",
-            track.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
+        &["records", "--track", track.to_str().unwrap(), "--format", "json"],
     );
     let r: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert!(r["records"].as_array().unwrap().is_empty(), "{r}");
