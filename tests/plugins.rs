@@ -648,7 +648,7 @@ fn plugins_are_told_the_separator_as_the_secret_labels_spell_it() {
         };
         let f = train::execute(&opts, &mut || build()).unwrap();
         assert!(f.error.is_none(), "{:?}", f.error);
-        let labels = train::Labels::of(&track, 0, mode).unwrap();
+        let labels = train::Labels::of(&track, 0, mode, None).unwrap();
         let (want_train, want_eval) = (labels.train.map(50256), labels.val.map(50256));
         let seen = SEEN_SEPARATORS.lock().unwrap().clone();
         assert!(
@@ -658,6 +658,9 @@ fn plugins_are_told_the_separator_as_the_secret_labels_spell_it() {
         for (train_mode, sep) in seen {
             assert_eq!(sep, Some(if train_mode { want_train } else { want_eval }));
         }
+        // A submission's nonce gives other labels than the machine's key alone.
+        let nonced = train::Labels::of(&track, 0, mode, Some([7; 32])).unwrap();
+        assert_ne!(nonced.train, labels.train);
         // The permutation moved it (a fixed point has probability 1/50257).
         assert_ne!(want_train, 50256);
         assert_eq!(want_train == want_eval, mode == train::VocabMode::Secret);

@@ -494,7 +494,13 @@ fn adversarial_submissions_are_invalid_and_never_a_record() {
     }
     let r = speedrun_db(
         &db,
-        &["records", "--track", track.to_str().unwrap(), "--format", "json"],
+        &[
+            "records",
+            "--track",
+            track.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
     );
     let r: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert!(r["records"].as_array().unwrap().is_empty(), "{r}");

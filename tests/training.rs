@@ -259,6 +259,7 @@ fn smoke_options(out: &Path, seed: u64) -> RunOptions {
         device: Default::default(),
         parallel: None,
         vocab: Default::default(),
+        label_nonce: None,
     }
 }
 

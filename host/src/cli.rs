@@ -1037,6 +1037,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         } else {
             train::VocabMode::Secret
         },
+        label_nonce: None,
     };
     let track = opts.track.track.clone();
     let build = || {
@@ -1193,6 +1194,7 @@ fn cmd_bench_seeds(a: SeedBenchArgs) -> Result<()> {
             progress: !a.run.quiet && !a.run.json,
             deadline: None,
             device: a.run.device,
+            label_nonce: None,
         },
         candidate: crate::compare::StackSpec {
             plugins: a.plugins,

@@ -92,6 +92,9 @@ pub struct Session {
     /// Every run stops at this instant (`--max-wall`).
     pub deadline: Option<Instant>,
     pub device: crate::device::DeviceSettings,
+    /// Mixed into every run's label secret (`train::RunOptions::label_nonce`):
+    /// `submit` draws one per submission.
+    pub label_nonce: Option<[u8; 32]>,
 }
 
 pub struct BenchSpec {
@@ -358,6 +361,7 @@ pub fn run_stacks(s: &Session, stacks: &[(&str, &StackSpec)]) -> Result<Vec<Vec<
                 device: s.device,
                 parallel: None,
                 vocab: Default::default(),
+                label_nonce: s.label_nonce,
             };
             let f = train::execute(&opts, &mut || stack.build(&s.track, seed, &s.policy))?;
             if let Some(e) = f.error {
@@ -397,6 +401,7 @@ pub fn null_control(
         device: s.device,
         parallel: None,
         vocab: Default::default(),
+        label_nonce: s.label_nonce,
     };
     train::null_control(&opts, &mut || stack.build(&s.track, seed, &s.policy))
 }

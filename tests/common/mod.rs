@@ -33,6 +33,7 @@ pub fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
         device: Default::default(),
         parallel: None,
         vocab: Default::default(),
+        label_nonce: None,
     }
 }
 

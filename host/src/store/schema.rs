@@ -116,9 +116,11 @@ const MIGRATIONS: &[&str] = &[
     // Which checks verified a run (NULL: before version 2, the first wave's
     // checks), and whether it trained the track's whole budget (`--steps` runs
     // never score). Older runs are taken to be full when they planned as many
-    // steps as the most any run of the same track file planned.
+    // steps as the most any run of the same track file planned. A submission's
+    // label nonce (hex) lets `reverify` retrace its runs' secret labels.
     "ALTER TABLE runs ADD COLUMN checks_version INTEGER;
     ALTER TABLE runs ADD COLUMN full_budget INTEGER;
+    ALTER TABLE submissions ADD COLUMN label_nonce TEXT;
     UPDATE runs SET full_budget = (steps_planned = (
         SELECT MAX(r2.steps_planned) FROM runs r2 WHERE r2.track_sha256 = runs.track_sha256));",
 ];

@@ -21,6 +21,8 @@ pub struct Submission {
     pub library_sha256: Option<String>,
     /// building, build_failed, refused, running, valid, invalid, failed
     pub status: String,
+    /// Mixed into its runs' label secret (hex; none before checks v2).
+    pub label_nonce: Option<String>,
 }
 
 /// One entry of a track's record history.
@@ -67,7 +69,7 @@ pub struct NewRecord<'a> {
 }
 
 const SUBMISSION_COLUMNS: &str = "SELECT id, created_at, track, crate_name, description,
-    source_sha256, transport, library_sha256, status, track_path FROM submissions";
+    source_sha256, transport, library_sha256, status, track_path, label_nonce FROM submissions";
 
 fn read_submission(r: &rusqlite::Row) -> rusqlite::Result<Submission> {
     Ok(Submission {
@@ -81,6 +83,7 @@ fn read_submission(r: &rusqlite::Row) -> rusqlite::Result<Submission> {
         library_sha256: r.get(7)?,
         status: r.get(8)?,
         track_path: r.get(9)?,
+        label_nonce: r.get(10)?,
     })
 }
 
@@ -134,6 +137,14 @@ impl Store {
             params![now(), track, track_path, crate_name, description, source_sha256, source, transport],
         )?;
         Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn set_submission_label_nonce(&self, id: i64, nonce: &[u8; 32]) -> Result<()> {
+        self.conn.execute(
+            "UPDATE submissions SET label_nonce = ?2 WHERE id = ?1",
+            params![id, hex::encode(nonce)],
+        )?;
+        Ok(())
     }
 
     pub fn set_submission_library(&self, id: i64, library_sha256: &str) -> Result<()> {

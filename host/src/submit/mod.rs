@@ -367,6 +367,10 @@ fn run_submission(
         stacks.push(("record", r));
     }
     stacks.push(("reference", &reference));
+    // Fresh for this submission, drawn after its source was stored: a
+    // submitter who can read the host key still cannot know its labels.
+    let nonce: [u8; 32] = rand::random();
+    store.set_submission_label_nonce(id, &nonce)?;
     let session = Session {
         track: o.track.clone(),
         seeds: o.seeds.clone(),
@@ -378,6 +382,7 @@ fn run_submission(
         progress: o.progress,
         deadline,
         device: o.device,
+        label_nonce: Some(nonce),
     };
     let mut sides = compare::run_stacks(&session, &stacks)?;
     let target = track.target.val_loss;

@@ -193,6 +193,11 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
         progress: o.progress,
         deadline: None,
         device: o.device,
+        label_nonce: store
+            .submission(record.submission_id)?
+            .label_nonce
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| b.try_into().ok()),
     };
     let mut sides =
         compare::run_stacks(&session, &[("record", &stack), ("reference", &reference)])?;

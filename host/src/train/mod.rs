@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub parallel: Option<std::sync::Arc<dyn Collective>>,
     /// How the run's tokens are labelled (see `data::permutation`).
     pub vocab: VocabMode,
+    /// Mixed into the label secret with the host key: `submit` draws one per
+    /// submission, so labels cannot be computed ahead even with the key.
+    pub label_nonce: Option<[u8; 32]>,
 }
 
 /// How a run labels its tokens.
@@ -78,10 +81,19 @@ pub struct Labels {
 }
 
 impl Labels {
-    pub fn of(track: &Track, seed: u64, mode: VocabMode) -> Result<Labels> {
+    pub fn of(
+        track: &Track,
+        seed: u64,
+        mode: VocabMode,
+        nonce: Option<[u8; 32]>,
+    ) -> Result<Labels> {
         let vocab = track.model.vocab;
         let real = track.data.tokenizer.vocab_size().min(vocab);
-        let key = crate::data::permutation::host_key()?;
+        let mut key = crate::data::permutation::host_key()?;
+        if let Some(n) = nonce {
+            use sha2::Digest;
+            key = sha2::Sha256::digest([key, n].concat()).into();
+        }
         let draw = |purpose: &str| {
             let s = crate::data::permutation::secret_seed(&key, purpose, &track.name, seed);
             (
@@ -378,7 +390,7 @@ fn execute_rank(
         track.model.seq_len,
         &tokenizer,
     )?;
-    let labels = Labels::of(track, opts.seed, opts.vocab)?;
+    let labels = Labels::of(track, opts.seed, opts.vocab, opts.label_nonce)?;
     valset.permute(&labels.val);
     let mut ledger = Ledger::default();
     match &track.data.manifest {
@@ -666,7 +678,11 @@ pub fn null_control(
     let seconds = t0.elapsed().as_secs_f64();
     // Out of time is "could not run", not a failed control.
     if let Some(e) = &f.error {
-        if f.summary.error.as_deref().is_some_and(|m| m.contains(DEADLINE)) {
+        if f.summary
+            .error
+            .as_deref()
+            .is_some_and(|m| m.contains(DEADLINE))
+        {
             bail!("the null-data control ran out of time: {e:#}");
         }
     }
