@@ -228,7 +228,7 @@ impl<'a> TrainStream<'a> {
     }
 
     /// As `new`, drawing from random stream `stream` of the seed (the host's
-    /// verification probes read the training shards apart from training).
+    /// untimed warm-up reads the training shards apart from training).
     pub fn with_stream(
         shards: &'a [Shard],
         batch: usize,
