@@ -1248,11 +1248,8 @@ fn invalid_if_caught(e: anyhow::Error, v: &crate::verify::Verdict) -> anyhow::Er
 
 /// The exit status for an error: 2 for an invalid run (a check failed), 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    // `Invalid` is attached as context, which `chain()` does not show as itself.
-    if e.downcast_ref::<Invalid>().is_some()
-        || e.chain().any(|c| c.is::<Invalid>())
-        || crate::verify::violation_of(e).is_some()
-    {
+    // `Invalid` is attached as context, which only `downcast_ref` finds.
+    if e.downcast_ref::<Invalid>().is_some() || crate::verify::violation_of(e).is_some() {
         2
     } else {
         1

@@ -97,6 +97,27 @@ pub struct Session {
     pub label_nonce: Option<[u8; 32]>,
 }
 
+impl Session {
+    /// The options of `stack`'s run at `seed` in this session, in `OUT/ROLE-sSEED`.
+    fn run_options(&self, role: &str, stack: &StackSpec, seed: u64) -> RunOptions {
+        RunOptions {
+            track: self.track.clone(),
+            seed,
+            steps: stack.steps.or(self.steps),
+            out: self.out.join(format!("{role}-s{seed}")),
+            data_dir: self.data_dir.clone(),
+            save_checkpoint: None,
+            progress: self.progress,
+            store: self.store.clone(),
+            deadline: self.deadline,
+            device: self.device,
+            parallel: None,
+            vocab: Default::default(),
+            label_nonce: self.label_nonce,
+        }
+    }
+}
+
 pub struct BenchSpec {
     pub session: Session,
     pub candidate: StackSpec,
@@ -348,21 +369,7 @@ pub fn run_stacks(s: &Session, stacks: &[(&str, &StackSpec)]) -> Result<Vec<Vec<
                 s.seeds.len(),
                 stack.describe()
             );
-            let opts = RunOptions {
-                track: s.track.clone(),
-                seed,
-                steps: stack.steps.or(s.steps),
-                out: s.out.join(format!("{role}-s{seed}")),
-                data_dir: s.data_dir.clone(),
-                save_checkpoint: None,
-                progress: s.progress,
-                store: s.store.clone(),
-                deadline: s.deadline,
-                device: s.device,
-                parallel: None,
-                vocab: Default::default(),
-                label_nonce: s.label_nonce,
-            };
+            let opts = s.run_options(role, stack, seed);
             let f = train::execute(&opts, &mut || stack.build(&s.track, seed, &s.policy))?;
             if let Some(e) = f.error {
                 if f.summary
@@ -388,21 +395,8 @@ pub fn null_control(
     stack: &StackSpec,
     seed: u64,
 ) -> Result<crate::verify::CheckResult> {
-    let opts = RunOptions {
-        track: s.track.clone(),
-        seed,
-        steps: stack.steps.or(s.steps),
-        out: s.out.join(format!("{role}-s{seed}")),
-        data_dir: s.data_dir.clone(),
-        save_checkpoint: None,
-        progress: false,
-        store: None,
-        deadline: s.deadline,
-        device: s.device,
-        parallel: None,
-        vocab: Default::default(),
-        label_nonce: s.label_nonce,
-    };
+    // train::null_control keeps the control out of the store and quiet.
+    let opts = s.run_options(role, stack, seed);
     train::null_control(&opts, &mut || stack.build(&s.track, seed, &s.policy))
 }
 

@@ -111,11 +111,11 @@ impl NativeModule {
 
     /// Builds an instance from its JSON configuration.
     pub fn create(&self, config: &serde_json::Value) -> Result<u64> {
-        ffi((self.module.create())(
-            host_ffi(),
-            config.to_string().into(),
-        ))
-        .map_err(|e| anyhow!(e))
+        self.create_from(&config.to_string())
+    }
+
+    fn create_from(&self, config: &str) -> Result<u64> {
+        ffi((self.module.create())(host_ffi(), config.into())).map_err(|e| anyhow!(e))
     }
 }
 
@@ -172,11 +172,11 @@ impl Transport for NativeModule {
     /// copy of the library, so none outlives the stack.)
     fn call_pristine(
         &self,
-        config: &serde_json::Value,
+        config: &str,
         hook: HookPoint,
         args: Frame,
     ) -> std::result::Result<Frame, String> {
-        let instance = self.create(config).map_err(|e| format!("{e:#}"))?;
+        let instance = self.create_from(config).map_err(|e| format!("{e:#}"))?;
         let out = self.call(instance, hook, args);
         self.destroy(instance);
         out

@@ -36,7 +36,7 @@ pub trait Transport {
     /// construction, so nothing is counted, memorised or replayed between them.
     fn call_pristine(
         &self,
-        config: &serde_json::Value,
+        config: &str,
         hook: HookPoint,
         args: Frame,
     ) -> std::result::Result<Frame, String>;
@@ -125,8 +125,9 @@ pub struct PluginSession {
     tokens: Option<candle_core::Tensor>,
     /// Ops the host refused, for the verdict (the plugin may have swallowed the error).
     violations: Vec<Violation>,
-    /// The configuration the instance was created from: pristine calls recreate it.
-    config: serde_json::Value,
+    /// The configuration the instance was created from, as JSON text once:
+    /// every pristine call recreates the instance from it.
+    config: String,
     budget: InputBudget,
     inputs: InputUse,
     /// The document separator under the training and the validation labels.
@@ -240,7 +241,7 @@ impl PluginSession {
             manifest,
             transport,
             instance,
-            config,
+            config: config.to_string(),
             budget: InputBudget::default(),
             inputs: InputUse::default(),
             separator: (None, None),

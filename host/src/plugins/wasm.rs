@@ -313,7 +313,7 @@ impl WasmModule {
         self.main
             .try_borrow_mut()
             .map_err(|_| anyhow!("the wasm plugin was re-entered"))?
-            .create(config)
+            .create(&config.to_string())
             .map_err(|e| anyhow!(e))
     }
 }
@@ -407,8 +407,7 @@ impl Live {
         }
     }
 
-    fn create(&mut self, config: &serde_json::Value) -> std::result::Result<u64, String> {
-        let cfg = config.to_string();
+    fn create(&mut self, cfg: &str) -> std::result::Result<u64, String> {
         self.run(
             |live| {
                 let (p, l) = live.put(cfg.as_bytes())?;
@@ -471,7 +470,7 @@ impl Transport for WasmModule {
     /// nothing can be counted, memorised or replayed between calls.
     fn call_pristine(
         &self,
-        config: &serde_json::Value,
+        config: &str,
         hook: HookPoint,
         args: Frame,
     ) -> std::result::Result<Frame, String> {

@@ -736,7 +736,7 @@ pub fn amend_verdict(
         .checks
         .iter()
         .all(|c| c.outcome != verify::Outcome::Failed);
-    RunDir::at(&summary.run_dir).write_json("summary.json", &*summary)?;
+    telemetry::write_json_atomic(&summary.run_dir, "summary.json", &*summary)?;
     if let (Some(path), Some(id)) = (store, summary.store_id) {
         Store::open(path)?.run_record(id).finish(summary)?;
     }

@@ -131,15 +131,8 @@ impl RunDir {
         })
     }
 
-    /// A run directory that exists, for rewriting its JSON files (no metrics file).
-    pub fn at(path: &Path) -> RunDirFiles {
-        RunDirFiles {
-            path: path.to_path_buf(),
-        }
-    }
-
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        RunDir::at(&self.path).write_json(name, value)
+        write_json_atomic(&self.path, name, value)
     }
 
     /// As `write_json`, readable by the file's owner only: the host's secrets
@@ -164,21 +157,15 @@ impl RunDir {
     }
 }
 
-/// The JSON files of a run directory.
-pub struct RunDirFiles {
-    path: PathBuf,
-}
-
-impl RunDirFiles {
-    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        let mut text = serde_json::to_string_pretty(value)?;
-        text.push('\n');
-        let p = self.path.join(name);
-        // Write-then-rename: a reader never sees half a summary.
-        let tmp = self.path.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
-    }
+/// Writes `dir/name` as pretty JSON, write-then-rename: a reader never sees
+/// half a summary (also for rewriting a finished run's, `train::amend_verdict`).
+pub fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    let p = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
 }
 
 /// A fresh run-directory name under `runs/`: track, seed and a timestamp.

@@ -109,23 +109,13 @@ pub fn evaluate(
     batch: usize,
     device: &Device,
 ) -> Result<(f64, f64)> {
-    evaluate_shared(model, val, batch, device, None)
+    evaluate_checked(model, val, batch, device, None, None)
 }
 
-/// `evaluate`, shared by a data-parallel group: each rank scores every
-/// world-th batch, and the ranks exchange their sums, so every rank gets the
-/// same mean of the whole set in 1/world of the time.
-pub fn evaluate_shared(
-    model: &Model,
-    val: &ValidationSet,
-    batch: usize,
-    device: &Device,
-    group: Option<&dyn Collective>,
-) -> Result<(f64, f64)> {
-    evaluate_checked(model, val, batch, device, group, None)
-}
-
-/// `evaluate_shared`, twinning a share of the batches (`twins`).
+/// `evaluate`, shared by a data-parallel group (each rank scores every
+/// world-th batch and the ranks exchange their sums, so every rank gets the
+/// same mean of the whole set in 1/world of the time), twinning a share of
+/// the batches (`twins`).
 pub fn evaluate_checked(
     model: &Model,
     val: &ValidationSet,
