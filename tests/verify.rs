@@ -410,7 +410,12 @@ fn adversary_look_ahead_on_real_batches_is_caught_by_twin_forwards() {
     let tmp = tempfile::tempdir().unwrap();
     // Native: a look-ahead only on batches of more than one row (the old probe
     // ran one sequence); wasm: only in eval mode.
-    for (trick, wasm) in [("lookahead_batch", false), ("lookahead_eval", true)] {
+    // And on one row of each batch only: every row of a twin is compared.
+    for (trick, wasm) in [
+        ("lookahead_batch", false),
+        ("lookahead_eval", true),
+        ("lookahead_row0", false),
+    ] {
         let dir = tmp.path().join(trick);
         let f = adversary_run(&dir, attack(trick), 20, wasm, VocabMode::Secret);
         assert_caught(&f, &dir, Check::Causality, "a real batch of");
@@ -447,6 +452,31 @@ fn adversary_reading_validation_tokens_back_is_refused() {
             &dir,
             Check::EvalIsolation,
             "op to_scalar in hook model.head",
+        );
+        // An error as the side channel: index by the tokens into a small
+        // table, swallow the failure. Any failed op in eval mode is a violation.
+        let dir = tmp.path().join(format!("error-{wasm}"));
+        let f = adversary_run(&dir, attack("error_probe"), 5, wasm, VocabMode::Secret);
+        assert_caught(
+            &f,
+            &dir,
+            Check::EvalIsolation,
+            "any op error in eval mode is a violation",
+        );
+    }
+}
+
+#[test]
+fn adversary_keeping_state_from_a_training_forward_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for wasm in [false, true] {
+        let dir = tmp.path().join(format!("keep-{wasm}"));
+        let f = adversary_run(&dir, attack("keep_train"), 3, wasm, VocabMode::Secret);
+        assert_caught(
+            &f,
+            &dir,
+            Check::OpContract,
+            "op keep is not allowed in hook model.head",
         );
     }
 }
@@ -498,6 +528,16 @@ fn adversary_smuggled_values_are_refused() {
     let cfg = serde_json::json!({ "attack": "smuggle_step", "smuggle": 256 * 32 });
     let f = adversary_run(&dir, cfg, 3, true, VocabMode::Secret);
     assert_caught(&f, &dir, Check::PluginInputs, "inputs.max_literal_elements");
+    // The same, one `full([1], v)` at a time: each one counts.
+    let dir = tmp.path().join("full");
+    let cfg = serde_json::json!({ "attack": "smuggle_full", "smuggle": 5000 });
+    let f = adversary_run(&dir, cfg, 3, true, VocabMode::Secret);
+    assert_caught(&f, &dir, Check::PluginInputs, "inputs.max_literal_elements");
+    // Scalar arguments are bounded by the ops a call may make.
+    let dir = tmp.path().join("ops");
+    let cfg = serde_json::json!({ "attack": "many_ops", "smuggle": 9000 });
+    let f = adversary_run(&dir, cfg, 3, false, VocabMode::Secret);
+    assert_caught(&f, &dir, Check::PluginInputs, "inputs.max_ops_per_call");
     // model.init is declarative (no from_values), and optimizer.init starts
     // from zeros and constants: the refusal stops the run as a violation.
     for (trick, hook, wasm) in [
