@@ -1,6 +1,6 @@
 //! The `speedrun` binary: the report, exit codes and error messages a user sees.
 
-mod common;
+use crate::common;
 use common::{speedrun, text};
 
 use std::path::Path;

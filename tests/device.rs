@@ -1,11 +1,13 @@
 //! The device a run trains on, without a GPU: `--device cuda` refused with what is
 //! missing, device memory in telemetry, and the per-run memory budget's errors.
 
-mod common;
+use crate::common;
+use speedrun::record::RunStatus;
 
 use common::*;
 use speedrun::device::DeviceChoice;
-use speedrun::train::{execute, Components};
+use speedrun::plugins::Components;
+use speedrun::train::execute;
 
 #[test]
 fn cuda_without_a_gpu_build_is_a_clear_error_and_nothing_is_run() {
@@ -111,7 +113,7 @@ fn a_run_over_its_memory_budget_fails_naming_the_phase_and_keeps_its_record() {
             && e.contains("budget is 1.0 MiB"),
         "{e}"
     );
-    assert_eq!(f.summary.status, "failed");
+    assert_eq!(f.summary.status, RunStatus::Failed);
     assert_eq!(f.summary.memory_budget_bytes, Some(1 << 20));
     assert!(f.summary.peak_memory_bytes > 1 << 20);
     // The failed run is on record, with its error.

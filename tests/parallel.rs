@@ -2,11 +2,14 @@
 //! on its share of every batch with averaged gradients, end where one rank
 //! training on the whole batch ends, and share one verdict.
 
-mod common;
+use crate::common;
+use speedrun::record::RunStatus;
 
 use common::*;
-use speedrun::parallel::{run_local, Collective, LocalGroup};
-use speedrun::train::{execute, Components};
+use speedrun::parallel::{Collective, LocalGroup};
+use speedrun::plugins::Components;
+use speedrun::ranks::run_local;
+use speedrun::train::execute;
 use speedrun::verify::{Check, Outcome};
 use std::sync::Arc;
 
@@ -119,7 +122,7 @@ fn a_rank_that_stops_fails_the_others_naming_it() {
         "{e0}"
     );
     for f in &outcomes {
-        assert_eq!(f.summary.status, "failed");
+        assert_eq!(f.summary.status, RunStatus::Failed);
         assert!(!f.summary.verdict.valid);
     }
 }

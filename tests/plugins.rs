@@ -3,12 +3,14 @@
 //! contained), the handle and contract checks on in-process plugins, hook
 //! collisions, telemetry, and `plugin new` / `plugin inspect`.
 
-mod common;
+use crate::common;
 use common::*;
 
 use speedrun::plugins::native::NativeModule;
+use speedrun::plugins::Components;
 use speedrun::plugins::{self, build};
-use speedrun::train::{self, Components, RunSummary};
+use speedrun::record::RunSummary;
+use speedrun::train;
 use speedrun_plugin_api::{self as api, *};
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 //! refused mid-run, malformed files refused naming the field, and the
 //! maintainer's CLI (show, check, approve, revoke).
 
-mod common;
+use crate::common;
 use common::*;
 
 use speedrun::plugins;

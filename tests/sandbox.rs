@@ -3,12 +3,14 @@
 //! express the attack) end the run with an error naming plugin, hook and
 //! reason while the host keeps running.
 
-mod common;
+use crate::common;
 use common::*;
+use speedrun::record::RunStatus;
 
 use speedrun::plugins::wasm::{WasmLimits, WasmModule};
+use speedrun::plugins::Components;
 use speedrun::plugins::{self, PluginModule};
-use speedrun::train::{self, Components};
+use speedrun::train;
 use std::path::{Path, PathBuf};
 
 const MANIFEST: &str = r#"{\"name\":\"hostile\",\"version\":\"0.0.0\",\"api_version\":1,\"hooks\":[\"optimizer.init\",\"optimizer.step\"],\"config\":{}}"#;
@@ -92,7 +94,7 @@ fn host_still_trains() {
         Components::reference(&smoke_track()),
     )
     .unwrap();
-    assert_eq!(s.status, "complete");
+    assert_eq!(s.status, RunStatus::Complete);
 }
 
 fn small_limits() -> WasmLimits {
@@ -259,7 +261,10 @@ fn wasm_adamw_and_cosine_match_the_builtin_curve_bit_for_bit() {
     )
     .unwrap();
     let comps = wasm_stack(&["plugins/adamw", "plugins/cosine-schedule"]);
-    assert!(comps.plugins.iter().all(|p| p.record.transport == "wasm"));
+    assert!(comps
+        .plugins
+        .iter()
+        .all(|p| p.record.transport == speedrun::record::Transport::Wasm));
     let w = train::run(&smoke_options(&tmp.path().join("w"), None), comps).unwrap();
     assert_eq!(builtin.train_losses, w.train_losses);
     assert_eq!(builtin.final_val_loss, w.final_val_loss);

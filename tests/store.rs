@@ -2,8 +2,9 @@
 //! with the run marked incomplete; the significance bench runs, stores and
 //! reports; leaderboard, frontier and show read it back, as text and JSON.
 
-mod common;
+use crate::common;
 use common::*;
+use speedrun::record::RunStatus;
 
 use speedrun::store::Store;
 use std::path::Path;
@@ -52,7 +53,7 @@ fn a_run_killed_mid_way_leaves_a_consistent_store_marked_incomplete() {
     // While it runs, the store says so (opening it does not mark a live run).
     {
         let store = Store::open(&db).unwrap();
-        assert_eq!(store.runs(None).unwrap()[0].status, "running");
+        assert_eq!(store.runs(None).unwrap()[0].status, RunStatus::Running);
     }
     child.kill().unwrap(); // SIGKILL: no destructor, no handler runs
     child.wait().unwrap();
@@ -62,7 +63,7 @@ fn a_run_killed_mid_way_leaves_a_consistent_store_marked_incomplete() {
     let runs = store.runs(Some("smoke")).unwrap();
     assert_eq!(runs.len(), 1);
     let r = &runs[0];
-    assert_eq!(r.status, "incomplete");
+    assert_eq!(r.status, RunStatus::Incomplete);
     assert!(r
         .error
         .as_deref()
@@ -446,7 +447,7 @@ fn concurrent_first_opens_of_a_new_store_all_succeed_and_keep_their_runs() {
     }
     let runs = Store::open(&db).unwrap().runs(Some("smoke")).unwrap();
     assert_eq!(runs.len(), 2, "{runs:?}");
-    assert!(runs.iter().all(|r| r.status == "complete"));
+    assert!(runs.iter().all(|r| r.status == RunStatus::Complete));
 }
 
 #[test]
@@ -531,6 +532,7 @@ fn only_official_valid_full_budget_runs_score_and_the_others_are_labelled() {
     }
 
     // A bench of an unofficial stack is not a ladder row; it is counted.
+    let out = db.with_file_name("bench-unofficial");
     let b = speedrun_db(
         &db,
         &[
@@ -543,6 +545,8 @@ fn only_official_valid_full_budget_runs_score_and_the_others_are_labelled() {
             "20",
             "--plugin",
             adv,
+            "--out",
+            out.to_str().unwrap(),
             "--json",
         ],
     );
@@ -569,7 +573,15 @@ fn a_record_with_an_infinite_speedup_is_refused_by_name_and_nothing_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(&tmp.path().join("runs.db")).unwrap();
     let sub = store
-        .add_submission("smoke", "smoke", "zero", "", &"0".repeat(64), b"", "wasm")
+        .add_submission(
+            "smoke",
+            "smoke",
+            "zero",
+            "",
+            &"0".repeat(64),
+            b"",
+            speedrun::record::Transport::Wasm,
+        )
         .unwrap();
     let rec = |speedup: f64, p: f64| speedrun::store::NewRecord {
         track: "smoke",

@@ -3,7 +3,7 @@
 //! exits 1 showing the compiler; a winning submission becomes the record and
 //! `reverify` rebuilds it from the stored source alone.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! a naive f64 implementation written here, for both coefficient sets; and the
 //! plugins training on the smoke track natively and as wasm.
 
-mod common;
+use crate::common;
 use common::*;
 
 use candle_core::{Device, Tensor};
@@ -275,7 +275,7 @@ fn muon_and_wsd_train_the_smoke_model_natively_and_as_wasm() {
         .collect();
     let reference = train::run(
         &smoke_options(&tmp.path().join("ref"), Some(60)),
-        train::Components::reference(&smoke_track()),
+        speedrun::plugins::Components::reference(&smoke_track()),
     )
     .unwrap();
     let mut finals = Vec::new();
@@ -303,7 +303,7 @@ fn muon_and_wsd_train_the_smoke_model_natively_and_as_wasm() {
 }
 
 /// The plugins in `dirs` (with `configs` as `NAME=JSON`), natively or as wasm.
-fn stack_of(dirs: &[&str], configs: &[&str], wasm: bool) -> train::Components {
+fn stack_of(dirs: &[&str], configs: &[&str], wasm: bool) -> speedrun::plugins::Components {
     let specs: Vec<PathBuf> = dirs.iter().map(|d| root().join(d)).collect();
     let configs: Vec<String> = configs.iter().map(|c| c.to_string()).collect();
     plugins::stack(&smoke_track(), 0, &specs, &configs, wasm, &default_policy()).unwrap()

@@ -11,8 +11,10 @@ use speedrun::model::ops;
 use speedrun::model::params::ParamStore;
 use speedrun::model::{Model, ModelHooks};
 use speedrun::optim::{Grads, Optimizer, StepInput};
+use speedrun::plugins::Components;
+use speedrun::record::RunStatus;
 use speedrun::track::{self, ModelSpec};
-use speedrun::train::{self, Components, RunOptions};
+use speedrun::train::{self, RunOptions};
 use std::path::Path;
 
 const DEV: Device = Device::Cpu;
@@ -288,7 +290,7 @@ fn smoke_run_learns_below_the_unigram_entropy_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let opts = smoke_options(&dir.path().join("a"), 7);
     let a = train::run(&opts, Components::reference(&opts.track.track)).unwrap();
-    assert_eq!(a.status, "complete");
+    assert_eq!(a.status, RunStatus::Complete);
     assert_eq!(a.steps, opts.track.track.steps());
     let first: f32 = a.train_losses[..10].iter().sum::<f32>() / 10.0;
     let last: f32 = a.train_losses[a.steps - 10..].iter().sum::<f32>() / 10.0;
@@ -392,7 +394,7 @@ fn a_bf16_run_learns_like_f32_and_keeps_f32_master_weights() {
         train::run(&opts, Components::reference(&opts.track.track)).unwrap()
     };
     let (b, f) = (run(Precision::Bf16), run(Precision::F32));
-    assert_eq!(b.status, "complete");
+    assert_eq!(b.status, RunStatus::Complete);
     // The same start to bf16 accuracy, but the products really ran in bf16.
     assert!(
         (b.train_losses[0] - f.train_losses[0]).abs() < 0.02,

@@ -2,11 +2,13 @@
 //! caught and the verdict names the check; an honest stack passes every check;
 //! an untimed warm-up leaves the timed run exactly as it would be without it.
 
-mod common;
+use crate::common;
 use common::*;
+use speedrun::record::RunStatus;
 
+use speedrun::plugins::Components;
 use speedrun::plugins::{self, native::NativeModule};
-use speedrun::train::{self, Components, Finished};
+use speedrun::train::{self, Finished};
 use speedrun::verify::{Check, Outcome, Verdict};
 use speedrun_plugin_api::*;
 use std::path::Path;
@@ -220,7 +222,7 @@ fn assign_during_eval_is_refused_and_named() {
     // The store holds the same verdict, the run failed and invalid.
     let store = speedrun::store::Store::open(&db).unwrap();
     let run = store.run(&f.summary.store_id.unwrap().to_string()).unwrap();
-    assert_eq!((run.status.as_str(), run.valid), ("failed", Some(false)));
+    assert_eq!((run.status, run.valid), (RunStatus::Failed, Some(false)));
     assert_eq!(
         store.verdict(run.id).unwrap().as_ref(),
         Some(&f.summary.verdict)

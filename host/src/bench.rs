@@ -3,27 +3,16 @@
 //! of this machine's f32 matmul peak measured in the same process.
 
 use crate::data::loader::{TrackData, TrainStream};
-use crate::model::Model;
-use crate::optim::{Grads, StepInput};
+use crate::plugins::Components;
+use crate::stats::median;
 use crate::track::LoadedTrack;
-use crate::train::validate::{batch_loss, batch_tensors};
-use crate::train::{flops_per_token, Components};
+use crate::train::{SplitTimes, Stack, StepAt};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 use speedrun_kernels::Precision;
 use std::path::Path;
 use std::time::Instant;
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        0.5 * (xs[n / 2 - 1] + xs[n / 2])
-    }
-}
 
 /// Median GFLOP/s of an `n`³ matmul on the device through candle, in the
 /// dtype the track's products run in.
@@ -84,25 +73,14 @@ pub struct ThroughputReport {
     pub peak_memory_bytes: u64,
 }
 
-/// One training stack stepping on a track, timing each step's parts.
+/// One training stack stepping on a track through the training loop's own
+/// step (`train::Stack::step`), timing each step's parts.
 struct Stepper<'a> {
     track: &'a crate::track::Track,
-    model: Model,
-    optimizer: Box<dyn crate::optim::Optimizer>,
-    schedule: Box<dyn crate::optim::Schedule>,
-    _plugins: Vec<crate::plugins::LoadedPlugin>,
+    stack: Stack,
     stream: TrainStream<'a>,
     step: usize,
     total: usize,
-    /// The device stepped on, and what it held (sampled after every step).
-    meter: std::sync::Arc<crate::device::memory::MemoryMeter>,
-}
-
-/// Seconds of one step: forward, backward (with the gradient norm), optimizer.
-struct StepTimes {
-    forward: f64,
-    backward: f64,
-    optimizer: f64,
 }
 
 impl<'a> Stepper<'a> {
@@ -113,66 +91,30 @@ impl<'a> Stepper<'a> {
         total: usize,
         device: &Device,
     ) -> Result<Stepper<'a>> {
-        let Components {
-            hooks,
-            mut optimizer,
-            schedule,
-            plugins,
-            ..
-        } = comps;
         let meter = std::sync::Arc::new(crate::device::memory::MemoryMeter::new(device, None));
-        crate::plugins::attach_device(&plugins, &meter, track.train.precision);
-        let model =
-            Model::build(&track.model, hooks, 0, device)?.with_precision(track.train.precision);
-        optimizer.init(&model.params)?;
+        let stack = Stack::assemble(track, comps, 0, meter, None)?;
         let stream = TrainStream::new(&data.train, track.batch_size(), track.model.seq_len, 0);
         Ok(Stepper {
             track,
-            model,
-            optimizer,
-            schedule,
-            _plugins: plugins,
+            stack,
             stream,
             step: 0,
             total,
-            meter,
         })
     }
 
-    fn step(&mut self) -> Result<StepTimes> {
-        let dev = self.meter.device();
-        let batch = self.stream.next_batch();
-        let (x, y) = batch_tensors(&batch, dev)?;
-        // Each clock read waits for the device's queued work (a no-op on the CPU).
-        dev.synchronize()?;
-        let t0 = Instant::now();
-        let loss = batch_loss(&self.model, &x, &y, true)?;
-        let _ = loss.to_scalar::<f32>()?;
-        let t1 = Instant::now();
-        let grads = Grads::collect(&self.model.params, &loss.backward()?)?;
-        let grad_norm = grads.global_norm()?;
-        dev.synchronize()?;
-        let t2 = Instant::now();
-        let sched = self.schedule.at(self.step, self.total)?;
-        self.optimizer.step(
-            &self.model.params,
-            &grads,
-            &StepInput {
-                step: self.step,
-                lr: self.track.optimizer.lr * sched.lr_mult,
-                momentum_mult: sched.momentum_mult,
-                grad_norm,
-            },
-        )?;
-        dev.synchronize()?;
-        let t3 = Instant::now();
-        self.meter.sample();
+    fn step(&mut self) -> Result<SplitTimes> {
+        let mut times = SplitTimes::default();
+        let at = StepAt {
+            step: self.step,
+            steps: self.total,
+            group: None,
+        };
+        self.stack
+            .step(self.track, &mut self.stream, at, None, Some(&mut times))?;
+        self.stack.meter.sample();
         self.step += 1;
-        Ok(StepTimes {
-            forward: (t1 - t0).as_secs_f64(),
-            backward: (t2 - t1).as_secs_f64(),
-            optimizer: (t3 - t2).as_secs_f64(),
-        })
+        Ok(times)
     }
 }
 
@@ -198,10 +140,10 @@ pub fn throughput(
             total.push(t.forward + t.backward + t.optimizer);
         }
     }
-    let parameters = s.model.params.numel();
+    let parameters = s.stack.model.params.numel();
     let step_s = median(total);
     let tokens_per_s = track.train.batch_tokens as f64 / step_s;
-    let gflops = flops_per_token(track, parameters) * tokens_per_s / 1e9;
+    let gflops = track.flops_per_token(parameters) * tokens_per_s / 1e9;
     let peak = match device {
         Device::Cpu => matmul_peak_gflops(1024, 10, device, track.train.precision)?,
         // A GPU needs a bigger problem to reach its peak.
@@ -223,7 +165,7 @@ pub fn throughput(
         precision: track.train.precision,
         threads: candle_core::utils::get_num_threads(),
         device: crate::device::describe(device),
-        peak_memory_bytes: s.meter.peak(),
+        peak_memory_bytes: s.stack.meter.peak(),
     })
 }
 
@@ -279,15 +221,15 @@ pub fn plugin_overhead(
     for s in stacks.iter_mut() {
         s.step()?;
     }
-    let mut times: [Vec<StepTimes>; 2] = [vec![], vec![]];
+    let mut times: [Vec<SplitTimes>; 2] = [vec![], vec![]];
     for pair in 0..pairs {
         let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             times[i].push(stacks[i].step()?);
         }
     }
-    let total_ms = |t: &StepTimes| (t.forward + t.backward + t.optimizer) * 1e3;
-    let ratios = |f: &dyn Fn(&StepTimes) -> f64| -> f64 {
+    let total_ms = |t: &SplitTimes| (t.forward + t.backward + t.optimizer) * 1e3;
+    let ratios = |f: &dyn Fn(&SplitTimes) -> f64| -> f64 {
         median(
             times[0]
                 .iter()
@@ -296,9 +238,9 @@ pub fn plugin_overhead(
                 .collect(),
         )
     };
-    let med = |i: usize, f: &dyn Fn(&StepTimes) -> f64| median(times[i].iter().map(f).collect());
-    let opt = |t: &StepTimes| t.optimizer * 1e3;
-    let fb = |t: &StepTimes| (t.forward + t.backward) * 1e3;
+    let med = |i: usize, f: &dyn Fn(&SplitTimes) -> f64| median(times[i].iter().map(f).collect());
+    let opt = |t: &SplitTimes| t.optimizer * 1e3;
+    let fb = |t: &SplitTimes| (t.forward + t.backward) * 1e3;
     let (fb_b, opt_b, opt_p) = (med(0, &fb), med(0, &opt), med(1, &opt));
     Ok(PluginOverheadReport {
         track: track.name.clone(),

@@ -16,6 +16,8 @@ pub mod optim;
 pub mod parallel;
 pub mod plot;
 pub mod plugins;
+pub mod ranks;
+pub mod record;
 pub mod score;
 pub mod stats;
 pub mod store;

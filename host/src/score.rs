@@ -44,7 +44,10 @@ pub fn exclusion(r: &StoredRun) -> Option<Exclusion> {
     // A run stopped by a failed check is invalid first, unfinished second.
     if r.valid == Some(false) {
         Some(Exclusion::Invalid)
-    } else if r.status != "complete" || r.final_val_loss.is_none() || r.valid != Some(true) {
+    } else if r.status != crate::record::RunStatus::Complete
+        || r.final_val_loss.is_none()
+        || r.valid != Some(true)
+    {
         Some(Exclusion::Unfinished)
     } else if !r.official {
         Some(Exclusion::Unofficial)

@@ -160,6 +160,12 @@ pub fn speedup(baseline: &[f64], candidate: &[f64]) -> Option<Interval> {
     })
 }
 
+/// The median of `xs` (the mean of the middle two for an even count); NaN if empty.
+pub fn median(xs: Vec<f64>) -> f64 {
+    use statrs::statistics::{Data, Median};
+    Data::new(xs).median()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +233,12 @@ mod tests {
         close(s.low, r - half, 1e-9);
         close(s.high, r + half, 1e-9);
         assert!(s.low > 1.0, "clearly faster: {s:?}");
+    }
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(vec![]).is_nan());
     }
 }

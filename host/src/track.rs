@@ -3,7 +3,6 @@
 //! Parsing is strict: an unknown key or an impossible value is an error naming
 //! the key.
 
-use crate::data::tokenizer::TokenizerKind;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -139,6 +138,16 @@ impl LoadedTrack {
 }
 
 impl Track {
+    /// Training FLOPs per token: 6 per matmul weight (forward + backward) plus
+    /// attention's 12 · layers · width · T (the speedrun's and PyTorch
+    /// reference's estimate).
+    pub fn flops_per_token(&self, parameters: usize) -> f64 {
+        let m = &self.model;
+        let pos = m.seq_len * m.width;
+        6.0 * (parameters.saturating_sub(pos)) as f64
+            + 12.0 * (m.layers * m.width * m.seq_len) as f64
+    }
+
     /// Optimizer steps of a full run: the token budget in whole batches.
     pub fn steps(&self) -> usize {
         self.train.token_budget / self.train.batch_tokens
@@ -333,4 +342,41 @@ pub fn load(name_or_path: &str) -> Result<LoadedTrack> {
         path,
         root,
     })
+}
+
+/// GPT-2's end-of-text token; the speedrun's data puts it before every document.
+pub const GPT2_EOT: u16 = 50256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// One token per UTF-8 byte; documents are concatenated as they are.
+    Bytes,
+    /// GPT-2 BPE; each document is preceded by the end-of-text token 50256.
+    Gpt2,
+}
+
+impl TokenizerKind {
+    /// Size of the tokenizer's vocabulary (before any padding of the model's).
+    pub fn vocab_size(self) -> usize {
+        match self {
+            TokenizerKind::Bytes => 256,
+            TokenizerKind::Gpt2 => 50257,
+        }
+    }
+
+    /// The document separator's real id, if the tokenizer has one.
+    pub fn separator(self) -> Option<u32> {
+        match self {
+            TokenizerKind::Bytes => None,
+            TokenizerKind::Gpt2 => Some(GPT2_EOT as u32),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenizerKind::Bytes => "bytes",
+            TokenizerKind::Gpt2 => "gpt2",
+        }
+    }
 }

@@ -41,6 +41,23 @@ impl Transport {
     }
 }
 
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Transport, String> {
+        match s {
+            "native" => Ok(Transport::Native),
+            "wasm" => Ok(Transport::Wasm),
+            _ => Err(format!("{s:?} is not a transport (native or wasm)")),
+        }
+    }
+}
+
 /// Resource limits of every wasm plugin's hook calls.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,46 +316,62 @@ impl LoadedPolicy {
 }
 
 /// Adds (or replaces, by name and version) a native approval in the policy
-/// file's text, keeping the rest of the file as written.
+/// file's text, keeping the rest of the file (comments, order, the other
+/// approvals) as written.
 pub fn with_approval(text: &str, a: &NativeApproval) -> Result<String> {
     let mut p = Policy::parse(text)?;
     p.native
         .retain(|n| !(n.name == a.name && n.version == a.version));
     p.native.push(a.clone());
     p.validate()?;
-    Ok(replace_native(text, &p.native))
+    edit_native(text, |tables| {
+        tables.retain(|t| !(str_of(t, "name") == a.name && str_of(t, "version") == a.version));
+        tables.push(approval_table(a));
+    })
 }
 
 /// Removes every native approval of plugin `name`; answers the new text and how
 /// many entries went.
 pub fn without_approval(text: &str, name: &str) -> Result<(String, usize)> {
-    let mut p = Policy::parse(text)?;
-    let before = p.native.len();
-    p.native.retain(|n| n.name != name);
-    Ok((replace_native(text, &p.native), before - p.native.len()))
+    let p = Policy::parse(text)?;
+    let removed = p.native.iter().filter(|n| n.name == name).count();
+    let text = edit_native(text, |tables| tables.retain(|t| str_of(t, "name") != name))?;
+    Ok((text, removed))
 }
 
-/// The file's text with its `[[native]]` tables replaced by `entries`, written
-/// at the end. Everything before the first `[[native]]` is kept as is.
-fn replace_native(text: &str, entries: &[NativeApproval]) -> String {
-    let head = match text.find("\n[[native]]") {
-        Some(i) => &text[..i + 1],
-        None if text.starts_with("[[native]]") => "",
-        None => text,
+/// The file's text with its `[[native]]` tables edited in place by `edit`
+/// (through `toml_edit`, so everything else stays byte for byte).
+fn edit_native(text: &str, edit: impl FnOnce(&mut Vec<toml_edit::Table>)) -> Result<String> {
+    let mut doc: toml_edit::DocumentMut = text.parse().context("the policy file is not TOML")?;
+    let mut tables: Vec<toml_edit::Table> = match doc.remove("native") {
+        None => Vec::new(),
+        Some(toml_edit::Item::ArrayOfTables(a)) => a.into_iter().collect(),
+        Some(_) => bail!("`native` must be an array of tables ([[native]])"),
     };
-    let mut out = head.trim_end().to_string();
-    out.push('\n');
-    #[derive(Serialize)]
-    struct Natives<'a> {
-        native: &'a [NativeApproval],
+    edit(&mut tables);
+    if !tables.is_empty() {
+        let mut array = toml_edit::ArrayOfTables::new();
+        for t in tables {
+            array.push(t);
+        }
+        doc.insert("native", toml_edit::Item::ArrayOfTables(array));
     }
-    if !entries.is_empty() {
-        out.push('\n');
-        out.push_str(
-            &toml::to_string_pretty(&Natives { native: entries }).expect("approvals serialise"),
-        );
-    }
-    out
+    Ok(doc.to_string())
+}
+
+fn str_of<'a>(t: &'a toml_edit::Table, key: &str) -> &'a str {
+    t.get(key).and_then(|v| v.as_str()).unwrap_or_default()
+}
+
+fn approval_table(a: &NativeApproval) -> toml_edit::Table {
+    let mut t = toml_edit::Table::new();
+    t["name"] = toml_edit::value(&a.name);
+    t["version"] = toml_edit::value(&a.version);
+    t["sha256"] = toml_edit::value(&a.sha256);
+    t["hooks"] = toml_edit::value(a.hooks.iter().collect::<toml_edit::Array>());
+    t["approved_by"] = toml_edit::value(&a.approved_by);
+    t["approved_at"] = toml_edit::value(&a.approved_at);
+    t
 }
 
 #[cfg(test)]

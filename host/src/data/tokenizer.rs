@@ -1,45 +1,8 @@
 //! The two tokenizations of the shipped corpus: raw bytes (vocabulary 256) for the
 //! CPU tracks, and GPT-2 BPE (r50k ranks from `tiktoken-rs`) for the GPT-2 path.
 
+pub use crate::track::{TokenizerKind, GPT2_EOT};
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
-
-/// GPT-2's end-of-text token; the speedrun's data puts it before every document.
-pub const GPT2_EOT: u16 = 50256;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenizerKind {
-    /// One token per UTF-8 byte; documents are concatenated as they are.
-    Bytes,
-    /// GPT-2 BPE; each document is preceded by the end-of-text token 50256.
-    Gpt2,
-}
-
-impl TokenizerKind {
-    /// Size of the tokenizer's vocabulary (before any padding of the model's).
-    pub fn vocab_size(self) -> usize {
-        match self {
-            TokenizerKind::Bytes => 256,
-            TokenizerKind::Gpt2 => 50257,
-        }
-    }
-
-    /// The document separator's real id, if the tokenizer has one.
-    pub fn separator(self) -> Option<u32> {
-        match self {
-            TokenizerKind::Bytes => None,
-            TokenizerKind::Gpt2 => Some(GPT2_EOT as u32),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TokenizerKind::Bytes => "bytes",
-            TokenizerKind::Gpt2 => "gpt2",
-        }
-    }
-}
 
 /// A ready tokenizer (the BPE one holds its rank table).
 pub enum Tokenizer {

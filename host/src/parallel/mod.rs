@@ -188,37 +188,6 @@ impl Collective for LocalGroup {
     }
 }
 
-/// Runs `world` ranks of one run as threads of this process (a `LocalGroup`):
-/// rank 0 writes `opts.out` and the run store, rank r writes `opts.out/rank-r`
-/// and no store record; each builds its own stack with `build`. Every rank's
-/// outcome, in rank order (rank 0's is the run's; all share one verdict).
-pub fn run_local(
-    opts: &crate::train::RunOptions,
-    world: usize,
-    build: &(dyn Fn() -> Result<crate::train::Components> + Sync),
-) -> Vec<Result<crate::train::Finished>> {
-    if world == 0 {
-        return vec![Err(anyhow!("--ranks must be at least 1"))];
-    }
-    let groups = LocalGroup::new(world);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = groups
-            .into_iter()
-            .map(|g| {
-                let o = opts.for_rank(g.rank(), Arc::new(g));
-                s.spawn(move || crate::train::execute(&o, &mut || build()))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a rank's thread panicked")))
-            })
-            .collect()
-    })
-}
-
 /// What each rank reports of itself at the end of a run.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct RankReport {

@@ -2,6 +2,11 @@
 //! run the op on candle tensors (the fused kernels where there is one), answer
 //! with new handles. An op never panics on plugin input: every bad argument is
 //! an error naming it.
+//!
+//! Over 500 lines on purpose: `execute` is one `match` over the op table
+//! (`speedrun_plugin_api::Op`), an arm per op, so that each op's argument
+//! checks sit beside its kernel call and a reviewer reads the whole contract
+//! in one place; the shared checks are the helpers below it.
 
 use super::handles::{HandleTable, Held};
 use crate::model::ops as model_ops;

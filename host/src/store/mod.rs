@@ -4,12 +4,15 @@
 //! leaves the file consistent; a run whose process is gone while the store
 //! still says `running` is marked `incomplete` the next time the store opens.
 
+mod run_record;
 mod schema;
 mod submissions;
 
+use run_record::process;
+pub use run_record::RunRecord;
 pub use submissions::{NewRecord, Record, Submission};
 
-use crate::train::{RunManifest, RunSummary};
+use crate::record::{PluginRecord, RunManifest, RunStatus, RunSummary, Transport};
 use crate::verify::{CheckResult, Verdict};
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -38,8 +41,7 @@ pub struct StoredRun {
     pub run_dir: String,
     pub started_at: String,
     pub finished_at: Option<String>,
-    /// running, complete, failed, or incomplete (the process ended mid-run).
-    pub status: String,
+    pub status: RunStatus,
     /// The plugin stack: `reference`, or `name@sha8+...`.
     pub stack: String,
     pub official: bool,
@@ -90,12 +92,12 @@ pub struct StoredPlugin {
     pub name: String,
     pub version: String,
     pub sha256: String,
-    pub transport: String,
+    pub transport: Transport,
     pub hooks: Vec<String>,
 }
 
 /// The stack key of a run: what a leaderboard groups by.
-pub fn stack_key(plugins: &[crate::plugins::PluginRecord]) -> String {
+pub fn stack_key(plugins: &[PluginRecord]) -> String {
     if plugins.is_empty() {
         return "reference".into();
     }
@@ -227,7 +229,7 @@ impl Store {
                     p.name,
                     p.version,
                     p.sha256,
-                    p.transport,
+                    p.transport.name(),
                     serde_json::to_string(&p.hooks)?,
                     p.config.to_string()
                 ],
@@ -319,7 +321,7 @@ impl Store {
                     name: r.get(0)?,
                     version: r.get(1)?,
                     sha256: r.get(2)?,
-                    transport: r.get(3)?,
+                    transport: parsed(r, 3)?,
                     hooks: serde_json::from_str(&hooks).unwrap_or_default(),
                 })
             })?
@@ -429,6 +431,14 @@ const RUN_COLUMNS: &str = "SELECT id, track, seed, run_dir, started_at, finished
     full_budget, checks_version
     FROM runs";
 
+/// A text column holding a name one of our enums parses (a status, a transport).
+fn parsed<T: std::str::FromStr<Err = String>>(r: &rusqlite::Row, i: usize) -> rusqlite::Result<T> {
+    let s: String = r.get(i)?;
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
+}
+
 fn read_run(r: &rusqlite::Row) -> rusqlite::Result<StoredRun> {
     let u = |i: usize| -> rusqlite::Result<Option<u64>> {
         Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
@@ -440,7 +450,7 @@ fn read_run(r: &rusqlite::Row) -> rusqlite::Result<StoredRun> {
         run_dir: r.get(3)?,
         started_at: r.get(4)?,
         finished_at: r.get(5)?,
-        status: r.get(6)?,
+        status: parsed(r, 6)?,
         stack: r.get(7)?,
         official: r.get(8)?,
         valid: r.get(9)?,
@@ -459,128 +469,4 @@ fn read_run(r: &rusqlite::Row) -> rusqlite::Result<StoredRun> {
         full_budget: r.get::<_, Option<bool>>(22)?.unwrap_or(true),
         checks_version: r.get::<_, Option<u32>>(23)?.unwrap_or(1),
     })
-}
-
-/// A run being recorded.
-pub struct RunRecord {
-    store: Store,
-    id: i64,
-}
-
-impl RunRecord {
-    pub fn id(&self) -> i64 {
-        self.id
-    }
-
-    /// One validation, committed at once (a kill after it keeps it).
-    pub fn evaluation(
-        &mut self,
-        step: usize,
-        tokens: u64,
-        train_time_s: f64,
-        flops: f64,
-        val_loss: f64,
-        val_bpb: f64,
-    ) -> Result<()> {
-        self.store.conn.execute(
-            "INSERT OR REPLACE INTO evaluations (run_id, step, tokens, train_time_s, flops, val_loss, val_bpb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![self.id, step as i64, tokens as i64, train_time_s, flops, val_loss, val_bpb],
-        )?;
-        Ok(())
-    }
-
-    /// The run's end: summary, scores and verdict, in one transaction.
-    pub fn finish(&mut self, s: &RunSummary) -> Result<()> {
-        let tx = self.store.conn.transaction()?;
-        tx.execute(
-            "UPDATE runs SET status = ?2, finished_at = ?3, steps = ?4, tokens = ?5, train_time_s = ?6,
-                 flops = ?7, final_val_loss = ?8, best_val_loss = ?9, final_val_bpb = ?10,
-                 target_val_loss = ?11, time_to_target_s = ?12, tokens_to_target = ?13,
-                 flops_to_target = ?14, valid = ?15, error = ?16, summary = ?17
-             WHERE id = ?1",
-            params![
-                self.id,
-                s.status,
-                now(),
-                s.steps as i64,
-                s.tokens as i64,
-                s.train_time_s,
-                s.flops,
-                s.final_val_loss,
-                s.best_val_loss,
-                s.final_val_bpb,
-                s.target_val_loss,
-                s.time_to_target_s,
-                s.tokens_to_target.map(|t| t as i64),
-                s.flops_to_target,
-                s.verdict.valid,
-                s.error,
-                serde_json::to_string(s)?,
-            ],
-        )?;
-        tx.execute("DELETE FROM checks WHERE run_id = ?1", params![self.id])?;
-        for (i, c) in s.verdict.checks.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO checks (run_id, position, name, outcome, detail, check_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    self.id,
-                    i as i64,
-                    c.check.name(),
-                    serde_json::to_value(c.outcome)?
-                        .as_str()
-                        .unwrap_or_default(),
-                    c.detail,
-                    serde_json::to_string(c)?
-                ],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-}
-
-/// Whether the process that started a run is still the one running.
-mod process {
-    /// The process's start time in clock ticks since boot (Linux), which tells a
-    /// live process from a later one that reused its pid.
-    pub fn start_time(pid: i64) -> Option<String> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Field 22; the command name (field 2) may hold spaces, so count after ')'.
-        let after = &stat[stat.rfind(')')? + 1..];
-        after.split_whitespace().nth(19).map(str::to_string)
-    }
-
-    pub fn alive(pid: i64, start: Option<&str>) -> bool {
-        if !std::path::Path::new("/proc/self/stat").exists() {
-            // No procfs: assume it runs rather than mark a live run incomplete.
-            return true;
-        }
-        match (start_time(pid), start) {
-            (Some(now), Some(then)) => now == then,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn process_liveness_tells_this_process_from_a_dead_one() {
-        let me = std::process::id() as i64;
-        let start = process::start_time(me);
-        assert!(start.is_some());
-        assert!(process::alive(me, start.as_deref()));
-        // Same pid, another start time: a reused pid is not our run's process.
-        assert!(!process::alive(me, Some("1")));
-        // A child that has exited and been reaped.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id() as i64;
-        child.wait().unwrap();
-        assert!(!process::alive(pid, None));
-    }
 }

@@ -2,6 +2,7 @@
 //! later) and records (the submissions that beat their track's record).
 
 use super::{now, Store};
+use crate::record::Transport;
 use anyhow::{bail, Result};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -17,7 +18,7 @@ pub struct Submission {
     pub crate_name: String,
     pub description: String,
     pub source_sha256: String,
-    pub transport: String,
+    pub transport: Transport,
     pub library_sha256: Option<String>,
     /// building, build_failed, refused, running, valid, invalid, failed
     pub status: String,
@@ -47,7 +48,7 @@ pub struct Record {
     pub crate_name: String,
     pub source_sha256: String,
     pub library_sha256: Option<String>,
-    pub transport: String,
+    pub transport: Transport,
     /// The version of the checks its runs were verified by (`verify::CHECKS_VERSION`;
     /// 1 for records made before twin forwards and the secret permutation).
     pub checks_version: u32,
@@ -79,7 +80,7 @@ fn read_submission(r: &rusqlite::Row) -> rusqlite::Result<Submission> {
         crate_name: r.get(3)?,
         description: r.get(4)?,
         source_sha256: r.get(5)?,
-        transport: r.get(6)?,
+        transport: super::parsed(r, 6)?,
         library_sha256: r.get(7)?,
         status: r.get(8)?,
         track_path: r.get(9)?,
@@ -113,7 +114,7 @@ fn read_record(r: &rusqlite::Row) -> rusqlite::Result<Record> {
         crate_name: r.get(13)?,
         source_sha256: r.get(14)?,
         library_sha256: r.get(15)?,
-        transport: r.get(16)?,
+        transport: super::parsed(r, 16)?,
         checks_version: r.get::<_, Option<u32>>(17)?.unwrap_or(1),
     })
 }
@@ -129,12 +130,12 @@ impl Store {
         description: &str,
         source_sha256: &str,
         source: &[u8],
-        transport: &str,
+        transport: Transport,
     ) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO submissions (created_at, track, track_path, crate_name, description, source_sha256, source, transport, status)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'building')",
-            params![now(), track, track_path, crate_name, description, source_sha256, source, transport],
+            params![now(), track, track_path, crate_name, description, source_sha256, source, transport.name()],
         )?;
         Ok(self.conn.last_insert_rowid())
     }

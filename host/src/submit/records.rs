@@ -7,7 +7,7 @@ use crate::plugins;
 use crate::stats::Summary;
 use crate::store::{Record, Store};
 use crate::track::LoadedTrack;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use speedrun_sandbox_policy::LoadedPolicy;
 use std::fmt::Write;
@@ -140,6 +140,31 @@ pub struct Reverification {
     pub runs: Vec<BenchRun>,
 }
 
+/// The track a record ran on: its stored track file when that file is still
+/// here, else the track of the same name in this checkout.
+pub fn track_of(store: &Store, record: i64) -> Result<LoadedTrack> {
+    let r = store.record(record)?;
+    let path = store.submission(r.submission_id)?.track_path;
+    let lt = if std::path::Path::new(&path).is_file() {
+        crate::track::load(&path)?
+    } else {
+        crate::track::load(&r.track).with_context(|| {
+            format!(
+                "record {record} is of track {}, which this checkout lacks",
+                r.track
+            )
+        })?
+    };
+    if lt.track.name != r.track {
+        bail!(
+            "{path} is now track {}, not the record's {}",
+            lt.track.name,
+            r.track
+        );
+    }
+    Ok(lt)
+}
+
 pub struct ReverifyOptions {
     pub record: i64,
     pub track: LoadedTrack,
@@ -174,7 +199,7 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
     let seeds = o.seeds.clone().unwrap_or_else(|| record.seeds.clone());
     let stack = StackSpec {
         plugins: vec![lib],
-        wasm: record.transport != "native",
+        wasm: record.transport == crate::record::Transport::Wasm,
         label: Some(format!("record {} ({})", record.id, record.crate_name)),
         ..StackSpec::default()
     };

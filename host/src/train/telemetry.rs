@@ -8,48 +8,6 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// The machine a run ran on.
-#[derive(Debug, Clone, Serialize)]
-pub struct Hardware {
-    pub cpu_model: String,
-    pub cores: usize,
-    pub memory_bytes: u64,
-    /// Threads candle's CPU kernels use (RAYON_NUM_THREADS, else all cores).
-    pub threads: usize,
-    pub os: String,
-    pub arch: String,
-}
-
-impl Hardware {
-    pub fn detect() -> Hardware {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory_bytes = meminfo
-            .lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0);
-        Hardware {
-            cpu_model,
-            cores: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            memory_bytes,
-            threads: candle_core::utils::get_num_threads(),
-            os: std::env::consts::OS.into(),
-            arch: std::env::consts::ARCH.into(),
-        }
-    }
-}
-
 /// The git revision of the source tree this binary was built from, if it can be read.
 pub fn git_revision() -> String {
     let root = crate::track::project_root();

@@ -165,3 +165,41 @@ pub fn evaluate_checked(
     }
     Ok((nats, val.bits_per_byte(nats)))
 }
+
+/// A saved checkpoint's score on its track's validation set (`speedrun eval`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckpointScore {
+    pub val_loss: f64,
+    pub val_bpb: f64,
+    /// Validation tokens scored.
+    pub tokens: usize,
+}
+
+/// Loads `checkpoint` into the track's reference model on `device` and
+/// validates it on the real token ids (checkpoints are saved un-permuted).
+pub fn checkpoint(
+    lt: &crate::track::LoadedTrack,
+    checkpoint: &std::path::Path,
+    data_dir: Option<&std::path::Path>,
+    device: &Device,
+) -> Result<CheckpointScore> {
+    use crate::data::loader::TrackData;
+    use crate::data::tokenizer::Tokenizer;
+    let t = &lt.track;
+    let data = TrackData::open(lt, data_dir)?;
+    let val = ValidationSet::new(
+        &data.val,
+        t.validation.tokens,
+        t.model.seq_len,
+        &Tokenizer::new(t.data.tokenizer)?,
+    )?;
+    let model =
+        Model::build(&t.model, Default::default(), 0, device)?.with_precision(t.train.precision);
+    crate::checkpoint::load_into(&model, checkpoint, device)?;
+    let (val_loss, val_bpb) = evaluate(&model, &val, t.batch_size(), device)?;
+    Ok(CheckpointScore {
+        val_loss,
+        val_bpb,
+        tokens: val.len(),
+    })
+}

@@ -302,3 +302,8 @@ mod tests {
         assert_eq!(names, direct);
     }
 }
+
+/// An error that means "the run ran, and is invalid": exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);

@@ -1,0 +1,128 @@
+//! Argument groups several commands share, flattened into each (ripgrep's
+//! raw flags → validated options): one declaration per flag.
+
+use crate::track::{self, LoadedTrack};
+use anyhow::{bail, Result};
+use clap::Args;
+use speedrun_sandbox_policy::LoadedPolicy;
+use std::path::PathBuf;
+
+/// `--track`: a track name (under tracks/) or a track file.
+#[derive(Args, Debug, Clone)]
+pub struct TrackArg {
+    /// Track name (under tracks/) or path to a track file.
+    #[arg(long = "track", id = "track", default_value = "cpu")]
+    pub name: String,
+}
+
+impl TrackArg {
+    pub fn load(&self) -> Result<LoadedTrack> {
+        track::load(&self.name)
+    }
+}
+
+/// `--db`: the run store.
+#[derive(Args, Debug, Clone)]
+pub struct DbArg {
+    /// The run store (default: $SPEEDRUN_DB, else runs/speedrun.db).
+    #[arg(long = "db", id = "db")]
+    pub path: Option<PathBuf>,
+}
+
+impl DbArg {
+    pub fn path(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(crate::store::default_path)
+    }
+
+    /// Opens an existing store (a view never creates one).
+    pub fn open(&self) -> Result<crate::store::Store> {
+        let p = self.path();
+        if !p.exists() {
+            bail!(
+                "no run store at {} (runs record themselves there; give --db or set SPEEDRUN_DB)",
+                p.display()
+            );
+        }
+        crate::store::Store::open(&p)
+    }
+}
+
+/// `--policy`: the maintainers' sandbox policy.
+#[derive(Args, Debug, Clone)]
+pub struct PolicyArg {
+    /// Sandbox policy file (default: sandbox-policy/default.toml).
+    #[arg(long = "policy", id = "policy")]
+    pub path: Option<PathBuf>,
+}
+
+impl PolicyArg {
+    pub fn load(&self) -> Result<LoadedPolicy> {
+        crate::plugins::admission::load_policy(self.path.as_deref())
+    }
+}
+
+/// `--json`: the machine-readable answer instead of text.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The plugin stack of a run: plugins, their configurations, the transport.
+#[derive(Args, Debug, Clone)]
+pub struct StackArgs {
+    /// A plugin: a built library, or a plugin crate directory (built first). Repeat to stack.
+    #[arg(long = "plugin")]
+    pub plugins: Vec<PathBuf>,
+    /// Configuration for a plugin: NAME=JSON, e.g. adamw='{"beta2": 0.99}'. Repeatable.
+    #[arg(long = "plugin-config")]
+    pub plugin_configs: Vec<String>,
+    /// Build plugin crate directories to WebAssembly and run them sandboxed.
+    #[arg(long)]
+    pub wasm: bool,
+}
+
+/// What a bench and a submission share besides seeds: policy, data, store, output.
+#[derive(Args, Debug)]
+pub struct BenchRunArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// Read the track's shards from this folder.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArg,
+    #[command(flatten)]
+    pub output: JsonArg,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub device: crate::device::DeviceSettings,
+}
+
+/// The seeds of a bench or a submission.
+#[derive(Args, Debug)]
+pub struct SeedArgs {
+    /// Number of seeds: FIRST_SEED, FIRST_SEED + 1, ...
+    #[arg(long, default_value_t = 3)]
+    pub seeds: usize,
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Explicit seeds, comma-separated (instead of --seeds); each must be distinct.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["seeds", "first_seed"])]
+    pub seed_list: Vec<u64>,
+}
+
+impl SeedArgs {
+    pub fn list(&self) -> Vec<u64> {
+        if self.seed_list.is_empty() {
+            (0..self.seeds as u64)
+                .map(|i| self.first_seed + i)
+                .collect()
+        } else {
+            self.seed_list.clone()
+        }
+    }
+}
