@@ -207,6 +207,8 @@ fn the_curve_is_the_same_for_one_and_three_threads() {
                 out.to_str().unwrap(),
             ])
             .env("RAYON_NUM_THREADS", threads)
+            // Its store in the tempdir, not runs/ under the source tree.
+            .env("SPEEDRUN_DB", dir.path().join("runs.db"))
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", text(&o));

@@ -541,12 +541,18 @@ fn adversary_smuggled_values_are_refused() {
     let f = adversary_run(&dir, cfg, 3, false, VocabMode::Secret);
     assert_caught(&f, &dir, Check::PluginInputs, "inputs.max_ops_per_call");
     // model.init is declarative (no from_values), and optimizer.init starts
-    // from zeros and constants: the refusal stops the run as a violation.
-    for (trick, hook, wasm) in [
-        ("init_values", "model.init", true),
-        ("smuggle_init", "optimizer.init", false),
+    // from zeros and constants: the refusal stops the run as a violation,
+    // also when it happens first in the untimed warm-up's stack (the same
+    // `Stack::assemble`), which must not pass for "could not run".
+    for (trick, hook, wasm, warm_up) in [
+        ("init_values", "model.init", true, 0),
+        ("smuggle_init", "optimizer.init", false, 0),
+        ("init_values", "model.init", false, 2),
+        ("smuggle_init", "optimizer.init", true, 2),
     ] {
-        let opts = smoke_options(&tmp.path().join(trick), Some(3));
+        let dir = tmp.path().join(format!("{trick}-{warm_up}"));
+        let mut opts = smoke_options(&dir, Some(3));
+        opts.track.track.train.warmup_steps = warm_up;
         let Err(e) = adversary_try(opts, attack(trick), wasm, VocabMode::Secret) else {
             panic!("{trick}: the run started");
         };

@@ -333,9 +333,13 @@ pub fn with_approval(text: &str, a: &NativeApproval) -> Result<String> {
 /// Removes every native approval of plugin `name`; answers the new text and how
 /// many entries went.
 pub fn without_approval(text: &str, name: &str) -> Result<(String, usize)> {
-    let p = Policy::parse(text)?;
-    let removed = p.native.iter().filter(|n| n.name == name).count();
-    let text = edit_native(text, |tables| tables.retain(|t| str_of(t, "name") != name))?;
+    Policy::parse(text)?;
+    let mut removed = 0;
+    let text = edit_native(text, |tables| {
+        let before = tables.len();
+        tables.retain(|t| str_of(t, "name") != name);
+        removed = before - tables.len();
+    })?;
     Ok((text, removed))
 }
 

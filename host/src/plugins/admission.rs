@@ -24,6 +24,48 @@ pub fn input_budget(policy: &LoadedPolicy) -> session::InputBudget {
     }
 }
 
+/// What the policy says of one plugin, judged on the bytes that were loaded:
+/// each hook it provides against the hooks' rules and, for a native library,
+/// the allow-list's verdict with the hash it was given.
+struct Judgement {
+    hooks: Vec<(HookPoint, std::result::Result<(), String>)>,
+    native: Option<(String, NativeVerdict)>,
+}
+
+fn judge(
+    policy: &LoadedPolicy,
+    manifest: &Manifest,
+    module: &PluginModule,
+    library: &Path,
+) -> Result<Judgement> {
+    let transport = module.policy_transport();
+    let hooks = manifest
+        .hooks
+        .iter()
+        .map(|h| {
+            let hook = HookPoint::from_name(h).with_context(|| format!("unknown hook {h}"))?;
+            let ruled = policy.policy.check_hook(hook, transport);
+            Ok((hook, ruled.map_err(|e| e.to_string())))
+        })
+        .collect::<Result<_>>()?;
+    let native = if transport == PolicyTransport::Native {
+        // The hash of what was loaded, not of the file as it is now.
+        let sha = match module.loaded_bytes().0 {
+            s if !s.is_empty() => s,
+            _ if library.is_file() => sha256_file(library)?,
+            _ => String::new(),
+        };
+        let verdict =
+            policy
+                .policy
+                .native_verdict(&manifest.name, &manifest.version, &sha, &manifest.hooks);
+        Some((sha, verdict))
+    } else {
+        None
+    };
+    Ok(Judgement { hooks, native })
+}
+
 /// Checks a plugin against the policy at load: every hook it provides must be
 /// approved for its transport (in any mode), and a native plugin must be on the
 /// allow-list (refused in official mode, a warning in dev mode). Answers the
@@ -35,46 +77,31 @@ pub fn admit(
     library: &Path,
 ) -> Result<Vec<String>> {
     let file = policy.path.display();
-    let transport = module.policy_transport();
-    for h in &manifest.hooks {
-        let hook = HookPoint::from_name(h).with_context(|| format!("unknown hook {h}"))?;
-        policy.policy.check_hook(hook, transport).map_err(|e| {
-            crate::verify::Violation::new(
-                crate::verify::Check::Plugins,
-                format!("plugin {} refused by policy {file}: {e}", manifest.name),
-            )
+    let judged = judge(policy, manifest, module, library)?;
+    let refused = |why: String| crate::verify::Violation::new(crate::verify::Check::Plugins, why);
+    for (_, ruled) in judged.hooks {
+        ruled.map_err(|e| {
+            refused(format!(
+                "plugin {} refused by policy {file}: {e}",
+                manifest.name
+            ))
         })?;
     }
     let mut warnings = Vec::new();
-    if transport == PolicyTransport::Native {
-        // The hash of what was loaded, not of the file as it is now.
-        let sha = match module.loaded_bytes().0 {
-            s if !s.is_empty() => s,
-            _ if library.is_file() => sha256_file(library)?,
-            _ => String::new(),
-        };
-        if let NativeVerdict::Unapproved(why) =
-            policy
-                .policy
-                .native_verdict(&manifest.name, &manifest.version, &sha, &manifest.hooks)
-        {
-            match policy.policy.mode {
-                speedrun_sandbox_policy::Mode::Official => {
-                    return Err(crate::verify::Violation::new(
-                        crate::verify::Check::Plugins,
-                        format!(
-                            "plugin {} refused by policy {file} (official mode): {why}",
-                            manifest.name
-                        ),
-                    )
-                    .into())
-                }
-                speedrun_sandbox_policy::Mode::Dev => {
-                    tracing::warn!(
-                        "UNOFFICIAL RUN: {why}; policy {file} is in dev mode, so it runs anyway"
-                    );
-                    warnings.push(why);
-                }
+    if let Some((_, NativeVerdict::Unapproved(why))) = judged.native {
+        match policy.policy.mode {
+            speedrun_sandbox_policy::Mode::Official => {
+                return Err(refused(format!(
+                    "plugin {} refused by policy {file} (official mode): {why}",
+                    manifest.name
+                ))
+                .into())
+            }
+            speedrun_sandbox_policy::Mode::Dev => {
+                tracing::warn!(
+                    "UNOFFICIAL RUN: {why}; policy {file} is in dev mode, so it runs anyway"
+                );
+                warnings.push(why);
             }
         }
     }
@@ -112,16 +139,16 @@ impl Review {
     }
 }
 
-/// Judges a plugin as an official run would: each hook it provides against the
-/// hooks' rules, and a native library against the allow-list.
+/// Judges a plugin as an official run would (`admit`'s judgement), listing
+/// every finding rather than stopping at the first.
 pub fn review(policy: &LoadedPolicy, plugin: &Path, wasm: bool) -> Result<Review> {
     let (module, lib) = open(plugin, wasm, wasm_limits(policy))?;
     let m = module.manifest()?;
-    let transport = module.policy_transport();
-    let mut findings = Vec::new();
-    for h in &m.hooks {
-        let hook = HookPoint::from_name(h).with_context(|| format!("unknown hook {h}"))?;
-        findings.push(match policy.policy.check_hook(hook, transport) {
+    let judged = judge(policy, &m, &module, &lib)?;
+    let mut findings: Vec<Finding> = judged
+        .hooks
+        .into_iter()
+        .map(|(hook, ruled)| match ruled {
             Ok(()) => {
                 let ops = match policy.policy.op_allow_list(hook) {
                     None => "the hook's whole contract".to_string(),
@@ -129,37 +156,29 @@ pub fn review(policy: &LoadedPolicy, plugin: &Path, wasm: bool) -> Result<Review
                 };
                 Finding {
                     admitted: true,
-                    detail: format!("hook {h} (ops: {ops})"),
+                    detail: format!("hook {hook} (ops: {ops})"),
                 }
             }
             Err(e) => Finding {
                 admitted: false,
-                detail: e.to_string(),
+                detail: e,
             },
-        });
-    }
-    if transport == PolicyTransport::Native {
-        let sha = sha256_file(&lib)?;
-        findings.push(
-            match policy
-                .policy
-                .native_verdict(&m.name, &m.version, &sha, &m.hooks)
-            {
-                NativeVerdict::Approved => Finding {
-                    admitted: true,
-                    detail: format!("on the native allow-list (sha256 {sha})"),
-                },
-                NativeVerdict::Unapproved(why) => Finding {
-                    admitted: false,
-                    detail: why,
-                },
-            },
-        );
-    }
+        })
+        .collect();
+    findings.extend(judged.native.map(|(sha, verdict)| match verdict {
+        NativeVerdict::Approved => Finding {
+            admitted: true,
+            detail: format!("on the native allow-list (sha256 {sha})"),
+        },
+        NativeVerdict::Unapproved(why) => Finding {
+            admitted: false,
+            detail: why,
+        },
+    }));
     Ok(Review {
         name: m.name,
         version: m.version,
-        transport,
+        transport: module.policy_transport(),
         library: lib,
         findings,
     })

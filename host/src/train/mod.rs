@@ -406,7 +406,7 @@ fn train(opts: &RunOptions, run: &mut Prepared) -> (Result<()>, LoopStats) {
         flops_per_token,
         twins: Twins::secret(run.labels.train.real()),
         labels_train: run.labels.train.clone(),
-        timer: std::mem::replace(&mut run.timer, TrainingTimer::new()),
+        timer: &mut run.timer,
         plugin_ms: 0.0,
         evals: 0,
         initial_loss: None,

@@ -172,28 +172,28 @@ impl Stack {
         let batch_tokens = sched.batch_tokens.unwrap_or(track.train.batch_tokens);
         if batch_tokens == 0 || batch_tokens % seq != 0 {
             bail!(
-            "the schedule asked for {batch_tokens} training tokens at step {step}: not a positive multiple of the sequence length {seq}"
-        );
+                "the schedule asked for {batch_tokens} training tokens at step {step}: not a positive multiple of the sequence length {seq}"
+            );
         }
         let budget = track.train.token_budget as u64;
         if stream.tokens_consumed + batch_tokens as u64 > budget {
             return Err(Violation::new(
-            Check::TokenBudget,
-            format!(
-                "the schedule asked for {batch_tokens} tokens at step {step}; with {} already consumed that passes the track's budget of {budget} tokens",
-                stream.tokens_consumed
-            ),
-        )
-        .into());
+                Check::TokenBudget,
+                format!(
+                    "the schedule asked for {batch_tokens} tokens at step {step}; with {} already consumed that passes the track's budget of {budget} tokens",
+                    stream.tokens_consumed
+                ),
+            )
+            .into());
         }
         let mut batch = stream.next_batch_of(batch_tokens / seq);
         if let Some(g) = group {
             if batch.batch % g.world() != 0 {
                 bail!(
-                "the schedule's batch of {} sequences at step {step} does not split over {} ranks",
-                batch.batch,
-                g.world()
-            );
+                    "the schedule's batch of {} sequences at step {step} does not split over {} ranks",
+                    batch.batch,
+                    g.world()
+                );
             }
             // Every rank drew the same global batch; each trains on its share.
             batch = batch.shard(g.rank(), g.world());
@@ -236,8 +236,8 @@ impl Stack {
             return Err(Violation::new(
                 Check::FiniteTraining,
                 format!(
-                "the training loss is not finite at step {step} ({loss_value}); the run is stopped"
-            ),
+                    "the training loss is not finite at step {step} ({loss_value}); the run is stopped"
+                ),
             )
             .into());
         }
@@ -245,8 +245,8 @@ impl Stack {
             return Err(Violation::new(
                 Check::FiniteTraining,
                 format!(
-                "the gradient norm is not finite at step {step} ({grad_norm}); the run is stopped"
-            ),
+                    "the gradient norm is not finite at step {step} ({grad_norm}); the run is stopped"
+                ),
             )
             .into());
         }

@@ -72,7 +72,7 @@ pub(super) struct LoopCx<'a> {
     /// The permutation training batches are relabelled through.
     pub(super) labels_train: std::sync::Arc<VocabPermutation>,
     /// The training clock (already holding the init hooks' time).
-    pub(super) timer: TrainingTimer,
+    pub(super) timer: &'a mut TrainingTimer,
     /// Time inside plugin hooks during timed steps.
     pub(super) plugin_ms: f64,
     /// Validations run (each in eval mode).
@@ -221,7 +221,7 @@ pub(super) fn train_loop(cx: &mut LoopCx, summary: &mut RunSummary) -> Result<()
         };
         let twin = twinned.then_some(TwinStep {
             twins: &mut cx.twins,
-            timer: &mut cx.timer,
+            timer: &mut *cx.timer,
         });
         let out = cx.stack.step(track, &mut stream, at, twin, None);
         // The device's queued work is part of the step: wait for it before the clock.

@@ -19,14 +19,6 @@ pub fn batch_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((x, y))
 }
 
-/// Loss of one batch, as a scalar tensor (nats per token). In eval mode the host
-/// first checks the logits are finite over the whole vocabulary; in training a
-/// non-finite logit shows as a non-finite loss or gradient, which stops the run
-/// naming the step.
-pub fn batch_loss(model: &Model, x: &Tensor, y: &Tensor, train: bool) -> Result<Tensor> {
-    loss_of(&model.forward(x, train)?, y, train)
-}
-
 /// The real forward of `x` (its logits are returned) and a twin of it, in the
 /// order the secret draw says, compared before each row's cut. The twin runs
 /// untimed (`timer` is paused around it) and leaves every plugin's generator
@@ -86,6 +78,9 @@ pub fn forward_twinned(
 }
 
 /// The host's loss of `logits` `[B, T, V]` against targets `[B*T]`.
+/// In eval mode it first checks the logits are finite over the whole
+/// vocabulary; in training a non-finite logit shows as a non-finite loss or
+/// gradient, which stops the run naming the step.
 pub fn loss_of(logits: &Tensor, y: &Tensor, train: bool) -> Result<Tensor> {
     if !train && !all_finite(logits)? {
         return Err(Violation::new(
