@@ -216,6 +216,49 @@ fn a_plugin_built_against_another_api_is_refused_with_the_layout_verdict() {
     assert!(msg.contains("RString") && msg.contains("u32"), "{msg}");
 }
 
+/// `tests/fixtures/api-1.0/relu2.wasm` is `plugins/relu2` built against the
+/// SDK as it was at API 1.0 (commit 2d52d83, `speedrun plugin build --wasm
+/// plugins/relu2`), kept as the bytes that build produced.
+#[test]
+fn a_plugin_built_for_the_previous_api_minor_still_loads_and_trains_alike() {
+    let old = root().join("tests/fixtures/api-1.0/relu2.wasm");
+    let inspected = speedrun(&["plugin", "inspect", old.to_str().unwrap(), "--json"]);
+    assert!(inspected.status.success(), "{}", text(&inspected));
+    let m: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    // 1.0 manifests carry no minor: read as 1.0, one minor behind this host.
+    assert_eq!(m["api_version"], 1);
+    assert!(m.get("api_minor").is_none_or(|v| v == 0), "{m}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = default_policy();
+    let run = |spec: PathBuf, name: &str| {
+        let comps = plugins::stack(&smoke_track(), 0, &[spec], &[], true, &policy).unwrap();
+        let s = train::run(&smoke_options(&tmp.path().join(name), Some(6)), comps).unwrap();
+        assert!(s.verdict.valid, "{name}: {:?}", s.verdict.failed());
+        s
+    };
+    let then = run(old, "api-1.0");
+    let now = run(root().join("plugins/relu2"), "api-now");
+    let api_of = |name: &str| {
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(tmp.path().join(name).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        (
+            m["plugins"][0]["api_version"].clone(),
+            m["plugins"][0]["api_minor"].clone(),
+        )
+    };
+    assert_eq!(api_of("api-1.0"), (1.into(), 0.into()));
+    assert_eq!(
+        api_of("api-now"),
+        (API_VERSION.major.into(), API_VERSION.minor.into())
+    );
+    // The same source, the same ops: the same curve, bit for bit.
+    assert_eq!(then.train_losses, now.train_losses);
+    assert_eq!(then.final_val_loss, now.final_val_loss);
+}
+
 #[test]
 fn a_panicking_plugin_ends_the_run_cleanly_and_keeps_the_telemetry() {
     let tmp = tempfile::tempdir().unwrap();

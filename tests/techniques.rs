@@ -341,7 +341,9 @@ fn softcap_bounds_the_reference_logits_by_cap_tanh() {
         precision: Default::default(),
     };
     let x = random_stream(40.0);
-    let got = values(&comps.hooks.head.head(&cx, &x).unwrap());
+    // The same parameters (softcap declares none), its logits hook after the head.
+    let capped = Model::build(&track.model, comps.hooks, 3, &Device::Cpu).unwrap();
+    let got = values(&capped.head(&cx, &x).unwrap());
     let plain = values(&model.head(&cx, &x).unwrap());
     // The test means something only if some logits are well past the cap.
     assert!(

@@ -59,7 +59,9 @@ impl std::str::FromStr for RunStatus {
 pub struct PluginRecord {
     pub name: String,
     pub version: String,
+    /// The plugin API it was built for, major and minor (a 1.0 plugin says 1, 0).
     pub api_version: u32,
+    pub api_minor: u32,
     pub hooks: Vec<String>,
     pub transport: Transport,
     pub path: String,

@@ -2,10 +2,11 @@
 
 /// Implements [`crate::Exported`] for a plugin type: its name, version and the
 /// hook families it provides (`schedule`, `optimizer`, `params`, `init`,
-/// `embed`, `norm`, `attention`, `mlp`, `block`, `head`, `forward`). Each family
-/// requires the matching trait. [`export_plugin!`] calls this; use it directly
+/// `embed`, `norm`, `attention`, `mlp`, `block`, `head`, `forward`; since 1.1
+/// `block_input`, `qkv`, `logits`). Each family requires the matching trait. [`export_plugin!`] calls this; use it directly
 /// only to link a plugin into the host's own process (tests), where
 /// `name: "..."` sets the name the crate's would otherwise give.
+#[doc(hidden)]
 #[macro_export]
 macro_rules! impl_plugin {
     ($ty:ty, hooks: [$($family:ident),* $(,)?]) => {

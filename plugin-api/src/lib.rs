@@ -1,37 +1,48 @@
 //! The surface plugin authors depend on, and the only one.
 //!
 //! A plugin implements one trait per hook point it replaces ([`Optimizer`],
-//! [`Schedule`], [`Mlp`], ...; each trait's doc is its contract), computes with
-//! [`Tensor`] handles whose every method is a host op, and exports itself with
-//! [`export_plugin!`]. Tensors stay in the host: a plugin never sees data, the
-//! clock, the validation set or device memory. The same source builds as a native
-//! `cdylib` (an `abi_stable` root module) or, with the wasm transport, as a
+//! [`Schedule`], [`Mlp`], ...; each trait's doc is its contract, with an
+//! example), computes with [`Tensor`] handles whose every method is a host op,
+//! and exports itself with [`export_plugin!`]. Tensors stay in the host: a
+//! plugin never sees data, the clock, the validation set or device memory. The
+//! same source builds as a native `cdylib` or, with the wasm transport, as a
 //! WebAssembly module.
 //!
-//! ```ignore
+//! ```
 //! use speedrun_plugin_api::*;
+//!
+//! /// Half the track's learning rate, every step.
 //! struct Half;
 //! impl Plugin for Half {
-//!     fn new(_: &serde_json::Value) -> Result<Self> { Ok(Half) }
+//!     fn new(_: &serde_json::Value) -> Result<Self> {
+//!         Ok(Half)
+//!     }
 //! }
 //! impl Schedule for Half {
-//!     fn at(&mut self, _: usize, _: usize) -> Result<ScheduleOut> {
+//!     fn at(&mut self, _step: usize, _total: usize) -> Result<ScheduleOut> {
 //!         Ok(ScheduleOut::new(0.5, 1.0))
 //!     }
 //! }
 //! export_plugin!(Half, hooks: [schedule]);
+//! # assert_eq!(Half.at(3, 10).unwrap().lr_mult, 0.5);
 //! ```
+//!
+//! # Versions
+//!
+//! This crate's major.minor is the plugin API version ([`API_VERSION`]), which
+//! every plugin's manifest carries. Minor versions only add (hooks, ops,
+//! helpers), so a host speaking 1.1 runs plugins built for 1.0 and 1.1, and
+//! refuses 1.2 and 2.x with a message saying which to rebuild against.
+//! `CHANGELOG.md` says what each version added; `docs/plugins.md` has the table
+//! of which speedrun accepts which.
 
+#[doc(hidden)]
 pub mod dispatch;
-mod error;
 mod export;
-mod frame;
-mod hooks;
 mod link;
-mod manifest;
 #[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
 pub mod native;
-mod ops;
 #[doc(hidden)]
 pub mod registry;
 mod tensor;
@@ -40,21 +51,16 @@ mod types;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod wasm;
-pub mod wire;
 
-pub use error::{Error, Result};
-pub use frame::{DType, Frame};
-pub use hooks::HookPoint;
-pub use manifest::Manifest;
-pub use ops::{Op, OpClass};
 pub use serde_json;
+pub use speedrun_plugin_abi::{bail, ApiVersion, DType, Error, Result, API_VERSION};
 pub use tensor::{AdamwConfig, AdamwStep, Tensor};
 pub use traits::*;
 pub use types::*;
 
-/// Version of the plugin API: the hooks, the ops and their frame layouts. A
-/// plugin built against another version is refused at load.
-pub const PLUGIN_API_VERSION: u32 = 1;
+/// What the export macro and the transports use; not part of the author API.
+#[doc(hidden)]
+pub use speedrun_plugin_abi::{Frame, HookPoint, Manifest, Op};
 
 /// What [`export_plugin!`] implements for a plugin type; not written by hand.
 #[doc(hidden)]
@@ -65,4 +71,19 @@ pub trait Exported: Plugin {
     fn hooks() -> Vec<HookPoint>;
     fn instances() -> &'static registry::Instances<Self>;
     fn dispatch(&mut self, hook: HookPoint, args: &Frame) -> Result<Frame>;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_crate_version_is_the_api_version() {
+        // Bumping one without the other would make manifests lie.
+        let v = env!("CARGO_PKG_VERSION");
+        let want = format!("{}.{}.", super::API_VERSION.major, super::API_VERSION.minor);
+        assert!(
+            v.starts_with(&want),
+            "crate {v}, API {}",
+            super::API_VERSION
+        );
+    }
 }

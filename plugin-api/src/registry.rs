@@ -1,6 +1,6 @@
 //! The live instances of a plugin type, shared by every transport's export code.
 
-use crate::{Error, Exported, Manifest, Result, PLUGIN_API_VERSION};
+use crate::{Error, Exported, Manifest, Result, API_VERSION};
 use std::sync::Mutex;
 
 enum Slot<T> {
@@ -103,7 +103,8 @@ pub fn manifest_of<T: Exported>() -> Manifest {
         name: T::NAME.to_string(),
         version: T::VERSION.to_string(),
         description: T::DESCRIPTION.to_string(),
-        api_version: PLUGIN_API_VERSION,
+        api_version: API_VERSION.major,
+        api_minor: API_VERSION.minor,
         hooks: T::hooks().iter().map(|h| h.name().to_string()).collect(),
         config: T::default_config(),
     }

@@ -1,5 +1,5 @@
 //! `Tensor`: an opaque handle to a tensor the host owns. Every method is one
-//! host op (see [`crate::Op`] for the contract of each); the data never leaves
+//! host op (`docs/plugins.md` has the contract of each); the data never leaves
 //! the host. A handle made during a hook call is released when the call returns,
 //! unless [`Tensor::keep`] made it state.
 
@@ -35,12 +35,14 @@ fn make(op: Op, tensors: Vec<u64>, ints: Vec<i64>, floats: Vec<f64>) -> Result<T
 
 impl Tensor {
     /// The raw handle, for transports and tests.
+    #[doc(hidden)]
     pub fn id(self) -> u64 {
         self.0
     }
 
     /// A handle from a raw id. A forged or stale id is refused by the host at
     /// its first use, so this is safe, merely pointless outside transports and tests.
+    #[doc(hidden)]
     pub fn from_id(id: u64) -> Tensor {
         Tensor(id)
     }
@@ -372,14 +374,14 @@ impl Tensor {
 
     /// The value of a one-element tensor.
     pub fn to_scalar(&self) -> Result<f64> {
-        link::call(Op::ToScalar, Frame::with_tensors(&[*self]))?.float(0)
+        link::call(Op::ToScalar, with_tensors(&[*self]))?.float(0)
     }
     pub fn dims(&self) -> Result<Vec<usize>> {
-        let r = link::call(Op::Shape, Frame::with_tensors(&[*self]))?;
+        let r = link::call(Op::Shape, with_tensors(&[*self]))?;
         (0..r.ints.len()).map(|i| r.usize(i)).collect()
     }
     pub fn dtype(&self) -> Result<DType> {
-        DType::from_code(link::call(Op::DTypeOf, Frame::with_tensors(&[*self]))?.int(0)?)
+        DType::from_code(link::call(Op::DTypeOf, with_tensors(&[*self]))?.int(0)?)
     }
     pub fn elem_count(&self) -> Result<usize> {
         Ok(self.dims()?.iter().product())
@@ -389,12 +391,12 @@ impl Tensor {
 
     /// Keeps this handle past the end of the hook call, as state (its value detached).
     pub fn keep(self) -> Result<Tensor> {
-        link::call(Op::Keep, Frame::with_tensors(&[self]))?;
+        link::call(Op::Keep, with_tensors(&[self]))?;
         Ok(self)
     }
     /// Releases a kept handle.
     pub fn release(self) -> Result<()> {
-        link::call(Op::Release, Frame::with_tensors(&[self]))?;
+        link::call(Op::Release, with_tensors(&[self]))?;
         Ok(())
     }
     /// The token ids `[B, T]` (u32) of the forward pass in progress (forward hooks only).
@@ -423,7 +425,7 @@ impl Tensor {
     }
     /// Overwrites this parameter or kept state with `value` (optimizer hooks only).
     pub fn assign(&self, value: &Tensor) -> Result<()> {
-        link::call(Op::Assign, Frame::with_tensors(&[*self, *value]))?;
+        link::call(Op::Assign, with_tensors(&[*self, *value]))?;
         Ok(())
     }
     /// The fused in-place AdamW update of this parameter (optimizer hooks only);
@@ -512,11 +514,10 @@ impl AdamwConfig {
     }
 }
 
-impl Frame {
-    pub fn with_tensors(ts: &[Tensor]) -> Frame {
-        Frame {
-            tensors: ts.iter().map(|t| t.0).collect(),
-            ..Frame::default()
-        }
+/// The frame of an op on tensors alone.
+pub(crate) fn with_tensors(ts: &[Tensor]) -> Frame {
+    Frame {
+        tensors: ts.iter().map(|t| t.0).collect(),
+        ..Frame::default()
     }
 }

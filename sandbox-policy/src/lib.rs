@@ -11,7 +11,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use speedrun_plugin_api::{HookPoint, Op};
+use speedrun_plugin_abi::{HookPoint, Op};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

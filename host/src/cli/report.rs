@@ -205,9 +205,9 @@ pub fn review(r: &Review, file: &str) -> String {
     o
 }
 
-pub fn manifest(m: &speedrun_plugin_api::Manifest, lib: &Path, transport: Transport) -> String {
+pub fn manifest(m: &speedrun_plugin_abi::Manifest, lib: &Path, transport: Transport) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "{} {} (plugin API {})", m.name, m.version, m.api_version);
+    let _ = writeln!(o, "{} {} (plugin API {})", m.name, m.version, m.api());
     if !m.description.is_empty() {
         let _ = writeln!(o, "  {}", m.description);
     }

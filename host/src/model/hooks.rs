@@ -1,4 +1,4 @@
-//! The model's seams: one trait per model hook point of `speedrun_plugin_api::HookPoint`.
+//! The model's seams: one trait per model hook point of `speedrun_plugin_abi::HookPoint`.
 //! The reference GPT implements every one (`model::reference`); a plugin replaces
 //! some. The contract of each hook is written on its trait.
 
@@ -22,7 +22,7 @@ pub struct ForwardCtx<'a> {
     pub precision: Precision,
 }
 
-pub use speedrun_plugin_api::NormSite;
+pub use speedrun_plugin_abi::NormSite;
 
 /// `model.params`: receives the declarations so far, returns the model's full list
 /// (may add, remove or reshape). Called once, before initialisation.
@@ -52,9 +52,11 @@ pub trait NormHook {
 }
 
 /// `model.attention`: normalised stream `[B, T, D]` of layer `layer` to the attention
-/// output `[B, T, D]` (before the residual add). Must be causal.
+/// output `[B, T, D]` (before the residual add). Must be causal. The reference
+/// passes its packed projection through the model's `model.qkv` hook.
 pub trait AttentionHook {
-    fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor>;
+    fn attention(&self, cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor)
+        -> Result<Tensor>;
 }
 
 /// `model.mlp`: normalised stream `[B, T, D]` to the MLP output `[B, T, D]`.
@@ -77,4 +79,27 @@ pub trait HeadHook {
 /// part hooks above through `model`.
 pub trait ForwardHook {
     fn forward(&self, cx: &ForwardCtx, model: &Model, tokens: &Tensor) -> Result<Tensor>;
+}
+
+/// `model.block_input` (optional): the stream entering block `layer` and the
+/// outputs of the blocks before it, to the stream the block gets.
+pub trait BlockInputHook {
+    fn block_input(
+        &self,
+        cx: &ForwardCtx,
+        layer: usize,
+        x: &Tensor,
+        earlier: &[Tensor],
+    ) -> Result<Tensor>;
+}
+
+/// `model.qkv` (optional): the reference attention's packed projection
+/// `[B, T, 3D]` to the one it attends with.
+pub trait QkvHook {
+    fn qkv(&self, cx: &ForwardCtx, layer: usize, qkv: &Tensor) -> Result<Tensor>;
+}
+
+/// `model.logits` (optional): the head's logits `[B, T, V]` to logits.
+pub trait LogitsHook {
+    fn logits(&self, cx: &ForwardCtx, logits: &Tensor) -> Result<Tensor>;
 }

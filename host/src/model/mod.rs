@@ -28,6 +28,11 @@ pub struct ModelHooks {
     pub block: Box<dyn BlockHook>,
     pub head: Box<dyn HeadHook>,
     pub forward: Box<dyn ForwardHook>,
+    /// The optional hooks: the reference has none, so without a plugin that
+    /// provides one nothing is called and nothing is kept for it.
+    pub block_input: Option<Box<dyn BlockInputHook>>,
+    pub qkv: Option<Box<dyn QkvHook>>,
+    pub logits: Option<Box<dyn LogitsHook>>,
 }
 
 impl Default for ModelHooks {
@@ -42,6 +47,9 @@ impl Default for ModelHooks {
             block: Box::new(ReferenceGpt),
             head: Box::new(ReferenceGpt),
             forward: Box::new(ReferenceGpt),
+            block_input: None,
+            qkv: None,
+            logits: None,
         }
     }
 }
@@ -129,7 +137,34 @@ impl Model {
     }
 
     pub fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
-        self.hooks.attention.attention(cx, layer, x)
+        self.hooks.attention.attention(cx, self, layer, x)
+    }
+
+    /// The reference attention's packed projection, through `model.qkv` if any.
+    pub fn qkv(&self, cx: &ForwardCtx, layer: usize, qkv: Tensor) -> Result<Tensor> {
+        match &self.hooks.qkv {
+            Some(h) => h.qkv(cx, layer, &qkv),
+            None => Ok(qkv),
+        }
+    }
+
+    /// Whether a `model.block_input` hook wants the blocks' outputs kept.
+    pub fn has_block_input(&self) -> bool {
+        self.hooks.block_input.is_some()
+    }
+
+    /// The stream block `layer` gets, through `model.block_input` if any.
+    pub fn block_input(
+        &self,
+        cx: &ForwardCtx,
+        layer: usize,
+        x: Tensor,
+        earlier: &[Tensor],
+    ) -> Result<Tensor> {
+        match &self.hooks.block_input {
+            Some(h) => h.block_input(cx, layer, &x, earlier),
+            None => Ok(x),
+        }
     }
 
     pub fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
@@ -140,7 +175,12 @@ impl Model {
         self.hooks.block.block(cx, self, layer, x)
     }
 
+    /// The head's logits, through `model.logits` if any.
     pub fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
-        self.hooks.head.head(cx, x)
+        let logits = self.hooks.head.head(cx, x)?;
+        match &self.hooks.logits {
+            Some(h) => h.logits(cx, &logits),
+            None => Ok(logits),
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 /// Parameter declarations are the plugin API's, so a `model.params` plugin and
 /// the host speak of the same thing.
-pub use speedrun_plugin_api::{ParamDecl as ParamSpec, ParamKind};
+pub use speedrun_plugin_abi::{ParamDecl as ParamSpec, ParamKind};
 
 /// A parameter with its value.
 pub struct Param {

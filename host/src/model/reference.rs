@@ -83,20 +83,21 @@ impl NormHook for ReferenceGpt {
 }
 
 impl AttentionHook for ReferenceGpt {
-    fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+    fn attention(
+        &self,
+        cx: &ForwardCtx,
+        model: &Model,
+        layer: usize,
+        x: &Tensor,
+    ) -> Result<Tensor> {
         // One packed projection [B, T, 3D] read in place by the fused attention
         // kernel: no head splits, transposes or copies in the autograd graph.
-        let mut qkv = cx.precision.linear(
+        let qkv = cx.precision.linear(
             x,
             layer_param(cx, layer, "attn.c_attn.weight")?,
             Some(layer_param(cx, layer, "attn.c_attn.bias")?),
         )?;
-        if let Some(table) = cx
-            .params
-            .find(&speedrun_plugin_api::value_embed_name(layer))
-        {
-            qkv = add_value_embedding(cx, &qkv, table)?;
-        }
+        let qkv = model.qkv(cx, layer, qkv)?;
         let y = cx.precision.causal_attention_packed(&qkv, cx.spec.heads)?;
         Ok(cx.precision.linear(
             &y,
@@ -104,20 +105,6 @@ impl AttentionHook for ReferenceGpt {
             Some(layer_param(cx, layer, "attn.c_proj.bias")?),
         )?)
     }
-}
-
-/// `qkv [B, T, 3D]` with the value embedding of the forward's tokens added to
-/// its v third (the `value-embeddings` plugin declares the tables).
-fn add_value_embedding(cx: &ForwardCtx, qkv: &Tensor, table: &Tensor) -> Result<Tensor> {
-    let Some(tokens) = cx.tokens else {
-        anyhow::bail!("the model has value embeddings, but this forward pass carries no token ids");
-    };
-    let (b, t, d3) = qkv.dims3()?;
-    let ve = table
-        .index_select(&tokens.flatten_all()?, 0)?
-        .reshape((b, t, d3 / 3))?;
-    let zeros = Tensor::zeros((b, t, 2 * d3 / 3), qkv.dtype(), qkv.device())?;
-    Ok((qkv + Tensor::cat(&[&zeros, &ve], 2)?)?)
 }
 
 impl MlpHook for ReferenceGpt {
@@ -145,44 +132,27 @@ impl BlockHook for ReferenceGpt {
 }
 
 impl HeadHook for ReferenceGpt {
-    /// logits = x @ wᵀ: w is the untied `lm_head.weight` when `model.params`
-    /// declared one, else the tied `wte`.
+    /// logits = x @ wteᵀ: tied to the token embedding.
     fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
-        let w = match cx.params.find(speedrun_plugin_api::UNTIED_HEAD) {
-            Some(w) => w,
-            None => cx.params.get("transformer.wte.weight")?,
-        };
+        let w = cx.params.get("transformer.wte.weight")?;
         Ok(cx.precision.linear(x, &w.t()?, None)?)
     }
 }
 
 impl ForwardHook for ReferenceGpt {
-    /// Embedding, blocks, final norm, head. When `model.params` declared
-    /// `transformer.skip_weights` `[n]` (the `unet-skips` plugin), the first n
-    /// blocks' outputs are kept and the last n blocks' inputs get them back,
-    /// last in first out, each scaled by its weight (the speedrun's U-net).
+    /// Embedding, blocks, final norm, head. With a `model.block_input` hook the
+    /// blocks' outputs are kept and each block's input passes through it.
     fn forward(&self, cx: &ForwardCtx, model: &Model, tokens: &Tensor) -> Result<Tensor> {
-        let layers = cx.spec.layers;
-        let skip_weights = cx.params.find(speedrun_plugin_api::SKIP_WEIGHTS);
-        let n = skip_weights.map_or(0, |w| w.elem_count());
-        if 2 * n > layers {
-            anyhow::bail!(
-                "{} has {n} weights: a U-net over {layers} layers has at most {}",
-                speedrun_plugin_api::SKIP_WEIGHTS,
-                layers / 2
-            );
-        }
-        let mut skips: Vec<Tensor> = Vec::with_capacity(n);
+        let keep = model.has_block_input();
+        let mut outputs: Vec<Tensor> = Vec::new();
         let mut x = model.embed(cx, tokens)?;
-        for layer in 0..layers {
-            if let (Some(w), true) = (skip_weights, layer >= layers - n) {
-                let i = layer - (layers - n);
-                let skip = skips.pop().expect("one kept output per late layer");
-                x = (x + skip.broadcast_mul(&w.narrow(0, i, 1)?)?)?;
+        for layer in 0..cx.spec.layers {
+            if keep {
+                x = model.block_input(cx, layer, x, &outputs)?;
             }
             x = model.block(cx, layer, &x)?;
-            if layer < n {
-                skips.push(x.clone());
+            if keep {
+                outputs.push(x.clone());
             }
         }
         let x = model.norm(cx, NormSite::Final, &x)?;

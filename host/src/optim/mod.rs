@@ -64,7 +64,7 @@ pub trait Optimizer {
     fn step(&mut self, params: &ParamStore, grads: &Grads, input: &StepInput) -> Result<()>;
 }
 
-pub use speedrun_plugin_api::ScheduleOut;
+pub use speedrun_plugin_abi::ScheduleOut;
 
 /// `schedule`: a pure function of the step and the run length.
 pub trait Schedule {

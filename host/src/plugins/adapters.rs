@@ -13,7 +13,7 @@ use crate::track::ModelSpec;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use rand_chacha::ChaCha8Rng;
-use speedrun_plugin_api::{wire, HookPoint, ModelShape};
+use speedrun_plugin_abi::{wire, HookPoint, ModelShape};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -179,6 +179,17 @@ fn forward_call(
     input: &Tensor,
     extra: &[i64],
 ) -> Result<Tensor> {
+    forward_call_on(s, hook, cx, &[input], extra)
+}
+
+/// Calls one forward hook on several tensors (the input first), one tensor out.
+fn forward_call_on(
+    s: &Shared,
+    hook: HookPoint,
+    cx: &ForwardCtx,
+    inputs: &[&Tensor],
+    extra: &[i64],
+) -> Result<Tensor> {
     let mut session = session(s)?;
     session.set_eval(!cx.train);
     session.set_tokens(cx.tokens.cloned());
@@ -187,8 +198,16 @@ fn forward_call(
         Some(cx.params),
         None,
         |table| {
-            let h = table.scoped(input.clone())?;
-            Ok(wire::forward_args(cx.train, &shape(cx.spec), h, extra))
+            let handles = inputs
+                .iter()
+                .map(|t| table.scoped((*t).clone()))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(wire::forward_args(
+                cx.train,
+                &shape(cx.spec),
+                &handles,
+                extra,
+            ))
         },
         |reply, table| Ok(table.tensor(wire::read_tensor_reply(reply)?)?.clone()),
     )
@@ -230,7 +249,13 @@ impl NormHook for PluginForwardHooks {
 }
 
 impl AttentionHook for PluginForwardHooks {
-    fn attention(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+    fn attention(
+        &self,
+        cx: &ForwardCtx,
+        _model: &Model,
+        layer: usize,
+        x: &Tensor,
+    ) -> Result<Tensor> {
         let out = forward_call(&self.0, HookPoint::ModelAttention, cx, x, &[layer as i64])?;
         expect_dims(HookPoint::ModelAttention, out, x.dims())
     }
@@ -266,5 +291,39 @@ impl HeadHook for PluginForwardHooks {
 impl ForwardHook for PluginForwardHooks {
     fn forward(&self, cx: &ForwardCtx, _model: &Model, tokens: &Tensor) -> Result<Tensor> {
         forward_call(&self.0, HookPoint::ModelForward, cx, tokens, &[])
+    }
+}
+
+impl BlockInputHook for PluginForwardHooks {
+    fn block_input(
+        &self,
+        cx: &ForwardCtx,
+        layer: usize,
+        x: &Tensor,
+        earlier: &[Tensor],
+    ) -> Result<Tensor> {
+        let inputs: Vec<&Tensor> = std::iter::once(x).chain(earlier).collect();
+        let out = forward_call_on(
+            &self.0,
+            HookPoint::ModelBlockInput,
+            cx,
+            &inputs,
+            &[layer as i64],
+        )?;
+        expect_dims(HookPoint::ModelBlockInput, out, x.dims())
+    }
+}
+
+impl QkvHook for PluginForwardHooks {
+    fn qkv(&self, cx: &ForwardCtx, layer: usize, qkv: &Tensor) -> Result<Tensor> {
+        let out = forward_call(&self.0, HookPoint::ModelQkv, cx, qkv, &[layer as i64])?;
+        expect_dims(HookPoint::ModelQkv, out, qkv.dims())
+    }
+}
+
+impl LogitsHook for PluginForwardHooks {
+    fn logits(&self, cx: &ForwardCtx, logits: &Tensor) -> Result<Tensor> {
+        let out = forward_call(&self.0, HookPoint::ModelLogits, cx, logits, &[])?;
+        expect_dims(HookPoint::ModelLogits, out, logits.dims())
     }
 }

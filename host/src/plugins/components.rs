@@ -142,6 +142,9 @@ pub fn compose(track: &Track, plugins: Vec<LoadedPlugin>) -> Result<Components> 
                 HookPoint::ModelBlock => comps.hooks.block = fwd(),
                 HookPoint::ModelHead => comps.hooks.head = fwd(),
                 HookPoint::ModelForward => comps.hooks.forward = fwd(),
+                HookPoint::ModelBlockInput => comps.hooks.block_input = Some(fwd()),
+                HookPoint::ModelQkv => comps.hooks.qkv = Some(fwd()),
+                HookPoint::ModelLogits => comps.hooks.logits = Some(fwd()),
             }
         }
         comps.plugins.push(p);

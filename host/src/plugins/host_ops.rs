@@ -4,7 +4,7 @@
 //! an error naming it.
 //!
 //! Over 500 lines on purpose: `execute` is one `match` over the op table
-//! (`speedrun_plugin_api::Op`), an arm per op, so that each op's argument
+//! (`speedrun_plugin_abi::Op`), an arm per op, so that each op's argument
 //! checks sit beside its kernel call and a reviewer reads the whole contract
 //! in one place; the shared checks are the helpers below it.
 
@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
-use speedrun_plugin_api::{self as api, Frame, HookPoint, Op, OpClass};
+use speedrun_plugin_abi::{self as api, Frame, HookPoint, Op, OpClass};
 
 /// The most elements one creation op may make (16 GiB of f32 would end the host).
 const MAX_CREATE_ELEMS: usize = 1 << 28;
@@ -512,7 +512,5 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
             return Ok(Frame::default());
         }
     };
-    Ok(Frame::with_tensors(&[api::Tensor::from_id(
-        env.table.scoped(out)?,
-    )]))
+    Ok(api::wire::tensor_reply(env.table.scoped(out)?))
 }

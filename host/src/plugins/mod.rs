@@ -27,7 +27,7 @@ use handles::HandleTable;
 use native::NativeModule;
 use session::{HookLine, PluginSession, Transport};
 use sha2::{Digest, Sha256};
-use speedrun_plugin_api::{HookPoint, Manifest};
+use speedrun_plugin_abi::{HookPoint, Manifest};
 use speedrun_sandbox_policy::{LoadedPolicy, NativeVerdict, Transport as PolicyTransport};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -169,6 +169,7 @@ pub fn start(
         name: manifest.name.clone(),
         version: manifest.version.clone(),
         api_version: manifest.api_version,
+        api_minor: manifest.api_minor,
         hooks: manifest.hooks.clone(),
         transport: module.policy_transport(),
         path: path.display().to_string(),

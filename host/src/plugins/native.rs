@@ -4,9 +4,9 @@
 //! and so could load only one plugin per process.
 
 use super::session::{host_ffi, Transport};
-use anyhow::{anyhow, bail, Context, Result};
-use speedrun_plugin_api::native::{FfiResult, PluginModRef};
-use speedrun_plugin_api::{Frame, HookPoint, Manifest, PLUGIN_API_VERSION};
+use anyhow::{anyhow, Context, Result};
+use speedrun_plugin_abi::ffi::{FfiResult, PluginModRef};
+use speedrun_plugin_abi::{Frame, HookPoint, Manifest, API_VERSION};
 use std::path::Path;
 
 /// How many of the loader's last lines to show: its layout-mismatch report runs
@@ -75,14 +75,13 @@ impl NativeModule {
     }
 
     fn load_file(copy: &Path, path: &Path) -> Result<PluginModRef> {
-        let header = speedrun_plugin_api::native::__abi::library::lib_header_from_path(copy)
-            .map_err(|e| {
-                anyhow!(
-                    "cannot load plugin {}: {}",
-                    path.display(),
-                    verdict(&e.to_string())
-                )
-            })?;
+        let header = speedrun_plugin_abi::ffi::lib_header_from_path(copy).map_err(|e| {
+            anyhow!(
+                "cannot load plugin {}: {}",
+                path.display(),
+                verdict(&e.to_string())
+            )
+        })?;
         header.init_root_module::<PluginModRef>().map_err(|e| {
             anyhow!(
                 "plugin {} was built against an incompatible plugin API and is refused:\n{}",
@@ -135,21 +134,11 @@ fn private_copy(bytes: &[u8], sha256: &str) -> Result<std::path::PathBuf> {
     Ok(p)
 }
 
-/// What every transport checks of a manifest: the API version and hook names.
+/// What every transport checks of a manifest: an API version this host
+/// accepts, and hooks that exist in it.
 pub fn check_manifest(m: &Manifest) -> Result<()> {
-    if m.api_version != PLUGIN_API_VERSION {
-        bail!(
-            "plugin {} speaks plugin API version {}, this host version {PLUGIN_API_VERSION}",
-            m.name,
-            m.api_version
-        );
-    }
-    for h in &m.hooks {
-        if HookPoint::from_name(h).is_none() {
-            bail!("plugin {} declares an unknown hook {h:?}", m.name);
-        }
-    }
-    Ok(())
+    m.check_api(API_VERSION)
+        .map_err(|why| anyhow!("plugin {} is refused: {why}", m.name))
 }
 
 impl Transport for NativeModule {

@@ -7,7 +7,7 @@
 use super::session::{dispatch_op, Transport};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
-use speedrun_plugin_api::{Frame, HookPoint, Manifest};
+use speedrun_plugin_abi::{Frame, HookPoint, Manifest};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,10 +1,10 @@
-//! Logit soft-capping (Gemma 2, then the NanoGPT speedrun): the tied head's
-//! logits pass through `cap · tanh(logits / cap)`, so no logit leaves
-//! (−cap, cap). Keeps early training from committing to huge logits.
+//! Logit soft-capping (Gemma 2, then the NanoGPT speedrun): the head's logits
+//! pass through `cap · tanh(logits / cap)`, so no logit leaves (−cap, cap).
+//! Keeps early training from committing to huge logits.
 //!
-//! `logits = cap · tanh((x @ wᵀ) / cap)` with `cap` from the configuration
-//! (default 15, the speedrun's current value; it used 30 before); `w` is the
-//! untied `lm_head.weight` when the model has one (`untied-head`), else `wte`.
+//! A `model.logits` hook (plugin API 1.1), so it caps whatever head the model
+//! has: the tied reference head, or `untied-head`'s. `cap` comes from the
+//! configuration (default 15, the speedrun's current value; it used 30 before).
 
 use speedrun_plugin_api::*;
 
@@ -28,12 +28,10 @@ impl Plugin for Softcap {
     }
 }
 
-impl Head for Softcap {
-    fn head(&mut self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
-        let w = cx.head_weight()?;
-        let logits = linear(x, &w.transpose(0, 1)?, None)?;
+impl Logits for Softcap {
+    fn logits(&mut self, _cx: &ForwardCtx, logits: &Tensor) -> Result<Tensor> {
         logits.scale(1.0 / self.cap)?.tanh()?.scale(self.cap)
     }
 }
 
-export_plugin!(Softcap, hooks: [head]);
+export_plugin!(Softcap, hooks: [logits]);

@@ -4,9 +4,10 @@
 //! `x ← x + w[i] · out[n−1−i]` before block `layers−n+i`.
 //!
 //! This plugin declares the weights, `transformer.skip_weights` `[n]`
-//! (`model.params`), and starts them at one (`model.init`, the speedrun's
-//! value); the host's forward applies them whenever they are declared, around
-//! whatever blocks the model has, so it stacks with every other hook. They are
+//! (`model.params`), starts them at one (`model.init`, the speedrun's value)
+//! and applies them (`model.block_input`, plugin API 1.1: the stream entering
+//! each block, with the outputs of the blocks before it), around whatever
+//! blocks the model has, so it stacks with every other hook. They are
 //! `ParamKind::Bias` (1-D: AdamW without decay under both optimizers, and no
 //! norm plugin removes them).
 //!
@@ -66,4 +67,34 @@ impl Init for UnetSkips {
     }
 }
 
-export_plugin!(UnetSkips, hooks: [params, init]);
+impl BlockInput for UnetSkips {
+    /// Before block `layer ≥ L − n`, with i = layer − (L − n):
+    /// `x + w[i] · earlier[n − 1 − i]` (last kept, first handed back).
+    fn block_input(
+        &mut self,
+        cx: &ForwardCtx,
+        layer: usize,
+        x: &Tensor,
+        earlier: &[Tensor],
+    ) -> Result<Tensor> {
+        let w = cx.param(SKIP_WEIGHTS)?;
+        let n = w.elem_count()?;
+        let layers = cx.model.layers;
+        if 2 * n > layers {
+            bail!("unet-skips: {SKIP_WEIGHTS} has {n} weights: a U-net over {layers} layers has at most {}", layers / 2);
+        }
+        if layer < layers - n {
+            return Ok(*x);
+        }
+        let i = layer - (layers - n);
+        let skip = earlier.get(n - 1 - i).ok_or_else(|| {
+            Error::new(format!(
+                "unet-skips: block {layer} was given {} earlier outputs",
+                earlier.len()
+            ))
+        })?;
+        x.add(&skip.mul(&w.narrow(0, i, 1)?)?)
+    }
+}
+
+export_plugin!(UnetSkips, hooks: [params, init, block_input]);

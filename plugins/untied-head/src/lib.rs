@@ -1,8 +1,9 @@
 //! An untied output head (the NanoGPT speedrun's `lm_head`): the model gets a
 //! head matrix of its own, `lm_head.weight` `[vocab, width]` (Hugging Face's
-//! name and layout), instead of reusing the token embedding `wte`. The host's
-//! head (and `softcap`'s) uses `lm_head.weight` whenever the model declares it,
-//! so this plugin only declares and initialises it and stacks with any head.
+//! name and layout), instead of reusing the token embedding `wte`: it declares
+//! and initialises the matrix (`model.params`, `model.init`) and is the head
+//! (`model.head`, `logits = x @ lm_headᵀ`). Soft-capping stacks on top as a
+//! `model.logits` hook (`softcap`).
 //!
 //! It is declared as `ParamKind::TokenEmbedding` (a `[vocab, width]` lookup-
 //! shaped table): optimizers treat it like the embedding (Muon leaves it to
@@ -59,4 +60,10 @@ impl Init for UntiedHead {
     }
 }
 
-export_plugin!(UntiedHead, hooks: [params, init]);
+impl Head for UntiedHead {
+    fn head(&mut self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
+        linear(x, &cx.param(UNTIED_HEAD)?.transpose(0, 1)?, None)
+    }
+}
+
+export_plugin!(UntiedHead, hooks: [params, init, head]);

@@ -4,10 +4,11 @@
 //! attention values v. The token identity reaches every value directly, not
 //! only through the residual stream.
 //!
-//! This plugin only declares the tables (`model.params`); the attention that
-//! adds them is whichever the model has: the host's reference attention, or a
-//! plugin's through `ForwardCtx::value_embedding` (the `rotary` plugin's does),
-//! so it stacks with any attention. Tables are `ParamKind::TokenEmbedding`
+//! This plugin declares the tables (`model.params`) and adds them to the
+//! reference attention's values itself (`model.qkv`, plugin API 1.1: the v
+//! third of the packed projection). A plugin attention computes its own
+//! projection, so it adds them through `ForwardCtx::value_embedding` (the
+//! `rotary` plugin's does). Tables are `ParamKind::TokenEmbedding`
 //! (Muon leaves them to AdamW, as the speedrun does) with the reference's
 //! embedding initialisation.
 //!
@@ -80,4 +81,17 @@ impl Params for ValueEmbeddings {
     }
 }
 
-export_plugin!(ValueEmbeddings, hooks: [params]);
+impl Qkv for ValueEmbeddings {
+    /// `qkv [B, T, 3D]` with layer `layer`'s table rows for the forward's
+    /// tokens added to its v third; layers without a table pass through.
+    fn qkv(&mut self, cx: &ForwardCtx, layer: usize, qkv: &Tensor) -> Result<Tensor> {
+        let Some(ve) = cx.value_embedding(layer)? else {
+            return Ok(*qkv);
+        };
+        let d = cx.model.width;
+        let v = qkv.narrow(2, 2 * d, d)?.add(&ve)?;
+        Tensor::cat(&[qkv.narrow(2, 0, 2 * d)?, v], 2)
+    }
+}
+
+export_plugin!(ValueEmbeddings, hooks: [params, qkv]);

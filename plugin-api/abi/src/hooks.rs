@@ -34,10 +34,18 @@ pub enum HookPoint {
     ModelHead,
     /// Each forward: token ids to logits; replaces everything above.
     ModelForward,
+    /// Each forward, per layer, before the block (API 1.1): the residual stream
+    /// entering it and the outputs of every earlier block, to the stream it gets.
+    ModelBlockInput,
+    /// Each forward, per layer, in the reference attention (API 1.1): its packed
+    /// projection `[B, T, 3D]` (q, k, v thirds), same shape out.
+    ModelQkv,
+    /// Each forward, after the head (API 1.1): logits to logits, same shape.
+    ModelLogits,
 }
 
 impl HookPoint {
-    pub const ALL: [HookPoint; 12] = [
+    pub const ALL: [HookPoint; 15] = [
         HookPoint::Schedule,
         HookPoint::OptimizerInit,
         HookPoint::OptimizerStep,
@@ -50,6 +58,9 @@ impl HookPoint {
         HookPoint::ModelNorm,
         HookPoint::ModelHead,
         HookPoint::ModelForward,
+        HookPoint::ModelBlockInput,
+        HookPoint::ModelQkv,
+        HookPoint::ModelLogits,
     ];
 
     /// The dotted name used in manifests, policies and telemetry.
@@ -67,7 +78,33 @@ impl HookPoint {
             HookPoint::ModelNorm => "model.norm",
             HookPoint::ModelHead => "model.head",
             HookPoint::ModelForward => "model.forward",
+            HookPoint::ModelBlockInput => "model.block_input",
+            HookPoint::ModelQkv => "model.qkv",
+            HookPoint::ModelLogits => "model.logits",
         }
+    }
+
+    /// The API version that added this hook: a plugin built for an earlier
+    /// one cannot provide it.
+    pub fn since(self) -> crate::ApiVersion {
+        let minor = match self {
+            HookPoint::ModelBlockInput | HookPoint::ModelQkv | HookPoint::ModelLogits => 1,
+            _ => 0,
+        };
+        crate::ApiVersion { major: 1, minor }
+    }
+
+    /// The hooks that run inside the model's forward pass (pure: a fresh
+    /// instance per call, no writes, no state kept).
+    pub fn is_forward(self) -> bool {
+        !matches!(
+            self,
+            HookPoint::Schedule
+                | HookPoint::OptimizerInit
+                | HookPoint::OptimizerStep
+                | HookPoint::ModelInit
+                | HookPoint::ModelParams
+        )
     }
 
     /// Parses a dotted name; `None` for an unknown hook.

@@ -59,6 +59,8 @@ pub enum DType {
 impl DType {
     pub const ALL: [DType; 5] = [DType::F32, DType::F64, DType::U32, DType::U8, DType::I64];
 
+    /// The wire code (the SDK hides it from authors).
+    #[doc(hidden)]
     pub fn code(self) -> i64 {
         match self {
             DType::F32 => 0,
@@ -69,6 +71,8 @@ impl DType {
         }
     }
 
+    /// The wire code (the SDK hides it from authors).
+    #[doc(hidden)]
     pub fn from_code(code: i64) -> Result<DType> {
         match DType::ALL.into_iter().find(|d| d.code() == code) {
             Some(d) => Ok(d),

@@ -244,7 +244,9 @@ impl Op {
                     | Op::Release
             ),
             ModelEmbed | ModelBlock | ModelAttention | ModelMlp | ModelNorm | ModelHead
-            | ModelForward => matches!(self.class(), OpClass::Compute | OpClass::ParamRead),
+            | ModelForward | ModelBlockInput | ModelQkv | ModelLogits => {
+                matches!(self.class(), OpClass::Compute | OpClass::ParamRead)
+            }
         }
     }
 }

@@ -9,15 +9,14 @@
 //! | `model.params` | I = model, S = JSON [ParamDecl] | S = JSON [ParamDecl] |
 //! | `model.init` | I = model, S = JSON ParamDecl | T = [] or [value] |
 //! | forward hooks | T = [input], I = [train, model..., extra...] | T = [output] |
+//! | `model.block_input` (1.1) | T = [x, out_0, ..., out_{l-1}], I = [train, model..., l] | T = [x'] |
 //!
 //! `model` is [layers, width, heads, seq_len, vocab]; the forward hooks' extra
-//! integers are the layer (attention, mlp, block) or [site, layer] (norm: site
-//! 0 attention, 1 mlp, 2 final).
+//! integers are the layer (attention, mlp, block, qkv, block_input) or [site,
+//! layer] (norm: site 0 attention, 1 mlp, 2 final). Tensors are handle ids: the
+//! SDK wraps them, the host looks them up in the call's table.
 
-use crate::{
-    bail, ForwardCtx, Frame, ModelShape, NormSite, OptimizerStep, ParamDecl, ParamGrad, ParamRef,
-    Result, ScheduleOut, Tensor,
-};
+use crate::{bail, Frame, ModelShape, NormSite, ParamDecl, Result, ScheduleOut};
 
 fn model_ints(m: &ModelShape) -> [i64; 5] {
     [
@@ -39,8 +38,11 @@ fn model_at(f: &Frame, at: usize) -> Result<ModelShape> {
     })
 }
 
-fn one_tensor(t: Tensor) -> Frame {
-    Frame::with_tensors(&[t])
+fn one_tensor(id: u64) -> Frame {
+    Frame {
+        tensors: vec![id],
+        ..Frame::default()
+    }
 }
 
 // --- schedule ---
@@ -86,7 +88,8 @@ pub fn optimizer_init_args(params: &[(ParamDecl, u64)]) -> Result<Frame> {
     })
 }
 
-pub fn read_optimizer_init_args(f: &Frame) -> Result<Vec<ParamRef>> {
+/// Each parameter's declaration and handle, in the model's order.
+pub fn read_optimizer_init_args(f: &Frame) -> Result<Vec<(ParamDecl, u64)>> {
     let decls: Vec<ParamDecl> = serde_json::from_str(&f.text)?;
     if decls.len() != f.tensors.len() {
         bail!(
@@ -95,16 +98,17 @@ pub fn read_optimizer_init_args(f: &Frame) -> Result<Vec<ParamRef>> {
             f.tensors.len()
         );
     }
-    Ok(decls
-        .into_iter()
-        .zip(&f.tensors)
-        .map(|(d, &t)| ParamRef {
-            name: d.name,
-            kind: d.kind,
-            dims: d.shape,
-            tensor: Tensor::from_id(t),
-        })
-        .collect())
+    Ok(decls.into_iter().zip(f.tensors.iter().copied()).collect())
+}
+
+/// `optimizer.step`'s arguments: the step's numbers and (param, grad) handles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepArgs {
+    pub step: usize,
+    pub lr: f64,
+    pub momentum_mult: f64,
+    pub grad_norm: f64,
+    pub params_and_grads: Vec<(u64, u64)>,
 }
 
 pub fn optimizer_step_args(
@@ -122,26 +126,19 @@ pub fn optimizer_step_args(
     }
 }
 
-pub fn read_optimizer_step_args(f: &Frame) -> Result<OptimizerStep> {
+pub fn read_optimizer_step_args(f: &Frame) -> Result<StepArgs> {
     if f.tensors.len() % 2 != 0 {
         bail!(
             "optimizer.step: an odd number of tensors ({})",
             f.tensors.len()
         );
     }
-    Ok(OptimizerStep {
+    Ok(StepArgs {
         step: f.usize(0)?,
         lr: f.float(0)?,
         momentum_mult: f.float(1)?,
         grad_norm: f.float(2)?,
-        params: f
-            .tensors
-            .chunks(2)
-            .map(|c| ParamGrad {
-                param: Tensor::from_id(c[0]),
-                grad: Tensor::from_id(c[1]),
-            })
-            .collect(),
+        params_and_grads: f.tensors.chunks(2).map(|c| (c[0], c[1])).collect(),
     })
 }
 
@@ -182,7 +179,7 @@ pub fn read_init_args(f: &Frame) -> Result<(ModelShape, ParamDecl)> {
     Ok((model_at(f, 0)?, serde_json::from_str(&f.text)?))
 }
 
-pub fn init_reply(value: Option<Tensor>) -> Frame {
+pub fn init_reply(value: Option<u64>) -> Frame {
     value.map(one_tensor).unwrap_or_default()
 }
 
@@ -193,24 +190,36 @@ pub fn read_init_reply(f: &Frame) -> Option<u64> {
 
 // --- forward hooks ---
 
-pub fn forward_args(train: bool, model: &ModelShape, input: u64, extra: &[i64]) -> Frame {
+pub fn forward_args(train: bool, model: &ModelShape, inputs: &[u64], extra: &[i64]) -> Frame {
     let mut ints = vec![train as i64];
     ints.extend(model_ints(model));
     ints.extend_from_slice(extra);
     Frame {
-        tensors: vec![input],
+        tensors: inputs.to_vec(),
         ints,
         ..Frame::default()
     }
 }
 
-/// The context, the input and the extra integers of a forward hook call.
-pub fn read_forward_args(f: &Frame) -> Result<(ForwardCtx, Tensor, Vec<i64>)> {
-    let cx = ForwardCtx {
+/// A forward hook call's arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardArgs {
+    /// False while the host validates (eval mode).
+    pub train: bool,
+    pub model: ModelShape,
+    /// The input first; `model.block_input` has the earlier blocks' outputs after it.
+    pub inputs: Vec<u64>,
+    pub extra: Vec<i64>,
+}
+
+pub fn read_forward_args(f: &Frame) -> Result<ForwardArgs> {
+    f.tensor(0)?;
+    Ok(ForwardArgs {
         train: f.int(0)? != 0,
         model: model_at(f, 1)?,
-    };
-    Ok((cx, Tensor::from_id(f.tensor(0)?), f.ints[6..].to_vec()))
+        inputs: f.tensors.clone(),
+        extra: f.ints[6..].to_vec(),
+    })
 }
 
 pub fn norm_site_ints(site: NormSite) -> [i64; 2] {
@@ -243,8 +252,8 @@ pub fn read_layer(extra: &[i64]) -> Result<usize> {
     }
 }
 
-pub fn tensor_reply(t: Tensor) -> Frame {
-    one_tensor(t)
+pub fn tensor_reply(id: u64) -> Frame {
+    one_tensor(id)
 }
 
 pub fn read_tensor_reply(f: &Frame) -> Result<u64> {
@@ -266,12 +275,13 @@ mod tests {
         };
         let mut extra = norm_site_ints(NormSite::Mlp(3)).to_vec();
         extra.push(9);
-        let f = forward_args(true, &m, 42, &extra);
-        let (cx, x, extra) = read_forward_args(&f).unwrap();
-        assert!(cx.train);
-        assert_eq!(cx.model, m);
-        assert_eq!(x.id(), 42);
-        assert_eq!(read_norm_site(&extra).unwrap(), NormSite::Mlp(3));
+        let f = forward_args(true, &m, &[42, 7], &extra);
+        let a = read_forward_args(&f).unwrap();
+        assert!(a.train);
+        assert_eq!(a.model, m);
+        assert_eq!(a.inputs, vec![42, 7]);
+        assert_eq!(read_norm_site(&a.extra).unwrap(), NormSite::Mlp(3));
+        assert!(read_forward_args(&forward_args(false, &m, &[], &[])).is_err());
     }
 
     #[test]
@@ -282,7 +292,6 @@ mod tests {
             (s.step, s.lr, s.momentum_mult, s.grad_norm),
             (7, 0.01, 0.9, 2.5)
         );
-        assert_eq!(s.params[1].param.id(), 3);
-        assert_eq!(s.params[1].grad.id(), 4);
+        assert_eq!(s.params_and_grads, vec![(1, 2), (3, 4)]);
     }
 }
