@@ -125,7 +125,7 @@ fn a_scaffolded_optimizer_is_built_as_wasm_run_against_the_reference_and_judged(
     assert!(v["record"].is_null());
     let store = speedrun::store::Store::open(&db).unwrap();
     let sub = store.submission(s["id"].as_i64().unwrap()).unwrap();
-    assert_eq!(sub.status, "valid");
+    assert_eq!(sub.status, speedrun::record::SubmissionStatus::Valid);
     assert_eq!(sub.source_sha256, s["source_sha256"].as_str().unwrap());
 }
 
@@ -224,7 +224,7 @@ fn a_crate_that_does_not_compile_exits_1_showing_the_compiler() {
     let sub = store
         .submission(v["submission"]["id"].as_i64().unwrap())
         .unwrap();
-    assert_eq!(sub.status, "build_failed");
+    assert_eq!(sub.status, speedrun::record::SubmissionStatus::BuildFailed);
     assert!(!store.submission_source(sub.id).unwrap().is_empty());
 }
 

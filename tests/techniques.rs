@@ -7,7 +7,7 @@ use crate::common;
 use common::*;
 
 use candle_core::{Device, Tensor};
-use speedrun::model::params::{ParamKind, ParamSpec, ParamStore};
+use speedrun::model::params::{ParamDecl, ParamKind, ParamStore};
 use speedrun::optim::{Grads, StepInput};
 use speedrun::plugins;
 use speedrun::train;
@@ -70,7 +70,7 @@ fn to_mat(v: &[f64], rows: usize, cols: usize) -> Mat {
 }
 
 struct P {
-    spec: ParamSpec,
+    spec: ParamDecl,
     value: Vec<f64>,
     /// Muon momentum buffer, or AdamW's (m, v).
     buf: Vec<f64>,
@@ -137,10 +137,10 @@ fn muon_matches_the_reference(
     eps_ns: f64,
 ) {
     let specs = vec![
-        ParamSpec::new("wte", &[5, 4], ParamKind::TokenEmbedding),
-        ParamSpec::new("h.0.w", &[4, 6], ParamKind::Matrix),
-        ParamSpec::new("h.0.b", &[6], ParamKind::Bias),
-        ParamSpec::new("h.1.w", &[6, 3], ParamKind::ResidualProjection),
+        ParamDecl::new("wte", &[5, 4], ParamKind::TokenEmbedding),
+        ParamDecl::new("h.0.w", &[4, 6], ParamKind::Matrix),
+        ParamDecl::new("h.0.b", &[6], ParamKind::Bias),
+        ParamDecl::new("h.1.w", &[6, 3], ParamKind::ResidualProjection),
     ];
     let mut ps: Vec<P> = specs
         .iter()

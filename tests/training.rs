@@ -13,7 +13,7 @@ use speedrun::model::{Model, ModelHooks};
 use speedrun::optim::{Grads, Optimizer, StepInput};
 use speedrun::plugins::Components;
 use speedrun::record::RunStatus;
-use speedrun::track::{self, ModelSpec};
+use speedrun::track::{self, ModelShape};
 use speedrun::train::{self, RunOptions};
 use std::path::Path;
 
@@ -122,8 +122,8 @@ fn gelu_linear_and_loss_gradients_match_finite_differences() {
     check_gradients(&[logits], 54, &|a| cross_entropy(&a[0], &targets).unwrap());
 }
 
-fn tiny_spec() -> ModelSpec {
-    ModelSpec {
+fn tiny_spec() -> ModelShape {
+    ModelShape {
         layers: 2,
         heads: 2,
         width: 8,

@@ -1,13 +1,14 @@
 //! The techniques table: the speedrun's record-history style, one row per stored
 //! `speedrun bench` of a stack against the reference, oldest first (each row
 //! meant to add one technique to the previous row's stack). Every figure comes
-//! from the stored comparison report, so the table is regenerated, never typed.
+//! from the stored comparison report, read back as the `compare::Report` that
+//! `bench` wrote, so the table is regenerated, never typed.
 
+use crate::compare::{BenchRun, Report, TimeMeasure};
 use crate::store::{Store, StoredComparison};
 use crate::submit::records::Format;
 use anyhow::Result;
 use serde::Serialize;
-use serde_json::Value;
 use std::fmt::Write;
 
 /// One row: a stack's bench against the reference.
@@ -37,104 +38,91 @@ pub struct Row {
     pub command: String,
 }
 
-fn f(v: &Value, path: &[&str]) -> Option<f64> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
-}
-
-/// Mean over the side's runs of `key`, when every run has it.
-fn runs_mean(side: &Value, key: &str) -> Option<f64> {
-    let v: Option<Vec<f64>> = side["runs"]
-        .as_array()?
-        .iter()
-        .map(|run| run[key].as_f64())
-        .collect();
+/// Mean of `key` over `runs`, when every run has it.
+fn runs_mean(runs: &[BenchRun], key: impl Fn(&BenchRun) -> Option<f64>) -> Option<f64> {
+    let v: Option<Vec<f64>> = runs.iter().map(key).collect();
     v.filter(|v| !v.is_empty())
         .map(|v| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-fn row(c: &StoredComparison) -> Row {
-    let r = &c.report;
-    let measure = r["time_measure"].as_str().unwrap_or("").to_string();
-    let time_key = if measure == "time_to_target" {
-        "time_to_target_s"
-    } else {
-        "train_time_s"
+fn date_of(c: &StoredComparison) -> String {
+    c.created_at.get(..10).unwrap_or(&c.created_at).to_string()
+}
+
+fn row(c: &StoredComparison, r: &Report) -> Row {
+    let side = &r.candidate;
+    let time = match r.time_measure {
+        TimeMeasure::TimeToTarget => side.time_to_target_s,
+        TimeMeasure::TrainTime => side.train_time_s,
     };
     Row {
         comparison_id: c.id,
-        date: c.created_at.get(..10).unwrap_or(&c.created_at).to_string(),
+        date: date_of(c),
         stack: c.candidate.clone(),
-        seeds: r["seeds"].as_array().map_or(0, |s| s.len()),
-        steps: r["steps"].as_u64(),
-        time_measure: measure,
-        time_mean_s: f(r, &["candidate", time_key, "mean"]),
-        time_sd_s: f(r, &["candidate", time_key, "std"]),
-        p_below_target: f(r, &["candidate", "below_target", "p_value"]),
-        speedup: f(r, &["speedup", "estimate"]),
-        speedup_low: f(r, &["speedup", "low"]),
-        speedup_high: f(r, &["speedup", "high"]),
-        tokens_to_target: runs_mean(&r["candidate"], "tokens_to_target"),
-        val_loss_mean: f(r, &["candidate", "val_loss", "mean"]),
+        seeds: r.seeds.len(),
+        steps: Some(r.steps as u64),
+        time_measure: serde_json::to_value(r.time_measure)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        time_mean_s: time.map(|t| t.mean),
+        time_sd_s: time.map(|t| t.std),
+        p_below_target: side.below_target.map(|t| t.p_value),
+        speedup: r.speedup.map(|s| s.estimate),
+        speedup_low: r.speedup.map(|s| s.low),
+        speedup_high: r.speedup.map(|s| s.high),
+        tokens_to_target: runs_mean(&side.runs, |run| run.tokens_to_target.map(|t| t as f64)),
+        val_loss_mean: side.val_loss.map(|v| v.mean),
         verdict: c.verdict.clone(),
-        command: r["command"].as_str().unwrap_or("").to_string(),
+        command: r.command.clone(),
     }
 }
 
 /// Row 0: the reference itself, from the first row's baseline runs. Where a
 /// reference run missed the target its whole training time stands in (a lower
 /// bound, as in the speedups), and the time is marked "≥".
-fn reference_row(c: &StoredComparison) -> Row {
-    let r = &c.report;
-    let b = &r["baseline"];
-    let runs = b["runs"].as_array().cloned().unwrap_or_default();
-    let times: Vec<f64> = runs
+fn reference_row(c: &StoredComparison, r: &Report) -> Row {
+    let b = &r.baseline;
+    let times: Vec<f64> = b
+        .runs
         .iter()
-        .filter_map(|run| {
-            run["time_to_target_s"]
-                .as_f64()
-                .or(run["train_time_s"].as_f64())
-        })
+        .map(|run| run.time_to_target_s.unwrap_or(run.train_time_s))
         .collect();
-    let reached = runs
+    let reached = b
+        .runs
         .iter()
-        .filter(|run| run["time_to_target_s"].is_f64())
+        .filter(|run| run.time_to_target_s.is_some())
         .count();
-    let mean = (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64);
-    let sd = (times.len() > 1).then(|| {
-        let m = mean.unwrap_or(0.0);
-        (times.iter().map(|t| (t - m).powi(2)).sum::<f64>() / (times.len() - 1) as f64).sqrt()
-    });
-    let seeds: Vec<String> = runs
-        .iter()
-        .filter_map(|run| run["seed"].as_u64().map(|s| s.to_string()))
-        .collect();
+    let time = (!times.is_empty()).then(|| crate::stats::Summary::of(&times));
+    let seeds: Vec<String> = b.runs.iter().map(|run| run.seed.to_string()).collect();
     Row {
         comparison_id: c.id,
-        date: c.created_at.get(..10).unwrap_or(&c.created_at).to_string(),
+        date: date_of(c),
         stack: "reference (AdamW)".into(),
-        seeds: runs.len(),
-        steps: r["baseline_steps"].as_u64().or(r["steps"].as_u64()),
-        time_measure: if reached == runs.len() {
+        seeds: b.runs.len(),
+        steps: Some(r.baseline_steps as u64),
+        time_measure: if reached == b.runs.len() {
             "time_to_target".into()
         } else {
             format!(
                 "time_to_target_lower_bound ({reached}/{} reached)",
-                runs.len()
+                b.runs.len()
             )
         },
-        time_mean_s: mean,
-        time_sd_s: sd,
-        p_below_target: f(r, &["baseline", "below_target", "p_value"]),
+        time_mean_s: time.map(|t| t.mean),
+        time_sd_s: time.filter(|t| t.n > 1).map(|t| t.std),
+        p_below_target: b.below_target.map(|t| t.p_value),
         speedup: Some(1.0),
         speedup_low: None,
         speedup_high: None,
-        tokens_to_target: runs_mean(b, "tokens_to_target"),
-        val_loss_mean: f(r, &["baseline", "val_loss", "mean"]),
+        tokens_to_target: runs_mean(&b.runs, |run| run.tokens_to_target.map(|t| t as f64)),
+        val_loss_mean: b.val_loss.map(|v| v.mean),
         verdict: String::new(),
         command: format!(
-            "for s in {}; do speedrun run --track {} --seed $s; done",
+            "for s in {}; do speedrun run --track {} --seed $s --steps {}; done",
             seeds.join(" "),
-            r["track"].as_str().unwrap_or("")
+            r.track,
+            r.baseline_steps
         ),
     }
 }
@@ -161,30 +149,40 @@ pub fn rows(store: &Store, track: &str, min_seeds: usize) -> Result<Ladder> {
     // A row stands on scoring runs only: every candidate run complete, valid
     // and official (shortened by design: a record trains fewer steps), every
     // baseline run that and of the track's whole budget as well.
-    let counts = |c: &StoredComparison| -> bool {
-        let side_ok = |side: &str, full: bool| {
-            c.report[side]["runs"].as_array().is_some_and(|rs| {
-                rs.iter().all(|r| {
-                    let run = r["store_id"].as_i64().and_then(|id| runs.get(&id));
-                    run.is_some_and(|run| match crate::score::exclusion(run) {
-                        None => true,
-                        Some(crate::score::Exclusion::Truncated) => !full,
-                        Some(_) => false,
-                    })
-                })
+    let scores = |side: &[BenchRun], full: bool| {
+        side.iter().all(|r| {
+            let run = r.store_id.and_then(|id| runs.get(&id));
+            run.is_some_and(|run| match crate::score::exclusion(run) {
+                None => true,
+                Some(crate::score::Exclusion::Truncated) => !full,
+                Some(_) => false,
             })
-        };
-        side_ok("candidate", false) && side_ok("baseline", true)
+        })
     };
-    let kept: Vec<&StoredComparison> = all
-        .iter()
-        .filter(|c| c.baseline == "reference")
-        .filter(|c| c.report["seeds"].as_array().map_or(0, |s| s.len()) >= min_seeds)
-        .filter(|c| counts(c))
-        .collect();
+    let mut kept: Vec<(&StoredComparison, Report)> = Vec::new();
+    for c in all.iter().filter(|c| c.baseline == "reference") {
+        // The report as `bench` wrote it; one this version cannot read (an
+        // older layout) is left out and counted, not guessed at.
+        let report: Report = match serde_json::from_value(c.report.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    "comparison {} left out of the ladder: its report does not read: {e}",
+                    c.id
+                );
+                continue;
+            }
+        };
+        if report.seeds.len() >= min_seeds
+            && scores(&report.candidate.runs, false)
+            && scores(&report.baseline.runs, true)
+        {
+            kept.push((c, report));
+        }
+    }
     Ok(Ladder {
-        reference: kept.first().map(|c| reference_row(c)),
-        rows: kept.iter().map(|c| row(c)).collect(),
+        reference: kept.first().map(|(c, r)| reference_row(c, r)),
+        rows: kept.iter().map(|(c, r)| row(c, r)).collect(),
         left_out: total - kept.len(),
     })
 }
@@ -277,7 +275,8 @@ pub fn render(track: &str, ladder: &Ladder, format: Format) -> Result<String> {
             }
         }
         _ => {
-            let _ = writeln!(o, "track {track}: {} rows", rows.len());
+            let n = all.len();
+            let _ = writeln!(o, "track {track}: {n} row{}", if n == 1 { "" } else { "s" });
             for c in &all {
                 let _ = writeln!(
                     o,

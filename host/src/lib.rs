@@ -2,27 +2,32 @@
 //! and the record of every run; candidate changes plug into named hook points of
 //! its reference training loop. The `speedrun` binary is a thin shell over this
 //! library.
+//!
+//! `pub` are the modules the binary and the integration tests reach (the
+//! tests drive the loop, the store and the plugin boundary directly); the rest
+//! are `pub(crate)`, reached only through `cli`. `docs/ARCHITECTURE.md` has
+//! what each owns and the order they may use one another in.
 
-pub mod bench;
+pub(crate) mod bench;
 pub mod checkpoint;
 pub mod cli;
-pub mod compare;
+pub(crate) mod compare;
 pub mod data;
 pub mod device;
-pub mod ladder;
+pub(crate) mod ladder;
 pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod parallel;
-pub mod plot;
+pub(crate) mod plot;
 pub mod plugins;
 pub mod ranks;
 pub mod record;
-pub mod score;
-pub mod stats;
+pub(crate) mod score;
+pub(crate) mod stats;
 pub mod store;
-pub mod submit;
+pub(crate) mod submit;
 pub mod track;
 pub mod train;
 pub mod verify;
-pub mod views;
+pub(crate) mod views;

@@ -11,46 +11,74 @@ use std::path::PathBuf;
 
 pub use speedrun_sandbox_policy::Transport;
 
-/// Where a run is in its life; the store's `runs.status` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Running,
-    Complete,
-    Failed,
-    /// The process running it ended before the run finished (found at the store's next open).
-    Incomplete,
-}
-
-impl RunStatus {
-    pub fn name(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Complete => "complete",
-            RunStatus::Failed => "failed",
-            RunStatus::Incomplete => "incomplete",
+/// A status enum stored as text: its names are serde's (snake_case), and
+/// `Display`/`FromStr` spell them the same way, so the JSON and the SQL agree.
+macro_rules! status_enum {
+    ($(#[$doc:meta])* $name:ident, $what:literal { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
         }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<$name, String> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.name() == s)
+                    .ok_or_else(|| format!("{s:?} is not a {}", $what))
+            }
+        }
+    };
+}
+
+status_enum! {
+    /// Where a run is in its life; the store's `runs.status` column.
+    RunStatus, "run status" {
+        Running = "running",
+        Complete = "complete",
+        Failed = "failed",
+        /// The process running it ended before the run finished (found at the store's next open).
+        Incomplete = "incomplete",
     }
 }
 
-impl std::fmt::Display for RunStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for RunStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<RunStatus, String> {
-        [
-            RunStatus::Running,
-            RunStatus::Complete,
-            RunStatus::Failed,
-            RunStatus::Incomplete,
-        ]
-        .into_iter()
-        .find(|v| v.name() == s)
-        .ok_or_else(|| format!("{s:?} is not a run status"))
+status_enum! {
+    /// Where a submission is; the store's `submissions.status` column and the
+    /// verdict's `status`.
+    SubmissionStatus, "submission status" {
+        /// Stored, its library not built yet.
+        Building = "building",
+        BuildFailed = "build_failed",
+        Running = "running",
+        /// Every run valid: it scores (a record if it beat the record).
+        Valid = "valid",
+        /// A check failed, or the policy refused it.
+        Invalid = "invalid",
+        /// It could not run (an error that is not the submission's fault or not a check).
+        Error = "error",
+        /// Written by earlier versions; read, never written now.
+        Refused = "refused",
+        Failed = "failed",
     }
 }
 
@@ -196,4 +224,32 @@ pub struct RunSummary {
     pub train_losses: Vec<f32>,
     #[serde(skip)]
     pub run_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_are_serdes_and_parse_back() {
+        fn check<T>(all: &[T])
+        where
+            T: Copy
+                + Serialize
+                + std::str::FromStr<Err = String>
+                + std::fmt::Display
+                + PartialEq
+                + std::fmt::Debug,
+        {
+            for &v in all {
+                let json = serde_json::to_value(v).unwrap();
+                assert_eq!(json.as_str(), Some(v.to_string().as_str()));
+                assert_eq!(v.to_string().parse::<T>().unwrap(), v);
+            }
+        }
+        check(RunStatus::ALL);
+        check(SubmissionStatus::ALL);
+        let e = "nope".parse::<SubmissionStatus>().unwrap_err();
+        assert!(e.contains("not a submission status"), "{e}");
+    }
 }

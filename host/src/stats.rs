@@ -6,11 +6,11 @@
 //! (`ttest_1samp`, `ttest_ind(equal_var=False)`), and the tests check them
 //! against scipy's output.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 /// Mean, sample standard deviation (n − 1) and size of a sample.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub n: usize,
     pub mean: f64,
@@ -43,7 +43,7 @@ fn student(df: f64) -> Option<StudentsT> {
 }
 
 /// A t statistic, its degrees of freedom and p-value.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TTest {
     pub t: f64,
     pub df: f64,
@@ -68,7 +68,7 @@ pub fn mean_below(xs: &[f64], target: f64) -> Option<TTest> {
 
 /// Welch's test of `a` against `b`: the statistic for mean(a) − mean(b), the
 /// Welch–Satterthwaite degrees of freedom, and both p-values.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Welch {
     pub t: f64,
     pub df: f64,
@@ -104,7 +104,7 @@ fn welch_df(a: &Summary, b: &Summary) -> f64 {
 }
 
 /// A point estimate with a two-sided 95% confidence interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     pub estimate: f64,
     pub low: f64,

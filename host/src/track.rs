@@ -34,22 +34,9 @@ pub struct DataSpec {
     pub missing_hint: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    pub layers: usize,
-    pub heads: usize,
-    pub width: usize,
-    pub seq_len: usize,
-    /// The model's vocabulary, possibly padded (the speedrun pads 50257 to 50304).
-    pub vocab: usize,
-}
-
-impl ModelSpec {
-    pub fn head_dim(&self) -> usize {
-        self.width / self.heads
-    }
-}
+/// The track's `[model]` table is the plugins' `ModelShape`: one name for the
+/// model's shape on both sides of the boundary.
+pub use speedrun_plugin_abi::ModelShape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,7 +96,7 @@ pub struct Track {
     pub description: String,
     pub hardware: HardwareClass,
     pub data: DataSpec,
-    pub model: ModelSpec,
+    pub model: ModelShape,
     pub train: TrainSpec,
     pub optimizer: OptimizerSpec,
     pub validation: ValidationSpec,

@@ -17,7 +17,7 @@ use crate::stats::{self, Interval, Summary, TTest, Welch};
 use crate::track::LoadedTrack;
 use crate::train::{self, RunOptions};
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use speedrun_sandbox_policy::LoadedPolicy;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -194,7 +194,7 @@ pub fn check_seeds(seeds: &[u64]) -> Result<()> {
 }
 
 /// One run of the bench.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRun {
     pub seed: u64,
     pub run_dir: String,

@@ -11,7 +11,7 @@ pub const TARGET_P: f64 = 0.01;
 pub const SPEEDUP_P: f64 = 0.05;
 
 /// One side of the comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Side {
     pub stack: String,
     pub runs: Vec<BenchRun>,
@@ -55,7 +55,7 @@ impl Side {
 }
 
 /// Which time the speedup compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeMeasure {
     /// Every candidate run reached the target: the speedrun's metric (a baseline
@@ -65,7 +65,7 @@ pub enum TimeMeasure {
     TrainTime,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BenchVerdict {
     /// A candidate run failed a check or did not finish: no claim stands.
@@ -81,7 +81,7 @@ pub enum BenchVerdict {
 }
 
 /// The p-values the verdict rests on, by name.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PValues {
     /// One-sided t-test: candidate mean validation loss < target.
     pub candidate_below_target: Option<f64>,
@@ -93,7 +93,7 @@ pub struct PValues {
     pub speedup_two_sided: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub track: String,
     pub target_val_loss: Option<f64>,

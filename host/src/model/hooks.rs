@@ -2,9 +2,9 @@
 //! The reference GPT implements every one (`model::reference`); a plugin replaces
 //! some. The contract of each hook is written on its trait.
 
-use super::params::ParamSpec;
+use super::params::ParamDecl;
 use super::Model;
-use crate::track::ModelSpec;
+use crate::track::ModelShape;
 use anyhow::Result;
 use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
@@ -13,7 +13,7 @@ pub use speedrun_kernels::Precision;
 /// What a forward hook may read: the parameters, the shape, whether it is training.
 pub struct ForwardCtx<'a> {
     pub params: &'a super::params::ParamStore,
-    pub spec: &'a ModelSpec,
+    pub spec: &'a ModelShape,
     /// False while the host validates (eval mode).
     pub train: bool,
     /// The forward pass's token ids `[B, T]` (plugins read them with the `tokens` op).
@@ -27,7 +27,7 @@ pub use speedrun_plugin_abi::NormSite;
 /// `model.params`: receives the declarations so far, returns the model's full list
 /// (may add, remove or reshape). Called once, before initialisation.
 pub trait ParamsHook {
-    fn params(&self, spec: &ModelSpec, declared: Vec<ParamSpec>) -> Result<Vec<ParamSpec>>;
+    fn params(&self, spec: &ModelShape, declared: Vec<ParamDecl>) -> Result<Vec<ParamDecl>>;
 }
 
 /// `model.init`: the initial value of one parameter, drawn from the host's seeded
@@ -35,8 +35,8 @@ pub trait ParamsHook {
 pub trait InitHook {
     fn init(
         &self,
-        p: &ParamSpec,
-        spec: &ModelSpec,
+        p: &ParamDecl,
+        spec: &ModelShape,
         rng: &mut ChaCha8Rng,
     ) -> Result<Option<Vec<f32>>>;
 }

@@ -7,7 +7,7 @@ pub mod ops;
 pub mod params;
 pub mod reference;
 
-use crate::track::ModelSpec;
+use crate::track::ModelShape;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use hooks::*;
@@ -55,7 +55,7 @@ impl Default for ModelHooks {
 }
 
 pub struct Model {
-    pub spec: ModelSpec,
+    pub spec: ModelShape,
     pub params: ParamStore,
     hooks: ModelHooks,
     /// The dtype the forward's products run in (the track's `train.precision`).
@@ -65,13 +65,18 @@ pub struct Model {
 impl Model {
     /// Declares the parameters (`model.params`), initialises each (`model.init`) from
     /// the seeded per-parameter generator, and keeps the forward hooks.
-    pub fn build(spec: &ModelSpec, hooks: ModelHooks, seed: u64, device: &Device) -> Result<Model> {
+    pub fn build(
+        spec: &ModelShape,
+        hooks: ModelHooks,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Model> {
         Model::build_with_dtype(spec, hooks, seed, device, DType::F32)
     }
 
     /// As `build`, with parameters held in `dtype` (f64 for gradient checks).
     pub fn build_with_dtype(
-        spec: &ModelSpec,
+        spec: &ModelShape,
         hooks: ModelHooks,
         seed: u64,
         device: &Device,

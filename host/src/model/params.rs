@@ -2,7 +2,7 @@
 //! values by the `model.init` hook from the host's seeded generator, and held by
 //! the host as candle `Var`s under Hugging Face GPT-2 names.
 
-use crate::track::ModelSpec;
+use crate::track::ModelShape;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
@@ -11,11 +11,11 @@ use std::collections::HashMap;
 
 /// Parameter declarations are the plugin API's, so a `model.params` plugin and
 /// the host speak of the same thing.
-pub use speedrun_plugin_abi::{ParamDecl as ParamSpec, ParamKind};
+pub use speedrun_plugin_abi::{ParamDecl, ParamKind};
 
 /// A parameter with its value.
 pub struct Param {
-    pub spec: ParamSpec,
+    pub spec: ParamDecl,
     pub var: Var,
 }
 
@@ -40,13 +40,13 @@ pub fn param_rng(seed: u64, name: &str) -> ChaCha8Rng {
 
 impl ParamStore {
     /// Builds the store from declared specs and their initial values (f32).
-    pub fn new(values: Vec<(ParamSpec, Vec<f32>)>, device: &Device) -> Result<ParamStore> {
+    pub fn new(values: Vec<(ParamDecl, Vec<f32>)>, device: &Device) -> Result<ParamStore> {
         ParamStore::with_dtype(values, device, DType::F32)
     }
 
     /// As `new`, holding the values in `dtype` (f64 for gradient checks).
     pub fn with_dtype(
-        values: Vec<(ParamSpec, Vec<f32>)>,
+        values: Vec<(ParamDecl, Vec<f32>)>,
         device: &Device,
         dtype: DType,
     ) -> Result<ParamStore> {
@@ -143,33 +143,33 @@ impl ParamStore {
 }
 
 /// The reference GPT-2's parameters (Hugging Face names and layouts: Conv1D weights are `[in, out]`).
-pub fn reference_params(m: &ModelSpec) -> Vec<ParamSpec> {
+pub fn reference_params(m: &ModelShape) -> Vec<ParamDecl> {
     use ParamKind::*;
     let (d, v, t) = (m.width, m.vocab, m.seq_len);
     let mut out = vec![
-        ParamSpec::new("transformer.wte.weight", &[v, d], TokenEmbedding),
-        ParamSpec::new("transformer.wpe.weight", &[t, d], PositionEmbedding),
+        ParamDecl::new("transformer.wte.weight", &[v, d], TokenEmbedding),
+        ParamDecl::new("transformer.wpe.weight", &[t, d], PositionEmbedding),
     ];
     for l in 0..m.layers {
         let p = |s: &str| format!("transformer.h.{l}.{s}");
         out.extend([
-            ParamSpec::new(p("ln_1.weight"), &[d], NormGain),
-            ParamSpec::new(p("ln_1.bias"), &[d], NormBias),
-            ParamSpec::new(p("attn.c_attn.weight"), &[d, 3 * d], Matrix),
-            ParamSpec::new(p("attn.c_attn.bias"), &[3 * d], Bias),
-            ParamSpec::new(p("attn.c_proj.weight"), &[d, d], ResidualProjection),
-            ParamSpec::new(p("attn.c_proj.bias"), &[d], Bias),
-            ParamSpec::new(p("ln_2.weight"), &[d], NormGain),
-            ParamSpec::new(p("ln_2.bias"), &[d], NormBias),
-            ParamSpec::new(p("mlp.c_fc.weight"), &[d, 4 * d], Matrix),
-            ParamSpec::new(p("mlp.c_fc.bias"), &[4 * d], Bias),
-            ParamSpec::new(p("mlp.c_proj.weight"), &[4 * d, d], ResidualProjection),
-            ParamSpec::new(p("mlp.c_proj.bias"), &[d], Bias),
+            ParamDecl::new(p("ln_1.weight"), &[d], NormGain),
+            ParamDecl::new(p("ln_1.bias"), &[d], NormBias),
+            ParamDecl::new(p("attn.c_attn.weight"), &[d, 3 * d], Matrix),
+            ParamDecl::new(p("attn.c_attn.bias"), &[3 * d], Bias),
+            ParamDecl::new(p("attn.c_proj.weight"), &[d, d], ResidualProjection),
+            ParamDecl::new(p("attn.c_proj.bias"), &[d], Bias),
+            ParamDecl::new(p("ln_2.weight"), &[d], NormGain),
+            ParamDecl::new(p("ln_2.bias"), &[d], NormBias),
+            ParamDecl::new(p("mlp.c_fc.weight"), &[d, 4 * d], Matrix),
+            ParamDecl::new(p("mlp.c_fc.bias"), &[4 * d], Bias),
+            ParamDecl::new(p("mlp.c_proj.weight"), &[4 * d, d], ResidualProjection),
+            ParamDecl::new(p("mlp.c_proj.bias"), &[d], Bias),
         ]);
     }
     out.extend([
-        ParamSpec::new("transformer.ln_f.weight", &[d], NormGain),
-        ParamSpec::new("transformer.ln_f.bias", &[d], NormBias),
+        ParamDecl::new("transformer.ln_f.weight", &[d], NormGain),
+        ParamDecl::new("transformer.ln_f.bias", &[d], NormBias),
     ]);
     out
 }

@@ -4,9 +4,9 @@
 
 use super::hooks::*;
 use super::ops;
-use super::params::{ParamKind, ParamSpec};
+use super::params::{ParamDecl, ParamKind};
 use super::Model;
-use crate::track::ModelSpec;
+use crate::track::ModelShape;
 use anyhow::Result;
 use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +24,7 @@ fn layer_param<'a>(cx: &'a ForwardCtx, layer: usize, name: &str) -> Result<&'a T
 }
 
 impl ParamsHook for ReferenceGpt {
-    fn params(&self, spec: &ModelSpec, declared: Vec<ParamSpec>) -> Result<Vec<ParamSpec>> {
+    fn params(&self, spec: &ModelShape, declared: Vec<ParamDecl>) -> Result<Vec<ParamDecl>> {
         let mut out = super::params::reference_params(spec);
         out.extend(declared);
         Ok(out)
@@ -35,8 +35,8 @@ impl InitHook for ReferenceGpt {
     /// llm.c: normal(0, 0.02); residual projections 0.02 / sqrt(2 * layers); biases 0; gains 1.
     fn init(
         &self,
-        p: &ParamSpec,
-        spec: &ModelSpec,
+        p: &ParamDecl,
+        spec: &ModelShape,
         rng: &mut ChaCha8Rng,
     ) -> Result<Option<Vec<f32>>> {
         let n = p.numel();

@@ -112,7 +112,7 @@ impl Optimizer for AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::params::{ParamKind, ParamSpec};
+    use crate::model::params::{ParamDecl, ParamKind};
     use candle_core::Device;
 
     /// Two AdamW steps on a 2-D weight and a 1-D bias, against values worked by hand in f64.
@@ -123,8 +123,8 @@ mod tests {
         let b0 = [0.1f32, -0.2];
         let params = ParamStore::new(
             vec![
-                (ParamSpec::new("w", &[2, 2], ParamKind::Matrix), w0.to_vec()),
-                (ParamSpec::new("b", &[2], ParamKind::Bias), b0.to_vec()),
+                (ParamDecl::new("w", &[2, 2], ParamKind::Matrix), w0.to_vec()),
+                (ParamDecl::new("b", &[2], ParamKind::Bias), b0.to_vec()),
             ],
             &dev,
         )

@@ -6,10 +6,9 @@
 use super::handles::Held;
 use super::session::PluginSession;
 use crate::model::hooks::*;
-use crate::model::params::{ParamSpec, ParamStore};
+use crate::model::params::{ParamDecl, ParamStore};
 use crate::model::Model;
 use crate::optim::{Grads, Optimizer, Schedule, ScheduleOut, StepInput};
-use crate::track::ModelSpec;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use rand_chacha::ChaCha8Rng;
@@ -18,16 +17,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 pub type Shared = Rc<RefCell<PluginSession>>;
-
-fn shape(spec: &ModelSpec) -> ModelShape {
-    ModelShape {
-        layers: spec.layers,
-        width: spec.width,
-        heads: spec.heads,
-        seq_len: spec.seq_len,
-        vocab: spec.vocab,
-    }
-}
 
 fn session(s: &Shared) -> Result<std::cell::RefMut<'_, PluginSession>> {
     s.try_borrow_mut()
@@ -125,12 +114,12 @@ impl Schedule for PluginSchedule {
 pub struct PluginParams(pub Shared);
 
 impl ParamsHook for PluginParams {
-    fn params(&self, spec: &ModelSpec, declared: Vec<ParamSpec>) -> Result<Vec<ParamSpec>> {
+    fn params(&self, spec: &ModelShape, declared: Vec<ParamDecl>) -> Result<Vec<ParamDecl>> {
         session(&self.0)?.call(
             HookPoint::ModelParams,
             None,
             None,
-            |_| Ok(wire::params_args(&shape(spec), &declared)?),
+            |_| Ok(wire::params_args(spec, &declared)?),
             |reply, _| Ok(wire::read_params_reply(reply)?),
         )
     }
@@ -141,15 +130,15 @@ pub struct PluginInit(pub Shared);
 impl InitHook for PluginInit {
     fn init(
         &self,
-        p: &ParamSpec,
-        spec: &ModelSpec,
+        p: &ParamDecl,
+        spec: &ModelShape,
         rng: &mut ChaCha8Rng,
     ) -> Result<Option<Vec<f32>>> {
         session(&self.0)?.call(
             HookPoint::ModelInit,
             None,
             Some(rng),
-            |_| Ok(wire::init_args(&shape(spec), p)?),
+            |_| Ok(wire::init_args(spec, p)?),
             |reply, table| {
                 let Some(h) = wire::read_init_reply(reply) else {
                     return Ok(None);
@@ -202,12 +191,7 @@ fn forward_call_on(
                 .iter()
                 .map(|t| table.scoped((*t).clone()))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(wire::forward_args(
-                cx.train,
-                &shape(cx.spec),
-                &handles,
-                extra,
-            ))
+            Ok(wire::forward_args(cx.train, cx.spec, &handles, extra))
         },
         |reply, table| Ok(table.tensor(wire::read_tensor_reply(reply)?)?.clone()),
     )

@@ -2,7 +2,7 @@
 //! later) and records (the submissions that beat their track's record).
 
 use super::{now, Store};
-use crate::record::Transport;
+use crate::record::{SubmissionStatus, Transport};
 use anyhow::{bail, Result};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -20,8 +20,7 @@ pub struct Submission {
     pub source_sha256: String,
     pub transport: Transport,
     pub library_sha256: Option<String>,
-    /// building, build_failed, refused, running, valid, invalid, failed
-    pub status: String,
+    pub status: SubmissionStatus,
     /// Mixed into its runs' label secret (hex; none before checks v2).
     pub label_nonce: Option<String>,
 }
@@ -82,7 +81,7 @@ fn read_submission(r: &rusqlite::Row) -> rusqlite::Result<Submission> {
         source_sha256: r.get(5)?,
         transport: super::parsed(r, 6)?,
         library_sha256: r.get(7)?,
-        status: r.get(8)?,
+        status: super::parsed(r, 8)?,
         track_path: r.get(9)?,
         label_nonce: r.get(10)?,
     })
@@ -134,8 +133,8 @@ impl Store {
     ) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO submissions (created_at, track, track_path, crate_name, description, source_sha256, source, transport, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'building')",
-            params![now(), track, track_path, crate_name, description, source_sha256, source, transport.name()],
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![now(), track, track_path, crate_name, description, source_sha256, source, transport.name(), SubmissionStatus::Building.name()],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -160,12 +159,12 @@ impl Store {
     pub fn set_submission_status(
         &self,
         id: i64,
-        status: &str,
+        status: SubmissionStatus,
         verdict: Option<&serde_json::Value>,
     ) -> Result<()> {
         self.conn.execute(
             "UPDATE submissions SET status = ?2, verdict = COALESCE(?3, verdict) WHERE id = ?1",
-            params![id, status, verdict.map(|v| v.to_string())],
+            params![id, status.name(), verdict.map(|v| v.to_string())],
         )?;
         Ok(())
     }

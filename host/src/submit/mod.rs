@@ -17,7 +17,7 @@ pub use verdict::*;
 
 use crate::compare::{self, BenchRun, BenchVerdict, Report, Session, Side, StackSpec, TimeMeasure};
 use crate::plugins::{self, build};
-use crate::record::Transport;
+use crate::record::{SubmissionStatus, Transport};
 use crate::score::{self, Axis};
 use crate::stats::{Interval, Summary};
 use crate::store::{NewRecord, Record, Store};
@@ -106,6 +106,12 @@ pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
     let track = &o.track.track;
     compare::check_seeds(&o.seeds)?;
     let snap = snapshot::take(&o.crate_dir)?;
+    tracing::info!(
+        "snapshot of {}: {} files, sha256 {}",
+        snap.crate_name,
+        snap.files,
+        snap.sha256
+    );
     let store = Store::open(&o.store)?;
     let transport = if o.native {
         Transport::Native
@@ -124,7 +130,7 @@ pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
     let work = work_root(&o.store).join(format!("{id}-{}", &snap.sha256[..12]));
     let v = SubmitVerdict {
         schema: SCHEMA,
-        status: "running".into(),
+        status: SubmissionStatus::Running,
         exit_code: 1,
         valid: false,
         error: None,
@@ -157,10 +163,12 @@ pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
     };
     let v = match run_submission(o, &store, id, &work, deadline, v.clone()) {
         Ok(done) => done,
-        Err(e) => v.stop("error", 1, format!("{e:#}")),
+        Err(e) => v.stop(SubmissionStatus::Error, 1, format!("{e:#}")),
     };
-    let status = match v.status.as_str() {
-        "error" if v.submission.library_sha256.is_none() => "build_failed",
+    let status = match v.status {
+        SubmissionStatus::Error if v.submission.library_sha256.is_none() => {
+            SubmissionStatus::BuildFailed
+        }
         s => s,
     };
     store.set_submission_status(id, status, Some(&serde_json::to_value(&v)?))?;
@@ -190,7 +198,11 @@ fn run_submission(
             detail: format!("{e:#}"),
             seeds_failed: o.seeds.clone(),
         });
-        return Ok(v.stop("invalid", 2, format!("refused by the policy: {e:#}")));
+        return Ok(v.stop(
+            SubmissionStatus::Invalid,
+            2,
+            format!("refused by the policy: {e:#}"),
+        ));
     }
 
     let candidate = StackSpec {
@@ -345,7 +357,7 @@ fn run_submission(
         v.record = Some(store.record(rid)?);
     }
     if v.valid {
-        v.status = "valid".into();
+        v.status = SubmissionStatus::Valid;
         v.exit_code = 0;
     } else {
         let failed: Vec<String> = v
@@ -355,7 +367,7 @@ fn run_submission(
             .map(|c| c.check.to_string())
             .collect();
         v = v.stop(
-            "invalid",
+            SubmissionStatus::Invalid,
             2,
             format!("failed checks: {}", failed.join(", ")),
         );

@@ -81,8 +81,7 @@ pub struct Paths {
 #[derive(Debug, Clone, Serialize)]
 pub struct SubmitVerdict {
     pub schema: &'static str,
-    /// valid, invalid, or error (could not run).
-    pub status: String,
+    pub status: SubmissionStatus,
     pub exit_code: i32,
     pub valid: bool,
     pub error: Option<String>,
@@ -111,8 +110,13 @@ pub struct SubmitVerdict {
 }
 
 impl SubmitVerdict {
-    pub(super) fn stop(mut self, status: &str, code: i32, error: String) -> SubmitVerdict {
-        self.status = status.into();
+    pub(super) fn stop(
+        mut self,
+        status: SubmissionStatus,
+        code: i32,
+        error: String,
+    ) -> SubmitVerdict {
+        self.status = status;
         self.exit_code = code;
         self.valid = false;
         self.error = Some(error);
@@ -175,7 +179,7 @@ pub fn render(v: &SubmitVerdict) -> String {
     if let Some(l) = &s.library_sha256 {
         let _ = writeln!(o, "  library sha256  {l}");
     }
-    let _ = writeln!(o, "  verdict         {}", v.status.to_uppercase());
+    let _ = writeln!(o, "  verdict         {}", v.status.name().to_uppercase());
     if let Some(e) = &v.error {
         let _ = writeln!(o, "  error           {e}");
     }

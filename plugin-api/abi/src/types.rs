@@ -4,13 +4,15 @@
 use crate::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-/// The reference model's shape, as the track gives it.
+/// The reference model's shape, as the track's `[model]` table gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelShape {
     pub layers: usize,
     pub width: usize,
     pub heads: usize,
     pub seq_len: usize,
+    /// The model's vocabulary, possibly padded (the speedrun pads 50257 to 50304).
     pub vocab: usize,
 }
 
