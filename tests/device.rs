@@ -102,7 +102,7 @@ fn a_run_over_its_memory_budget_fails_naming_the_phase_and_keeps_its_record() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("runs.db");
     let mut opts = smoke_options(&dir.path().join("run"), Some(3));
-    opts.store = Some(db.clone());
+    opts.store = Some(speedrun::store::Store::open(&db).unwrap());
     // The process's resident set is always over a megabyte.
     opts.device.memory_budget = Some(1 << 20);
     let track = opts.track.track.clone();

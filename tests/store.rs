@@ -607,3 +607,49 @@ fn a_record_with_an_infinite_speedup_is_refused_by_name_and_nothing_is_lost() {
     let id = store.add_record(&rec(2.0, 0.01)).unwrap();
     assert_eq!(store.records("smoke").unwrap()[0].id, id);
 }
+
+#[test]
+fn store_handles_on_several_threads_each_get_their_own_ids() {
+    // One store opened once and handed to threads: each insert and the id it
+    // answers happen under one hold of the connection, so no thread is told
+    // another's id.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("runs.db")).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|i| {
+                        let name = format!("t{t}-{i}");
+                        let id = store
+                            .add_comparison(
+                                "smoke",
+                                &name,
+                                "reference",
+                                "not_significant",
+                                &serde_json::json!({}),
+                                &[],
+                            )
+                            .unwrap();
+                        (id, name)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answered: Vec<(i64, String)> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let stored: std::collections::HashMap<i64, String> = store
+        .comparisons("smoke")
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.candidate))
+        .collect();
+    assert_eq!(stored.len(), 100);
+    for (id, name) in answered {
+        assert_eq!(stored.get(&id), Some(&name), "comparison {id}");
+    }
+}

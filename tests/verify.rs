@@ -206,7 +206,7 @@ fn assign_during_eval_is_refused_and_named() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("runs.db");
     let mut opts = smoke_options(tmp.path(), Some(12));
-    opts.store = Some(db.clone());
+    opts.store = Some(speedrun::store::Store::open(&db).unwrap());
     let mut comps = Some(gamer_stack(serde_json::json!({"game": "eval_assign"})));
     let f = train::execute(&opts, &mut || Ok(comps.take().unwrap())).unwrap();
     // Writes are for optimizer hooks, in any mode: the contract refuses it

@@ -45,6 +45,11 @@ impl DbArg {
         }
         crate::store::Store::open(&p)
     }
+
+    /// Opens the store a run, bench or submission records into, creating it.
+    pub fn open_or_create(&self) -> Result<crate::store::Store> {
+        crate::store::Store::open(&self.path())
+    }
 }
 
 /// `--policy`: the maintainers' sandbox policy.

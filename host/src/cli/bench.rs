@@ -174,7 +174,7 @@ fn seeds(a: SeedBenchArgs) -> Result<()> {
             steps: a.steps,
             data_dir: a.run.data_dir,
             out,
-            store: Some(a.run.db.path()),
+            store: Some(a.run.db.open_or_create()?),
             policy: a.run.policy.load()?,
             progress: !a.run.quiet && !a.run.output.json,
             deadline: None,
@@ -198,7 +198,7 @@ fn seeds(a: SeedBenchArgs) -> Result<()> {
         baseline_stored: a.baseline_stored,
     };
     let report = compare::run(&spec)?;
-    print_json_or(a.run.output, &report, compare::render)?;
+    print_json_or(a.run.output, &report, report::bench)?;
     if report.verdict == BenchVerdict::Invalid {
         return Err(Invalid(report.verdict_text).into());
     }

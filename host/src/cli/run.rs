@@ -90,7 +90,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         data_dir: a.data_dir,
         save_checkpoint: a.save_checkpoint,
         progress: !a.quiet,
-        store: Some(a.db.path()),
+        store: Some(a.db.open_or_create()?),
         deadline: None,
         device: a.device,
         parallel: None,
@@ -150,7 +150,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             check.outcome.name(),
             check.detail
         );
-        train::amend_verdict(&mut s, check, opts.store.as_deref())?;
+        train::amend_verdict(&mut s, check, opts.store.as_ref())?;
     }
     print!("{}", report::run_summary(&s));
     if !s.verdict.valid {

@@ -2,7 +2,7 @@
 //! and what it leaves.
 
 use super::args::{BenchRunArgs, DbArg, JsonArg, PolicyArg, SeedArgs, TrackArg};
-use super::{print_json_or, Invalid};
+use super::{print_json_or, report, Invalid};
 use crate::submit::records::{self, Format};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -80,7 +80,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
         track: lt,
         seeds: a.seeds.list(),
         native: a.native,
-        store: a.run.db.path(),
+        store: a.run.db.open_or_create()?,
         policy: a.run.policy.load()?,
         max_wall: a.max_wall.map(Into::into),
         steps: a.steps,
@@ -88,7 +88,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
         progress: !a.run.quiet && !a.run.output.json,
         device: a.run.device,
     })?;
-    print_json_or(a.run.output, &v, crate::submit::render)?;
+    print_json_or(a.run.output, &v, report::verdict)?;
     match v.exit_code {
         0 => Ok(()),
         2 => Err(Invalid(v.error.unwrap_or_else(|| "invalid".into())).into()),
@@ -103,34 +103,32 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
 pub fn records(a: RecordsArgs) -> Result<()> {
     let t = a.track.load()?;
     let records = a.db.open()?.records(&t.track.name)?;
-    print!("{}", records::render(&t.track.name, &records, a.format)?);
+    print!("{}", report::records(&t.track.name, &records, a.format)?);
     Ok(())
 }
 
 pub fn ladder(a: LadderArgs) -> Result<()> {
     let t = a.track.load()?;
     let ladder = crate::ladder::rows(&a.db.open()?, &t.track.name, a.min_seeds)?;
-    print!(
-        "{}",
-        crate::ladder::render(&t.track.name, &ladder, a.format)?
-    );
+    print!("{}", report::ladder(&t.track.name, &ladder, a.format)?);
     Ok(())
 }
 
 pub fn reverify(a: ReverifyArgs) -> Result<()> {
     // A device this build or machine lacks is refused before the rebuild.
     crate::device::open(a.device.choice)?;
-    let track = records::track_of(&a.db.open()?, a.record)?;
+    let store = a.db.open()?;
+    let track = records::track_of(&store, a.record)?;
     let out = records::reverify(&records::ReverifyOptions {
         record: a.record,
         track,
-        store: a.db.path(),
+        store,
         seeds: (!a.seed_list.is_empty()).then_some(a.seed_list),
         policy: a.policy.load()?,
         progress: !a.quiet && !a.output.json,
         device: a.device,
     })?;
-    print_json_or(a.output, &out, records::render_reverification)?;
+    print_json_or(a.output, &out, report::reverification)?;
     if !out.valid {
         return Err(Invalid(format!("record {} re-ran INVALID", a.record)).into());
     }

@@ -8,19 +8,23 @@
 //! budget, speedup) as 95% intervals.
 
 mod report;
+mod stored;
 pub use report::*;
+pub use stored::store_comparison;
+use stored::stored_baseline;
 
 use crate::plugins;
 use crate::plugins::Components;
 use crate::record::{RunStatus, RunSummary};
 use crate::stats::{self, Interval, Summary, TTest, Welch};
+use crate::store::Store;
 use crate::track::LoadedTrack;
 use crate::train::{self, RunOptions};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use speedrun_sandbox_policy::LoadedPolicy;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The words a run's error carries when `--max-wall` ran out.
@@ -86,7 +90,7 @@ pub struct Session {
     pub data_dir: Option<PathBuf>,
     /// Run directories go under here: `ROLE-sSEED`.
     pub out: PathBuf,
-    pub store: Option<PathBuf>,
+    pub store: Option<Store>,
     pub policy: LoadedPolicy,
     pub progress: bool,
     /// Every run stops at this instant (`--max-wall`).
@@ -275,86 +279,6 @@ pub fn null_control(
     train::null_control(&opts, &mut || stack.build(&s.track, seed, &s.policy))
 }
 
-/// Stores a report as a comparison of the store at `path`; answers its id.
-pub fn store_comparison(path: &Path, report: &Report) -> Result<i64> {
-    let runs: Vec<(i64, &str)> = [
-        ("candidate", &report.candidate),
-        ("baseline", &report.baseline),
-    ]
-    .iter()
-    .flat_map(|(role, side)| {
-        side.runs
-            .iter()
-            .filter_map(move |r| r.store_id.map(|id| (id, *role)))
-    })
-    .collect();
-    let json = serde_json::to_value(report)?;
-    let verdict = serde_json::to_value(report.verdict)?;
-    crate::store::Store::open(path)?.add_comparison(
-        &report.track,
-        &report.candidate.stack,
-        &report.baseline.stack,
-        verdict.as_str().unwrap_or_default(),
-        &json,
-        &runs,
-    )
-}
-
-impl BenchRun {
-    /// A run read back from the store (`bench --baseline-stored`).
-    fn stored(r: &crate::store::StoredRun, failed_checks: Vec<String>) -> BenchRun {
-        BenchRun {
-            seed: r.seed,
-            run_dir: r.run_dir.clone(),
-            store_id: Some(r.id),
-            status: r.status,
-            valid: r.valid == Some(true) && r.status == RunStatus::Complete,
-            failed_checks,
-            final_val_loss: r.final_val_loss,
-            best_val_loss: r.best_val_loss,
-            train_time_s: r.train_time_s.unwrap_or(0.0),
-            time_to_target_s: r.time_to_target_s,
-            tokens_to_target: r.tokens_to_target,
-            tokens: r.tokens.unwrap_or(0),
-            flops: r.flops.unwrap_or(0.0),
-            error: r.error.clone(),
-        }
-    }
-}
-
-/// The reference's stored runs for every seed of the session, at `steps`; an
-/// error naming the first seed the store lacks.
-fn stored_baseline(s: &Session, stack: &StackSpec, steps: usize) -> Result<Vec<BenchRun>> {
-    if !stack.plugins.is_empty() {
-        bail!("--baseline-stored takes the reference's runs from the store; it cannot be combined with --baseline-plugin");
-    }
-    let Some(path) = &s.store else {
-        bail!("--baseline-stored needs a run store");
-    };
-    let store = crate::store::Store::open(path)?;
-    let lt = &s.track;
-    s.seeds
-        .iter()
-        .map(|&seed| {
-            let Some(r) = store.latest_complete_run(&lt.track.name, &lt.sha256, "reference", seed, steps)? else {
-                bail!(
-                    "--baseline-stored: the run store {} holds no complete reference run of seed {seed} on this track file ({}, sha256 {}) at {steps} steps; run `speedrun run --track {} --seed {seed} --db {}` first, or drop --baseline-stored",
-                    path.display(),
-                    lt.path.display(),
-                    &lt.sha256[..12.min(lt.sha256.len())],
-                    lt.track.name,
-                    path.display()
-                );
-            };
-            let failed = store
-                .verdict(r.id)?
-                .map(|v| v.failed().iter().map(|c| c.to_string()).collect())
-                .unwrap_or_default();
-            Ok(BenchRun::stored(&r, failed))
-        })
-        .collect()
-}
-
 /// Runs the bench: for each seed, the candidate then the baseline (or the
 /// candidate alone, the baseline read from the store).
 pub fn run(spec: &BenchSpec) -> Result<Report> {
@@ -389,8 +313,8 @@ pub fn run(spec: &BenchSpec) -> Result<Report> {
     );
     report.baseline_stored = spec.baseline_stored;
     report.command = spec.command();
-    if let Some(path) = &s.store {
-        report.comparison_id = Some(store_comparison(path, &report)?);
+    if let Some(store) = &s.store {
+        report.comparison_id = Some(store_comparison(store, &report)?);
     }
     Ok(report)
 }

@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Where the store lives unless `--db` or `SPEEDRUN_DB` says otherwise.
 pub fn default_path() -> PathBuf {
@@ -27,8 +28,12 @@ pub fn default_path() -> PathBuf {
     }
 }
 
+/// The run store, opened once and handed down: a clone is another handle to
+/// the same connection (each method holds it for its whole statement or
+/// transaction, so handles on several threads take turns).
+#[derive(Clone)]
 pub struct Store {
-    conn: Connection,
+    conn: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
@@ -123,7 +128,7 @@ impl Store {
         let conn = Connection::open(path)
             .with_context(|| format!("opening the run store {}", path.display()))?;
         let store = Store {
-            conn,
+            conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
         };
         store
@@ -136,18 +141,22 @@ impl Store {
         &self.path
     }
 
+    /// The connection, for one statement or transaction; a panic while another
+    /// handle held it leaves SQLite consistent (its transaction rolled back).
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn init(&self) -> Result<()> {
-        self.conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let conn = self.conn();
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // WAL: a reader never blocks the run writing; a kill leaves the last
         // committed transaction in place.
         // Switching a new file to WAL needs it alone and answers "busy" without
         // waiting on the busy handler: retry while another process opens it too.
         let started = std::time::Instant::now();
         loop {
-            match self
-                .conn
-                .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-            {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())) {
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::DatabaseBusy
                         && started.elapsed() < std::time::Duration::from_secs(10) =>
@@ -157,16 +166,17 @@ impl Store {
                 other => break other?,
             }
         }
-        self.conn.execute_batch("PRAGMA foreign_keys = ON;")?;
-        schema::migrate(&self.conn)?;
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        schema::migrate(&conn)?;
+        drop(conn);
         self.mark_abandoned()
     }
 
     /// Runs still `running` whose process is gone become `incomplete`.
     fn mark_abandoned(&self) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, pid, pid_start FROM runs WHERE status = 'running'")?;
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, pid, pid_start FROM runs WHERE status = 'running'")?;
         let running: Vec<(i64, Option<i64>, Option<String>)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
@@ -176,7 +186,7 @@ impl Store {
                 (None, _) => false,
             };
             if !alive {
-                self.conn.execute(
+                conn.execute(
                     "UPDATE runs SET status = 'incomplete', finished_at = ?2,
                      error = 'the process running it ended before the run finished'
                      WHERE id = ?1 AND status = 'running'",
@@ -189,13 +199,17 @@ impl Store {
 
     /// The record of a run already stored, to rewrite its end (a check added
     /// after the run, such as its null-data control).
-    pub fn run_record(self, id: i64) -> RunRecord {
-        RunRecord { store: self, id }
+    pub fn run_record(&self, id: i64) -> RunRecord {
+        RunRecord {
+            store: self.clone(),
+            id,
+        }
     }
 
     /// Records the start of a run; the returned record takes its evaluations and end.
-    pub fn begin_run(mut self, m: &RunManifest, run_dir: &Path) -> Result<RunRecord> {
-        let tx = self.conn.transaction()?;
+    pub fn begin_run(&self, m: &RunManifest, run_dir: &Path) -> Result<RunRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO runs (track, track_sha256, seed, run_dir, started_at, status, pid, pid_start,
                  host_version, git_revision, steps_planned, stack, official, manifest,
@@ -236,13 +250,17 @@ impl Store {
             )?;
         }
         tx.commit()?;
-        Ok(RunRecord { store: self, id })
+        Ok(RunRecord {
+            store: self.clone(),
+            id,
+        })
     }
 
     /// Every run of a track (all tracks if `None`), oldest first.
     pub fn runs(&self, track: Option<&str>) -> Result<Vec<StoredRun>> {
+        let conn = self.conn();
         let sql = format!("{RUN_COLUMNS} WHERE (?1 IS NULL OR track = ?1) ORDER BY id");
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = conn.prepare(&sql)?;
         let rows = stmt
             .query_map(params![track], read_run)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -259,12 +277,12 @@ impl Store {
         seed: u64,
         steps: usize,
     ) -> Result<Option<StoredRun>> {
+        let conn = self.conn();
         let sql = format!(
             "{RUN_COLUMNS} WHERE track = ?1 AND track_sha256 = ?2 AND stack = ?3 AND seed = ?4
              AND steps_planned = ?5 AND status = 'complete' ORDER BY id DESC LIMIT 1"
         );
-        Ok(self
-            .conn
+        Ok(conn
             .query_row(
                 &sql,
                 params![track, track_sha256, stack, seed as i64, steps as i64],
@@ -275,10 +293,10 @@ impl Store {
 
     /// A run by id, or by its run directory.
     pub fn run(&self, key: &str) -> Result<StoredRun> {
+        let conn = self.conn();
         let by_id = key.parse::<i64>().ok();
         let sql = format!("{RUN_COLUMNS} WHERE id = ?1 OR run_dir = ?2 ORDER BY id DESC LIMIT 1");
-        let found = self
-            .conn
+        let found = conn
             .query_row(&sql, params![by_id, key], read_run)
             .optional()?;
         match found {
@@ -291,7 +309,8 @@ impl Store {
     }
 
     pub fn evaluations(&self, run_id: i64) -> Result<Vec<Evaluation>> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT step, tokens, train_time_s, flops, val_loss, val_bpb FROM evaluations
              WHERE run_id = ?1 ORDER BY step",
         )?;
@@ -311,7 +330,8 @@ impl Store {
     }
 
     pub fn plugins(&self, run_id: i64) -> Result<Vec<StoredPlugin>> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT name, version, sha256, transport, hooks FROM plugins WHERE run_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt
@@ -331,7 +351,8 @@ impl Store {
 
     /// The run's verdict, if it finished (completely or not).
     pub fn verdict(&self, run_id: i64) -> Result<Option<Verdict>> {
-        let valid: Option<bool> = self.conn.query_row(
+        let conn = self.conn();
+        let valid: Option<bool> = conn.query_row(
             "SELECT valid FROM runs WHERE id = ?1",
             params![run_id],
             |r| r.get(0),
@@ -339,9 +360,8 @@ impl Store {
         let Some(valid) = valid else {
             return Ok(None);
         };
-        let mut stmt = self
-            .conn
-            .prepare("SELECT check_json FROM checks WHERE run_id = ?1 ORDER BY position")?;
+        let mut stmt =
+            conn.prepare("SELECT check_json FROM checks WHERE run_id = ?1 ORDER BY position")?;
         let checks = stmt
             .query_map(params![run_id], |r| r.get::<_, String>(0))?
             .map(|j| Ok(serde_json::from_str::<CheckResult>(&j?)?))
@@ -352,7 +372,8 @@ impl Store {
     /// Stores a bench comparison and the runs it compared; returns its id.
     /// The track's stored comparisons, oldest first, with their reports as JSON.
     pub fn comparisons(&self, track: &str) -> Result<Vec<StoredComparison>> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT id, created_at, candidate, baseline, verdict, report
              FROM comparisons WHERE track = ?1 ORDER BY id",
         )?;
@@ -385,7 +406,7 @@ impl Store {
     }
 
     pub fn add_comparison(
-        &mut self,
+        &self,
         track: &str,
         candidate: &str,
         baseline: &str,
@@ -393,7 +414,8 @@ impl Store {
         report: &serde_json::Value,
         runs: &[(i64, &str)],
     ) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO comparisons (created_at, track, candidate, baseline, verdict, report)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -419,9 +441,8 @@ impl Store {
 
     /// SQLite's own consistency check ("ok" when the file is sound).
     pub fn integrity(&self) -> Result<String> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        let conn = self.conn();
+        Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 }
 

@@ -16,7 +16,7 @@ impl RunRecord {
 
     /// One validation, committed at once (a kill after it keeps it).
     pub fn evaluation(
-        &mut self,
+        &self,
         step: usize,
         tokens: u64,
         train_time_s: f64,
@@ -24,7 +24,8 @@ impl RunRecord {
         val_loss: f64,
         val_bpb: f64,
     ) -> Result<()> {
-        self.store.conn.execute(
+        let conn = self.store.conn();
+        conn.execute(
             "INSERT OR REPLACE INTO evaluations (run_id, step, tokens, train_time_s, flops, val_loss, val_bpb)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![self.id, step as i64, tokens as i64, train_time_s, flops, val_loss, val_bpb],
@@ -33,8 +34,9 @@ impl RunRecord {
     }
 
     /// The run's end: summary, scores and verdict, in one transaction.
-    pub fn finish(&mut self, s: &RunSummary) -> Result<()> {
-        let tx = self.store.conn.transaction()?;
+    pub fn finish(&self, s: &RunSummary) -> Result<()> {
+        let mut conn = self.store.conn();
+        let tx = conn.transaction()?;
         tx.execute(
             "UPDATE runs SET status = ?2, finished_at = ?3, steps = ?4, tokens = ?5, train_time_s = ?6,
                  flops = ?7, final_val_loss = ?8, best_val_loss = ?9, final_val_bpb = ?10,

@@ -131,16 +131,18 @@ impl Store {
         source: &[u8],
         transport: Transport,
     ) -> Result<i64> {
-        self.conn.execute(
+        let conn = self.conn();
+        conn.execute(
             "INSERT INTO submissions (created_at, track, track_path, crate_name, description, source_sha256, source, transport, status)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![now(), track, track_path, crate_name, description, source_sha256, source, transport.name(), SubmissionStatus::Building.name()],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        Ok(conn.last_insert_rowid())
     }
 
     pub fn set_submission_label_nonce(&self, id: i64, nonce: &[u8; 32]) -> Result<()> {
-        self.conn.execute(
+        let conn = self.conn();
+        conn.execute(
             "UPDATE submissions SET label_nonce = ?2 WHERE id = ?1",
             params![id, hex::encode(nonce)],
         )?;
@@ -148,7 +150,8 @@ impl Store {
     }
 
     pub fn set_submission_library(&self, id: i64, library_sha256: &str) -> Result<()> {
-        self.conn.execute(
+        let conn = self.conn();
+        conn.execute(
             "UPDATE submissions SET library_sha256 = ?2 WHERE id = ?1",
             params![id, library_sha256],
         )?;
@@ -162,7 +165,8 @@ impl Store {
         status: SubmissionStatus,
         verdict: Option<&serde_json::Value>,
     ) -> Result<()> {
-        self.conn.execute(
+        let conn = self.conn();
+        conn.execute(
             "UPDATE submissions SET status = ?2, verdict = COALESCE(?3, verdict) WHERE id = ?1",
             params![id, status.name(), verdict.map(|v| v.to_string())],
         )?;
@@ -170,9 +174,9 @@ impl Store {
     }
 
     pub fn submission(&self, id: i64) -> Result<Submission> {
+        let conn = self.conn();
         let sql = format!("{SUBMISSION_COLUMNS} WHERE id = ?1");
-        match self
-            .conn
+        match conn
             .query_row(&sql, params![id], read_submission)
             .optional()?
         {
@@ -189,7 +193,8 @@ impl Store {
     /// SHA-256 recorded when it was submitted: a rewritten archive is refused
     /// naming both hashes.
     pub fn submission_source(&self, id: i64) -> Result<Vec<u8>> {
-        let (archive, recorded): (Vec<u8>, String) = self.conn.query_row(
+        let conn = self.conn();
+        let (archive, recorded): (Vec<u8>, String) = conn.query_row(
             "SELECT source, source_sha256 FROM submissions WHERE id = ?1",
             params![id],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -204,6 +209,7 @@ impl Store {
     }
 
     pub fn add_record(&self, r: &NewRecord) -> Result<i64> {
+        let conn = self.conn();
         // A number the statistics could not give (a time to target of 0 makes
         // the speedup infinite or undefined) is refused by name, not by SQLite.
         for (what, v) in [
@@ -220,7 +226,7 @@ impl Store {
                 );
             }
         }
-        self.conn.execute(
+        conn.execute(
             "INSERT INTO records (track, submission_id, comparison_id, created_at, description,
                  time_to_target_s, val_loss, p_target, p_speedup, speedup, previous, seeds)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -239,13 +245,14 @@ impl Store {
                 serde_json::to_string(r.seeds)?,
             ],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        Ok(conn.last_insert_rowid())
     }
 
     /// A track's records, oldest first (the last is the current record).
     pub fn records(&self, track: &str) -> Result<Vec<Record>> {
+        let conn = self.conn();
         let sql = format!("{RECORD_COLUMNS} WHERE r.track = ?1 ORDER BY r.id");
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = conn.prepare(&sql)?;
         let rows = stmt
             .query_map(params![track], read_record)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -253,12 +260,9 @@ impl Store {
     }
 
     pub fn record(&self, id: i64) -> Result<Record> {
+        let conn = self.conn();
         let sql = format!("{RECORD_COLUMNS} WHERE r.id = ?1");
-        match self
-            .conn
-            .query_row(&sql, params![id], read_record)
-            .optional()?
-        {
+        match conn.query_row(&sql, params![id], read_record).optional()? {
             Some(r) => Ok(r),
             None => bail!("the run store {} holds no record {id}", self.path.display()),
         }

@@ -22,7 +22,7 @@ use crate::score::{self, Axis};
 use crate::stats::{Interval, Summary};
 use crate::store::{NewRecord, Record, Store};
 use crate::track::LoadedTrack;
-use crate::verify::{check_line, Check, Outcome};
+use crate::verify::{Check, Outcome};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use speedrun_sandbox_policy::LoadedPolicy;
@@ -35,7 +35,7 @@ pub struct SubmitOptions {
     pub seeds: Vec<u64>,
     /// Build and run natively (only for a library the policy approves).
     pub native: bool,
-    pub store: PathBuf,
+    pub store: Store,
     pub policy: LoadedPolicy,
     pub max_wall: Option<Duration>,
     /// Fewer steps than the budget (a quick check; never a record).
@@ -112,7 +112,7 @@ pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
         snap.files,
         snap.sha256
     );
-    let store = Store::open(&o.store)?;
+    let store = &o.store;
     let transport = if o.native {
         Transport::Native
     } else {
@@ -127,7 +127,7 @@ pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
         &snap.archive,
         transport,
     )?;
-    let work = work_root(&o.store).join(format!("{id}-{}", &snap.sha256[..12]));
+    let work = work_root(o.store.path()).join(format!("{id}-{}", &snap.sha256[..12]));
     let v = SubmitVerdict {
         schema: SCHEMA,
         status: SubmissionStatus::Running,
@@ -161,7 +161,7 @@ pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
         runs: Vec::new(),
         paths: Paths::default(),
     };
-    let v = match run_submission(o, &store, id, &work, deadline, v.clone()) {
+    let v = match run_submission(o, store, id, &work, deadline, v.clone()) {
         Ok(done) => done,
         Err(e) => v.stop(SubmissionStatus::Error, 1, format!("{e:#}")),
     };
@@ -217,7 +217,7 @@ fn run_submission(
             plugins: vec![rebuild(
                 store,
                 r.submission_id,
-                &work_root(&o.store).join(format!("record-{}", r.id)),
+                &work_root(o.store.path()).join(format!("record-{}", r.id)),
             )?],
             wasm: r.transport == Transport::Wasm,
             label: Some(format!("record {} ({})", r.id, r.crate_name)),

@@ -10,8 +10,6 @@ use crate::track::LoadedTrack;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use speedrun_sandbox_policy::LoadedPolicy;
-use std::fmt::Write;
-use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -30,90 +28,6 @@ impl std::str::FromStr for Format {
             other => Err(format!("unknown format {other:?}: text, markdown or json")),
         }
     }
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
-/// The history, oldest first, numbered as the speedrun numbers its records.
-pub fn render(track: &str, records: &[Record], format: Format) -> Result<String> {
-    if format == Format::Json {
-        #[derive(Serialize)]
-        struct J<'a> {
-            track: &'a str,
-            current: Option<&'a Record>,
-            records: &'a [Record],
-        }
-        return Ok(serde_json::to_string_pretty(&J {
-            track,
-            current: records.last(),
-            records,
-        })? + "\n");
-    }
-    let mut o = String::new();
-    let row = |r: &Record, i: usize| {
-        [
-            (i + 1).to_string(),
-            format!("{:.2} s", r.time_to_target_s),
-            r.description.clone(),
-            r.created_at.get(..10).unwrap_or(&r.created_at).to_string(),
-            format!("{:.3}x over {}", r.speedup, r.previous),
-            format!("{:.4}", r.val_loss),
-            if r.checks_version < crate::verify::CHECKS_VERSION {
-                format!("v{} (older: reverify it)", r.checks_version)
-            } else {
-                format!("v{}", r.checks_version)
-            },
-            format!(
-                "src {} lib {} ({})",
-                short(&r.source_sha256),
-                r.library_sha256.as_deref().map(short).unwrap_or("-"),
-                r.transport
-            ),
-        ]
-    };
-    let head = [
-        "#",
-        "record time",
-        "description",
-        "date",
-        "speedup",
-        "val loss",
-        "checks",
-        "hashes",
-    ];
-    match format {
-        Format::Markdown => {
-            let _ = writeln!(o, "| {} |", head.join(" | "));
-            let _ = writeln!(o, "|{}", "---|".repeat(head.len()));
-            for (i, r) in records.iter().enumerate() {
-                let _ = writeln!(o, "| {} |", row(r, i).join(" | "));
-            }
-        }
-        _ => {
-            let _ = writeln!(
-                o,
-                "{:>3}  {:>11}  {:<40}  {:<10}  {:<28}  {:>8}  {:<6}  {}",
-                head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]
-            );
-            for (i, r) in records.iter().enumerate() {
-                let c = row(r, i);
-                let _ = writeln!(
-                    o,
-                    "{:>3}  {:>11}  {:<40}  {:<10}  {:<28}  {:>8}  {:<6}  {}",
-                    c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
-                );
-            }
-        }
-    }
-    if records.is_empty() {
-        let _ = writeln!(
-            o,
-            "(no records for track {track} yet: the reference stack stands)"
-        );
-    }
-    Ok(o)
 }
 
 /// What `reverify` found.
@@ -168,7 +82,7 @@ pub fn track_of(store: &Store, record: i64) -> Result<LoadedTrack> {
 pub struct ReverifyOptions {
     pub record: i64,
     pub track: LoadedTrack,
-    pub store: PathBuf,
+    pub store: Store,
     /// Default: the record's own seeds.
     pub seeds: Option<Vec<u64>>,
     pub policy: LoadedPolicy,
@@ -180,7 +94,7 @@ pub struct ReverifyOptions {
 /// Rebuilds record `o.record` from its stored source into a fresh folder and runs it
 /// (interleaved with the reference) on this machine.
 pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
-    let store = Store::open(&o.store)?;
+    let store = &o.store;
     let record = store.record(o.record)?;
     if record.track != o.track.track.name {
         bail!(
@@ -193,8 +107,8 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(':', "-");
-    let work = work_root(&o.store).join(format!("reverify-{}-{stamp}", record.id));
-    let lib = rebuild(&store, record.submission_id, &work.join("source"))?;
+    let work = work_root(o.store.path()).join(format!("reverify-{}-{stamp}", record.id));
+    let lib = rebuild(store, record.submission_id, &work.join("source"))?;
     let library_sha256 = plugins::sha256_file(&lib)?;
     let seeds = o.seeds.clone().unwrap_or_else(|| record.seeds.clone());
     let stack = StackSpec {
@@ -271,73 +185,4 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
         runs,
         record,
     })
-}
-
-pub fn render_reverification(r: &Reverification) -> String {
-    let mut o = String::new();
-    let sm =
-        |x: &Option<Summary>| x.map_or("-".into(), |s| format!("{:.4} ± {:.4}", s.mean, s.std));
-    let _ = writeln!(
-        o,
-        "record {} of track {} ({}), rebuilt from source {}",
-        r.record.id, r.record.track, r.record.description, r.record.source_sha256
-    );
-    let _ = writeln!(
-        o,
-        "  library        {} ({})",
-        r.library_sha256,
-        if r.same_library {
-            "identical to the submission's build"
-        } else {
-            "DIFFERS from the submission's build"
-        }
-    );
-    let _ = writeln!(
-        o,
-        "  checks         v{} (the record was verified by v{})",
-        r.checks_version, r.record.checks_version
-    );
-    let _ = writeln!(o, "  seeds          {:?}", r.seeds);
-    let _ = writeln!(o, "  valid          {}", if r.valid { "yes" } else { "NO" });
-    let _ = writeln!(
-        o,
-        "  val loss       {} (record: {:.4}{})",
-        sm(&r.val_loss),
-        r.record.val_loss,
-        if r.val_loss_matches_record {
-            ", identical"
-        } else {
-            ""
-        }
-    );
-    let _ = writeln!(
-        o,
-        "  time to target {} s (record: {:.2} s)",
-        sm(&r.time_to_target_s),
-        r.record.time_to_target_s
-    );
-    let _ = writeln!(
-        o,
-        "  vs reference   speedup {}, Welch p {}",
-        r.against_reference.speedup.map_or("-".into(), |s| format!(
-            "{:.3}x [{:.3}, {:.3}]",
-            s.estimate, s.low, s.high
-        )),
-        r.against_reference
-            .welch_p
-            .map_or("-".into(), |p| format!("{p:.3e}"))
-    );
-    let _ = writeln!(
-        o,
-        "  claim          {}",
-        if r.reproduced {
-            format!(
-                "reproduced (p(loss < target) = {:.3e})",
-                r.p_below_target.unwrap_or(f64::NAN)
-            )
-        } else {
-            "NOT reproduced".into()
-        }
-    );
-    o
 }

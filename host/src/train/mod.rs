@@ -56,8 +56,8 @@ pub struct RunOptions {
     pub save_checkpoint: Option<PathBuf>,
     /// Show a progress bar (on a terminal) or progress lines.
     pub progress: bool,
-    /// Record the run in this SQLite store (none: the run directory only).
-    pub store: Option<PathBuf>,
+    /// Record the run in this store, opened by the caller (none: the run directory only).
+    pub store: Option<Store>,
     /// Stop the run (failed, not invalid) when this instant passes.
     pub deadline: Option<std::time::Instant>,
     /// Where to train, and the run's device-memory budget.
@@ -278,10 +278,10 @@ fn prepare(opts: &RunOptions, build: &mut dyn FnMut() -> Result<Components>) -> 
     dir.write_json("manifest.json", &manifest)?;
     dir.write_private_json("private.json", &labels.private_record(opts.vocab))?;
     let record = match &opts.store {
-        Some(path) => Some(
-            Store::open(path)?
+        Some(store) => Some(
+            store
                 .begin_run(&manifest, &opts.out)
-                .with_context(|| format!("recording the run in {}", path.display()))?,
+                .with_context(|| format!("recording the run in {}", store.path().display()))?,
         ),
         None => None,
     };

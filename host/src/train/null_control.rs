@@ -83,7 +83,7 @@ pub fn null_control(
 pub fn amend_verdict(
     summary: &mut RunSummary,
     result: verify::CheckResult,
-    store: Option<&std::path::Path>,
+    store: Option<&Store>,
 ) -> Result<()> {
     let v = &mut summary.verdict;
     match v.checks.iter_mut().find(|c| c.check == result.check) {
@@ -95,8 +95,8 @@ pub fn amend_verdict(
         .iter()
         .all(|c| c.outcome != verify::Outcome::Failed);
     telemetry::write_json_atomic(&summary.run_dir, "summary.json", &*summary)?;
-    if let (Some(path), Some(id)) = (store, summary.store_id) {
-        Store::open(path)?.run_record(id).finish(summary)?;
+    if let (Some(store), Some(id)) = (store, summary.store_id) {
+        store.run_record(id).finish(summary)?;
     }
     Ok(())
 }

@@ -1,7 +1,15 @@
 //! How the command line shows what a command answered, as text (each
-//! command prints JSON instead under `--json`). The domain modules render
-//! their own reports (`compare::render`, `submit::render`, `views`); these
-//! are the command line's own.
+//! command prints JSON instead under `--json`): every renderer of a domain
+//! report is here or in a file beside this one, and the domain modules answer
+//! data. (`views` still renders the store's tables it queries.)
+
+mod bench;
+mod ladder;
+mod submit;
+
+pub use bench::bench;
+pub use ladder::ladder;
+pub use submit::{records, reverification, verdict};
 
 use crate::bench::{PluginOverheadReport, ThroughputReport};
 use crate::plugins::admission::Review;
