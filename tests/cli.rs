@@ -336,3 +336,25 @@ fn every_check_that_stops_a_run_exits_2_and_a_crash_exits_1() {
     );
     assert_eq!(code, Some(1), "completed: {t}");
 }
+
+#[test]
+fn a_command_line_that_does_not_parse_exits_64_not_2() {
+    // 2 means a check failed; a typo must not read as one.
+    for args in [
+        &["run", "--track", "smoke", "--no-such-flag"][..],
+        &["bench", "--track", "smoke", "--seeds", "many"][..],
+        &["no-such-command"][..],
+    ] {
+        let o = speedrun(args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("error"),
+            "{args:?}"
+        );
+    }
+    for args in [&["--help"][..], &["run", "--help"][..], &["--version"][..]] {
+        let o = speedrun(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        assert!(!o.stdout.is_empty(), "{args:?}");
+    }
+}

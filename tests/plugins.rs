@@ -711,3 +711,108 @@ fn plugins_are_told_the_separator_as_the_secret_labels_spell_it() {
         assert_eq!(want_train == want_eval, mode == train::VocabMode::Secret);
     }
 }
+
+/// `model.logits` as the elementwise sign of the head's logits (API 1.1's
+/// `sign` op in a 1.1 hook), linked into the test process.
+struct SignLogits;
+
+impl Plugin for SignLogits {
+    fn new(_: &serde_json::Value) -> api::Result<Self> {
+        Ok(SignLogits)
+    }
+}
+
+impl Logits for SignLogits {
+    fn logits(&mut self, _: &ForwardCtx, logits: &Tensor) -> api::Result<Tensor> {
+        logits.sign()
+    }
+}
+
+speedrun_plugin_api::impl_plugin!(SignLogits, name: "sign-logits", hooks: [logits]);
+
+#[test]
+fn the_sign_op_is_minus_one_zero_or_one_and_runs_in_the_logits_hook() {
+    use speedrun::model::hooks::ForwardCtx;
+    use speedrun::model::Model;
+    let track = smoke_track();
+    let module = NativeModule::in_process(speedrun_plugin_api::native::module::<SignLogits>());
+    let p = plugins::start(
+        plugins::PluginModule::Native(module),
+        Path::new("in-process:sign-logits"),
+        &track,
+        0,
+        None,
+        &default_policy(),
+    )
+    .unwrap();
+    assert_eq!(p.manifest().api(), API_VERSION);
+    let comps = plugins::compose(&track, vec![p]).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let model = Model::build(&track.model, comps.hooks, 3, &dev).unwrap();
+    let cx = ForwardCtx {
+        params: &model.params,
+        spec: &track.model,
+        train: true,
+        tokens: None,
+        precision: Default::default(),
+    };
+    // A stream with exact zeros in it: their logits are exactly 0.
+    let d = track.model.width;
+    let mut xs: Vec<f32> = (0..2 * 3 * d)
+        .map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0)
+        .collect();
+    xs[..d].iter_mut().for_each(|v| *v = 0.0);
+    let x = candle_core::Tensor::from_vec(xs, (2, 3, d), &dev).unwrap();
+    let got: Vec<f32> = model
+        .head(&cx, &x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let wte = model.params.get("transformer.wte.weight").unwrap();
+    let plain: Vec<f32> = x
+        .broadcast_matmul(&wte.t().unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let naive = |v: f32| {
+        if v > 0.0 {
+            1.0
+        } else if v < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
+    let v = track.model.vocab;
+    assert!(
+        got[..v].iter().all(|&g| g == 0.0),
+        "a zero row's logits are 0"
+    );
+    for (i, (&g, &l)) in got.iter().zip(&plain).enumerate().skip(v) {
+        // Far from zero the sign cannot differ between the two matmuls.
+        if l.abs() > 1e-4 {
+            assert_eq!(g, naive(l), "logit {i}: {l}");
+        }
+    }
+    assert!(got.contains(&1.0) && got.contains(&-1.0));
+}
+
+#[test]
+fn the_op_table_lists_every_op() {
+    // docs/plugins.md's table is generated (scripts/op-table.py); an op added
+    // without rerunning it is caught here.
+    let doc = std::fs::read_to_string(root().join("docs/plugins.md")).unwrap();
+    let missing: Vec<&str> = api::Op::ALL
+        .iter()
+        .map(|op| op.name())
+        .filter(|name| !doc.contains(&format!("\n| `{name}` | ")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/plugins.md's op table lacks {missing:?}: run scripts/op-table.py"
+    );
+}

@@ -288,6 +288,8 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
     let track = track.to_str().unwrap();
     let fast = scaffold(tmp.path(), "schedule", "fast");
     edit(&fast, "\"lr_scale\": 1.0", "\"lr_scale\": 5.0");
+    // Four seeds: under a loaded test machine three left Welch p at 0.063 once
+    // (times of one side vary by a third when other tests run beside it).
     let o = speedrun_db(
         &db,
         &[
@@ -296,7 +298,7 @@ fn a_winning_submission_becomes_the_record_and_reverifies_from_its_stored_source
             "--track",
             track,
             "--seeds",
-            "3",
+            "4",
             "--json",
         ],
     );

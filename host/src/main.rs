@@ -34,7 +34,18 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let cli = speedrun::cli::Cli::parse();
+    let cli = match speedrun::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout and usage errors to stderr.
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() {
+                speedrun::cli::USAGE_ERROR
+            } else {
+                0
+            });
+        }
+    };
     match speedrun::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

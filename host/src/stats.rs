@@ -38,6 +38,18 @@ impl Summary {
     }
 }
 
+/// A p-value for a person: three decimals down to 0.001 (`0.853`, `1.000`),
+/// then two significant digits in scientific form (`5.0e-4`), `-` if undefined.
+pub fn format_p(p: f64) -> String {
+    if !p.is_finite() {
+        "-".into()
+    } else if p >= 1e-3 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.1e}")
+    }
+}
+
 fn student(df: f64) -> Option<StudentsT> {
     StudentsT::new(0.0, 1.0, df).ok()
 }
@@ -169,6 +181,15 @@ pub fn median(xs: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn p_values_read_as_decimals_until_they_are_small() {
+        assert_eq!(format_p(1.0), "1.000");
+        assert_eq!(format_p(0.85312), "0.853");
+        assert_eq!(format_p(0.001), "0.001");
+        assert_eq!(format_p(0.000512), "5.1e-4");
+        assert_eq!(format_p(f64::NAN), "-");
+    }
 
     fn close(a: f64, b: f64, tol: f64) {
         assert!((a - b).abs() <= tol * b.abs().max(1e-300), "{a} vs {b}");

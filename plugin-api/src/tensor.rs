@@ -126,6 +126,10 @@ impl Tensor {
     pub fn tanh(&self) -> Result<Tensor> {
         self.unary(Op::Tanh)
     }
+    /// -1, 0 or 1 by the sign of each element (0 for NaN); no gradient. Since 1.1.
+    pub fn sign(&self) -> Result<Tensor> {
+        self.unary(Op::Sign)
+    }
     pub fn sigmoid(&self) -> Result<Tensor> {
         self.unary(Op::Sigmoid)
     }

@@ -127,6 +127,11 @@ fn invalid_if_caught(e: anyhow::Error, v: &crate::verify::Verdict) -> anyhow::Er
 }
 
 /// The exit status for an error: 2 for an invalid run (a check failed), 1 otherwise.
+/// The exit status of a command line that does not parse (sysexits' EX_USAGE):
+/// apart from 1 (could not run) and 2 (a check failed), so an agent can tell
+/// a mistyped flag from a failed check.
+pub const USAGE_ERROR: u8 = 64;
+
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     // `Invalid` is attached as context, which only `downcast_ref` finds.
     if e.downcast_ref::<Invalid>().is_some() || crate::verify::violation_of(e).is_some() {

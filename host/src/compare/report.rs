@@ -201,14 +201,14 @@ pub fn analyse(
             format!("invalid: {}", bad.join("; "))
         }
         BenchVerdict::FasterToTarget => format!(
-            "the candidate reaches the target (p = {:.2e} < {TARGET_P}) and is faster than the baseline (Welch p = {:.2e} < {SPEEDUP_P})",
-            candidate.below_target.map_or(f64::NAN, |t| t.p_value),
-            welch.map_or(f64::NAN, |w| w.p_less)
+            "the candidate reaches the target (p = {} < {TARGET_P}) and is faster than the baseline (Welch p = {} < {SPEEDUP_P})",
+            stats::format_p(candidate.below_target.map_or(f64::NAN, |t| t.p_value)),
+            stats::format_p(welch.map_or(f64::NAN, |w| w.p_less))
         ),
         BenchVerdict::ReachesTarget => format!(
-            "the candidate reaches the target (p = {:.2e} < {TARGET_P}); not significantly faster than the baseline (Welch p = {})",
-            candidate.below_target.map_or(f64::NAN, |t| t.p_value),
-            welch.map_or("undefined".into(), |w| format!("{:.3}", w.p_less))
+            "the candidate reaches the target (p = {} < {TARGET_P}); not significantly faster than the baseline (Welch p = {})",
+            stats::format_p(candidate.below_target.map_or(f64::NAN, |t| t.p_value)),
+            welch.map_or("undefined".into(), |w| stats::format_p(w.p_less))
         ),
         BenchVerdict::LowerLoss => format!(
             "no time-to-target claim (target p = {}), but a lower validation loss than the baseline at equal budget",

@@ -246,6 +246,7 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
         }
         Op::Neg => t(0)?.neg()?,
         Op::Abs => t(0)?.abs()?,
+        Op::Sign => t(0)?.sign()?,
         Op::Exp => t(0)?.exp()?,
         Op::Log => t(0)?.log()?,
         Op::Sqrt => t(0)?.sqrt()?,

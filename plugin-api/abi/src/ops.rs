@@ -98,6 +98,8 @@ ops! {
     /// Cuts the gradient.
     Detach = 25, "detach", Compute;
     Contiguous = 26, "contiguous", Compute;
+    /// -1, 0 or 1 by the sign of x (0 for NaN); no gradient (API 1.1, for Lion).
+    Sign = 27, "sign", Compute;
 
     // --- elementwise binary with broadcasting; T = [a, b] ---
     Add = 30, "add", Compute;

@@ -1,7 +1,7 @@
 //! A bench's report as text.
 
 use crate::compare::{Report, TimeMeasure};
-use crate::stats::Summary;
+use crate::stats::{format_p, Summary};
 
 /// The report as text for a person.
 pub fn bench(r: &Report) -> String {
@@ -45,8 +45,7 @@ pub fn bench(r: &Report) -> String {
             sm(&s.val_loss),
             sm(&s.train_time_s),
             sm(&s.time_to_target_s),
-            s.below_target
-                .map_or("-".into(), |t| format!("{:.2e}", t.p_value))
+            s.below_target.map_or("-".into(), |t| format_p(t.p_value))
         );
     }
     for (name, s) in [("candidate", &r.candidate), ("baseline", &r.baseline)] {
@@ -72,7 +71,7 @@ pub fn bench(r: &Report) -> String {
             s.estimate,
             s.low,
             s.high,
-            r.welch.map_or("-".into(), |w| format!("{:.3e}", w.p_less))
+            r.welch.map_or("-".into(), |w| format_p(w.p_less))
         );
     }
     if let Some(d) = r.loss_delta {

@@ -1,6 +1,6 @@
 //! A submission's verdict, a track's record history and a re-verification, as text.
 
-use crate::stats::Summary;
+use crate::stats::{format_p, Summary};
 use crate::store::Record;
 use crate::submit::records::{Format, Reverification};
 use crate::submit::SubmitVerdict;
@@ -49,8 +49,7 @@ pub fn verdict(v: &SubmitVerdict) -> String {
         let _ = writeln!(
             o,
             "  p(loss < target) {} ({})",
-            v.p_below_target
-                .map_or("undefined".into(), |p| format!("{p:.3e}")),
+            v.p_below_target.map_or("undefined".into(), format_p),
             if v.target_claim {
                 "claim holds at p < 0.01"
             } else {
@@ -71,7 +70,7 @@ pub fn verdict(v: &SubmitVerdict) -> String {
                 "{:.3}x [{:.3}, {:.3}]",
                 s.estimate, s.low, s.high
             )),
-            a.welch_p.map_or("-".into(), |p| format!("{p:.3e}")),
+            a.welch_p.map_or("-".into(), format_p),
             a.loss_delta.map_or("-".into(), |d| format!(
                 "{:+.4} [{:+.4}, {:+.4}]",
                 d.estimate, d.low, d.high
@@ -235,17 +234,15 @@ pub fn reverification(r: &Reverification) -> String {
             "{:.3}x [{:.3}, {:.3}]",
             s.estimate, s.low, s.high
         )),
-        r.against_reference
-            .welch_p
-            .map_or("-".into(), |p| format!("{p:.3e}"))
+        r.against_reference.welch_p.map_or("-".into(), format_p)
     );
     let _ = writeln!(
         o,
         "  claim          {}",
         if r.reproduced {
             format!(
-                "reproduced (p(loss < target) = {:.3e})",
-                r.p_below_target.unwrap_or(f64::NAN)
+                "reproduced (p(loss < target) = {})",
+                format_p(r.p_below_target.unwrap_or(f64::NAN))
             )
         } else {
             "NOT reproduced".into()
