@@ -11,6 +11,7 @@ mod parallel;
 mod plugins;
 mod policy;
 mod sandbox;
+mod serve;
 mod store;
 mod submit;
 mod techniques;

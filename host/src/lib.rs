@@ -24,6 +24,7 @@ pub mod plugins;
 pub mod ranks;
 pub mod record;
 pub(crate) mod score;
+pub(crate) mod serve;
 pub(crate) mod stats;
 pub mod store;
 pub(crate) mod submit;

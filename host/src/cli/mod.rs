@@ -10,6 +10,7 @@ mod plugin;
 mod policy;
 mod report;
 mod run;
+mod serve;
 mod submit;
 mod views;
 
@@ -72,6 +73,9 @@ pub enum Command {
     Plugin(plugin::PluginCommand),
     /// The maintainers' sandbox policy: show it, check a plugin, approve or revoke one.
     Policy(policy::PolicyArgs),
+    /// A local web dashboard over the run store: tracks, leaderboards, records,
+    /// the frontier, runs with their curves and verdicts, comparisons, benches.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs one parsed command.
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Show(a) => views::show(a),
         Command::Plugin(c) => plugin::plugin(c),
         Command::Policy(a) => policy::policy(a),
+        Command::Serve(a) => serve::serve(a),
     }
 }
 
