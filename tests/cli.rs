@@ -358,3 +358,78 @@ fn a_command_line_that_does_not_parse_exits_64_not_2() {
         assert!(!o.stdout.is_empty(), "{args:?}");
     }
 }
+
+#[test]
+fn ctrl_c_stops_a_run_at_once_records_it_incomplete_and_says_where_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("runs.db");
+    let out = tmp.path().join("run");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args([
+            "run",
+            "--track",
+            "smoke",
+            "--out",
+            out.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a few steps on disk, then press Ctrl-C.
+    let started = std::time::Instant::now();
+    loop {
+        let steps = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .map(|t| t.matches("\"kind\":\"step\"").count())
+            .unwrap_or(0);
+        if steps >= 3 {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the run never reached step 3"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted (Ctrl-C) before step"), "{err}");
+    assert!(
+        err.contains(&format!("the partial run is in {}", out.display())),
+        "{err}"
+    );
+    // The banner came first, and the initial validation had its own line; no
+    // colour codes, since stderr is not a terminal.
+    assert!(
+        err.contains("track smoke")
+            && err.contains("  run dir    ")
+            && err.contains("  store      "),
+        "{err}"
+    );
+    assert!(err.contains("validation at step 0: loss"), "{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "colour codes in piped output: {err:?}"
+    );
+    let store = speedrun::store::Store::open(&db).unwrap();
+    let run = &store.runs(Some("smoke")).unwrap()[0];
+    assert_eq!(run.status, speedrun::record::RunStatus::Incomplete);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("interrupted (Ctrl-C)"),
+        "{:?}",
+        run.error
+    );
+    assert!(
+        run.steps.unwrap_or(0) < 200,
+        "it stopped early: {:?}",
+        run.steps
+    );
+}

@@ -653,3 +653,74 @@ fn store_handles_on_several_threads_each_get_their_own_ids() {
         assert_eq!(stored.get(&id), Some(&name), "comparison {id}");
     }
 }
+
+#[test]
+fn a_stack_key_names_the_configuration_a_run_set_and_its_label() {
+    // Two configurations of one plugin are two stacks; a label leads the key.
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("runs.db");
+    let cosine = root().join("plugins/cosine-schedule");
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "run",
+            "--track",
+            "smoke",
+            "--steps",
+            "5",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+            "--plugin",
+            cosine.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = speedrun_db(&db, &args);
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    run("default", &[]);
+    run(
+        "low",
+        &["--plugin-config", r#"cosine-schedule={"min_lr_frac": 0.3}"#],
+    );
+    run(
+        "low-again",
+        &["--plugin-config", r#"cosine-schedule={"min_lr_frac": 0.3}"#],
+    );
+    run(
+        "named",
+        &[
+            "--plugin-config",
+            r#"cosine-schedule={"min_lr_frac": 0.3}"#,
+            "--label",
+            "low floor",
+        ],
+    );
+    let store = Store::open(&db).unwrap();
+    let keys: Vec<String> = store
+        .runs(Some("smoke"))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.stack)
+        .collect();
+    let plain = &keys[0];
+    assert!(
+        plain.starts_with("cosine-schedule@") && !plain.contains('('),
+        "{plain}"
+    );
+    assert_eq!(keys[1], format!("{plain}(min_lr_frac=0.3)"));
+    assert_eq!(keys[2], keys[1], "the same configuration is the same stack");
+    assert_eq!(keys[3], format!("low floor ({})", keys[1]));
+    // `show` prints the configuration the run ran with.
+    let shown = text(&speedrun_db(
+        &db,
+        &[
+            "show",
+            &store.runs(Some("smoke")).unwrap()[1].id.to_string(),
+        ],
+    ));
+    assert!(
+        shown.contains("config {") && shown.contains("\"min_lr_frac\":0.3"),
+        "{shown}"
+    );
+}

@@ -262,6 +262,7 @@ fn smoke_options(out: &Path, seed: u64) -> RunOptions {
         parallel: None,
         vocab: Default::default(),
         label_nonce: None,
+        stack_label: None,
     }
 }
 

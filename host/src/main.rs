@@ -27,13 +27,29 @@ fn keep_freed_pages_mapped() {
 
 fn main() -> std::process::ExitCode {
     keep_freed_pages_mapped();
+    // Colour only for a person at a terminal, and never under NO_COLOR.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("SPEEDRUN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    // Ctrl-C: a training run stops before its next step and is recorded as
+    // incomplete at once; a second Ctrl-C, or one with nothing training, quits.
+    let _ = ctrlc::set_handler(|| {
+        static PRESSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if PRESSED.swap(true, std::sync::atomic::Ordering::SeqCst) || !speedrun::train::interrupt()
+        {
+            std::process::exit(speedrun::cli::INTERRUPTED.into());
+        }
+        eprintln!(
+            "\ninterrupting: the run stops before its next step (Ctrl-C again quits at once)"
+        );
+    });
     let cli = match speedrun::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -98,6 +98,11 @@ pub struct PluginRecord {
     /// Size of the library file in bytes (what it could bring in as data).
     pub bytes: u64,
     pub config: serde_json::Value,
+    /// The keys set for this run (`--plugin-config`) over the plugin's defaults
+    /// and the track's values: with the library's hash they fix the
+    /// configuration, so the stack key names them.
+    #[serde(default)]
+    pub overrides: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What the run manifest records of the policy a run ran under.
@@ -172,6 +177,8 @@ pub struct RunManifest {
     pub optimizer: String,
     /// Every plugin in the stack: name, version, hooks, library hash, configuration.
     pub plugins: Vec<PluginRecord>,
+    /// What the run's stack was called (`--label`), part of its stack key.
+    pub stack_label: Option<String>,
     /// The sandbox policy's file, hash and mode, and why the run is unofficial if it is.
     pub policy: Option<PolicyRecord>,
     /// Admitted under a policy with every plugin approved.

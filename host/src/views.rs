@@ -274,6 +274,7 @@ pub fn show(store: &Store, key: &str, json: bool, svg: Option<PathBuf>) -> Resul
             p.hooks.join(", "),
             p.sha256
         );
+        let _ = writeln!(o, "      config {}", p.config);
     }
     let _ = writeln!(
         o,

@@ -34,6 +34,7 @@ pub fn smoke_options(out: &Path, steps: Option<usize>) -> RunOptions {
         parallel: None,
         vocab: Default::default(),
         label_nonce: None,
+        stack_label: None,
     }
 }
 

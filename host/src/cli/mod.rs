@@ -137,7 +137,13 @@ fn invalid_if_caught(e: anyhow::Error, v: &crate::verify::Verdict) -> anyhow::Er
 /// a mistyped flag from a failed check.
 pub const USAGE_ERROR: u8 = 64;
 
+/// The exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
+pub const INTERRUPTED: u8 = 130;
+
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<crate::train::Interrupted>().is_some() {
+        return INTERRUPTED;
+    }
     // `Invalid` is attached as context, which only `downcast_ref` finds.
     if e.downcast_ref::<Invalid>().is_some() || crate::verify::violation_of(e).is_some() {
         2

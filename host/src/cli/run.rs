@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// What to call this run's stack: it leads the stack key that
+    /// leaderboards, the frontier and the dashboard show.
+    #[arg(long)]
+    pub label: Option<String>,
     #[command(flatten)]
     pub stack: StackArgs,
     #[command(flatten)]
@@ -100,6 +104,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             VocabMode::Secret
         },
         label_nonce: None,
+        stack_label: a.label,
     };
     let track = opts.track.track.clone();
     let s = &a.stack;

@@ -118,6 +118,7 @@ impl Session {
             parallel: None,
             vocab: Default::default(),
             label_nonce: self.label_nonce,
+            stack_label: stack.label.clone(),
         }
     }
 }

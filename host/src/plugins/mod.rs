@@ -176,6 +176,10 @@ pub fn start(
         sha256: module.loaded_bytes().0,
         bytes: module.loaded_bytes().1,
         config,
+        overrides: overrides
+            .and_then(|o| o.as_object())
+            .cloned()
+            .unwrap_or_default(),
     };
     let table = module.handle_table();
     let mut session = PluginSession::new(

@@ -424,11 +424,8 @@ pub fn run(store: &Store, key: &str) -> Result<Page> {
         o.push_str("<p>The reference stack: no plugins.</p>");
     } else {
         o.push_str("<table id=\"plugins\"><tr><th>plugin</th><th>version</th><th>transport</th><th>hooks</th><th>sha256</th><th>configuration</th></tr>");
-        for (i, p) in plugins.iter().enumerate() {
-            let config = manifest
-                .as_ref()
-                .map(|m| m["plugins"][i]["config"].to_string())
-                .unwrap_or_default();
+        for p in &plugins {
+            let config = p.config.to_string();
             let _ = write!(
                 o,
                 r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>"#,

@@ -99,18 +99,40 @@ pub struct StoredPlugin {
     pub sha256: String,
     pub transport: Transport,
     pub hooks: Vec<String>,
+    /// The configuration it ran with.
+    pub config: serde_json::Value,
 }
 
-/// The stack key of a run: what a leaderboard groups by.
-pub fn stack_key(plugins: &[PluginRecord]) -> String {
-    if plugins.is_empty() {
-        return "reference".into();
+/// The stack key of a run: what a leaderboard groups by. Each plugin is its
+/// name, its library's hash and the configuration keys the run set
+/// (`lion@a8ed017b(lr_scale=0.3)`), so two configurations never share a key;
+/// a label goes in front (`fast lion (lion@a8ed017b(lr_scale=0.3))`).
+pub fn stack_key(plugins: &[PluginRecord], label: Option<&str>) -> String {
+    let base = if plugins.is_empty() {
+        "reference".to_string()
+    } else {
+        plugins
+            .iter()
+            .map(|p| {
+                let set: Vec<String> = p
+                    .overrides
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let config = if set.is_empty() {
+                    String::new()
+                } else {
+                    format!("({})", set.join(","))
+                };
+                format!("{}@{}{config}", p.name, &p.sha256[..p.sha256.len().min(8)])
+            })
+            .collect::<Vec<_>>()
+            .join("+")
+    };
+    match label {
+        Some(l) if l != base => format!("{l} ({base})"),
+        _ => base,
     }
-    plugins
-        .iter()
-        .map(|p| format!("{}@{}", p.name, &p.sha256[..p.sha256.len().min(8)]))
-        .collect::<Vec<_>>()
-        .join("+")
 }
 
 fn now() -> String {
@@ -226,7 +248,7 @@ impl Store {
                 m.host_version,
                 m.git_revision,
                 m.steps as i64,
-                stack_key(&m.plugins),
+                stack_key(&m.plugins, m.stack_label.as_deref()),
                 m.official,
                 serde_json::to_string(m)?,
                 m.steps == m.track_steps,
@@ -332,7 +354,7 @@ impl Store {
     pub fn plugins(&self, run_id: i64) -> Result<Vec<StoredPlugin>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, version, sha256, transport, hooks FROM plugins WHERE run_id = ?1 ORDER BY rowid",
+            "SELECT name, version, sha256, transport, hooks, config FROM plugins WHERE run_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt
             .query_map(params![run_id], |r| {
@@ -343,6 +365,10 @@ impl Store {
                     sha256: r.get(2)?,
                     transport: parsed(r, 3)?,
                     hooks: serde_json::from_str(&hooks).unwrap_or_default(),
+                    config: r
+                        .get::<_, Option<String>>(5)?
+                        .and_then(|c| serde_json::from_str(&c).ok())
+                        .unwrap_or(serde_json::Value::Null),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -70,6 +70,8 @@ pub struct RunOptions {
     /// Mixed into the label secret with the host key: `submit` draws one per
     /// submission, so labels cannot be computed ahead even with the key.
     pub label_nonce: Option<[u8; 32]>,
+    /// What to call the stack (`--label`): in the manifest and the stack key.
+    pub stack_label: Option<String>,
 }
 
 impl RunOptions {
@@ -139,10 +141,106 @@ fn execute_rank(
     opts: &RunOptions,
     build: &mut dyn FnMut() -> Result<Components>,
 ) -> Result<Finished> {
+    if opts.progress {
+        banner(opts);
+    }
     let mut run = prepare(opts, build)?;
+    if opts.progress {
+        eprintln!(
+            "  stack      {} ({} parameters){}",
+            crate::store::stack_key(
+                &run.stack
+                    .plugins
+                    .iter()
+                    .map(|p| p.record.clone())
+                    .collect::<Vec<_>>(),
+                opts.stack_label.as_deref()
+            ),
+            run.stack.model.params.numel(),
+            if run.steps < opts.track.track.steps() {
+                format!(
+                    "; {} of the track's {} steps",
+                    run.steps,
+                    opts.track.track.steps()
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     let (outcome, stats) = train(opts, &mut run);
     finish(opts, run, outcome, stats)
 }
+
+/// What a person reads before the first step (the warm-up and the data's
+/// hashes take a while on a big track): what runs, where it writes.
+fn banner(opts: &RunOptions) {
+    let t = &opts.track.track;
+    let m = &t.model;
+    eprintln!(
+        "speedrun {} · track {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        t.name,
+        opts.track.path.display()
+    );
+    eprintln!(
+        "  model      {} layers × {} wide, {} heads, T {}, vocabulary {}",
+        m.layers, m.width, m.heads, m.seq_len, m.vocab
+    );
+    eprintln!("  seed       {}", opts.seed);
+    eprintln!("  run dir    {}", opts.out.display());
+    if let Some(s) = &opts.store {
+        eprintln!("  store      {}", s.path().display());
+    }
+}
+
+/// Set by Ctrl-C (the command line installs the handler): the loop stops
+/// before its next step, and the run is recorded as incomplete at once.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Timed loops running in this process.
+static TRAINING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Asks every run of this process to stop before its next step; answers
+/// whether one is training (if none is, there is nothing to stop cleanly).
+pub fn interrupt() -> bool {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    TRAINING.load(std::sync::atomic::Ordering::SeqCst) > 0
+}
+
+/// Counts a timed loop as running while it lives.
+struct Training;
+
+impl Training {
+    fn start() -> Training {
+        TRAINING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Training
+    }
+}
+
+impl Drop for Training {
+    fn drop(&mut self) {
+        TRAINING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A run stopped by Ctrl-C.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub step: usize,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted (Ctrl-C) before step {}", self.step)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// Everything a run has set up before its first timed step.
 struct Prepared {
@@ -331,6 +429,7 @@ fn manifest_of(
         parameters: stack.model.params.numel(),
         optimizer: stack.optimizer.name().to_string(),
         plugins: stack.plugins.iter().map(|p| p.record.clone()).collect(),
+        stack_label: opts.stack_label.clone(),
         // The reference stack needs no approval; plugins need every one approved;
         // real labels are for calibration only.
         official: (stack.plugins.is_empty()
@@ -411,7 +510,9 @@ fn train(opts: &RunOptions, run: &mut Prepared) -> (Result<()>, LoopStats) {
         evals: 0,
         initial_loss: None,
     };
+    let running = Training::start();
     let outcome = train_loop(&mut cx, &mut run.summary);
+    drop(running);
     let stats = LoopStats {
         twins: cx.twins,
         plugin_ms: cx.plugin_ms,
@@ -476,6 +577,13 @@ fn finish(
     summary.verdict = ledger.verdict();
     match &outcome {
         Ok(()) => summary.status = RunStatus::Complete,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            summary.status = RunStatus::Incomplete;
+            summary.error = Some(format!(
+                "{e:#}; the partial run is in {}",
+                opts.out.display()
+            ));
+        }
         Err(e) => {
             summary.status = RunStatus::Failed;
             summary.error = Some(format!("{e:#}"));
@@ -492,8 +600,13 @@ fn finish(
             crate::checkpoint::save_unpermuted(&stack.model.params, &labels.train, path)?;
         }
     }
-    Ok(Finished {
-        summary,
-        error: outcome.err(),
-    })
+    let error = outcome.err().map(|e| match summary.status {
+        // Say where the partial run is, and that the store already knows.
+        RunStatus::Incomplete => e.context(format!(
+            "the partial run is in {} and recorded as incomplete",
+            opts.out.display()
+        )),
+        _ => e,
+    });
+    Ok(Finished { summary, error })
 }

@@ -7,6 +7,8 @@ use telemetry::MetricLine;
 pub(super) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     every: usize,
+    /// The last validation loss, for the live line.
+    val: std::cell::Cell<Option<f64>>,
 }
 
 impl Progress {
@@ -24,6 +26,7 @@ impl Progress {
         });
         Progress {
             bar,
+            val: std::cell::Cell::new(None),
             every: if enabled {
                 (steps / 20).max(1)
             } else {
@@ -33,16 +36,35 @@ impl Progress {
     }
 
     pub(super) fn step(&self, step: usize, steps: usize, loss: f32, tok_s: f64) {
+        let val = self
+            .val
+            .get()
+            .map_or(String::new(), |v| format!(" val {v:.4}"));
         match &self.bar {
             Some(b) => {
                 b.set_position(step as u64 + 1);
-                b.set_message(format!("loss {loss:.4} {tok_s:.0} tok/s"));
+                b.set_message(format!("loss {loss:.4}{val} {tok_s:.0} tok/s"));
             }
             None if self.every != usize::MAX
                 && ((step + 1) % self.every == 0 || step + 1 == steps) =>
             {
-                tracing::info!("step {}/{steps} loss {loss:.4} {tok_s:.0} tok/s", step + 1)
+                tracing::info!(
+                    "step {}/{steps} loss {loss:.4}{val} {tok_s:.0} tok/s",
+                    step + 1
+                )
             }
+            None => {}
+        }
+    }
+
+    /// A line each time the validation loss is measured.
+    pub(super) fn validation(&self, step: usize, loss: Option<f64>) {
+        let Some(loss) = loss else { return };
+        self.val.set(Some(loss));
+        let line = format!("validation at step {step}: loss {loss:.4}");
+        match &self.bar {
+            Some(b) => b.println(line),
+            None if self.every != usize::MAX => tracing::info!("{line}"),
             None => {}
         }
     }
@@ -202,12 +224,16 @@ pub(super) fn train_loop(cx: &mut LoopCx, summary: &mut RunSummary) -> Result<()
     let init_s = cx.timer.elapsed().as_secs_f64();
     cx.validate(0, 0, init_s, summary, causality::VALIDATION_SHARE)?;
     cx.initial_loss = summary.final_val_loss;
+    progress.validation(0, summary.final_val_loss);
     for step in 0..steps {
         if opts
             .deadline
             .is_some_and(|d| std::time::Instant::now() >= d)
         {
             bail!("{DEADLINE} before step {step}");
+        }
+        if interrupted() {
+            return Err(Interrupted { step }.into());
         }
         // Step 0 is always twinned; later steps by the secret draw.
         let twinned = step == 0 || cx.twins.pick(causality::TRAIN_SHARE);
@@ -272,6 +298,7 @@ pub(super) fn train_loop(cx: &mut LoopCx, summary: &mut RunSummary) -> Result<()
                 summary,
                 share,
             )?;
+            progress.validation(step + 1, summary.final_val_loss);
         }
     }
     progress.finish();
