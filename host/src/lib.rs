@@ -23,6 +23,7 @@ pub(crate) mod plot;
 pub mod plugins;
 pub mod ranks;
 pub mod record;
+pub mod sample;
 pub(crate) mod score;
 pub(crate) mod serve;
 pub(crate) mod stats;

@@ -164,6 +164,8 @@ pub struct RunManifest {
     pub track: String,
     pub track_path: String,
     pub track_sha256: String,
+    /// `--set` changes to the track file (its hash is the changed text's).
+    pub track_overrides: Vec<String>,
     pub data_dir: String,
     pub shards: Vec<ShardRecord>,
     pub seed: u64,

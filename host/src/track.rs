@@ -112,9 +112,51 @@ pub struct LoadedTrack {
     pub sha256: String,
     /// The project root relative paths in the track resolve against.
     pub root: PathBuf,
+    /// `--set SECTION.KEY=VALUE` changes applied to the file (none: the file
+    /// as it is). A run on a changed track says so and never scores.
+    pub overrides: Vec<String>,
 }
 
 impl LoadedTrack {
+    /// The track with `sets` (`SECTION.KEY=VALUE`, the value in TOML: `3e-3`,
+    /// `true`, `"text"`; a bare word is text) applied to its file's text and
+    /// validated again like any track file; its hash is the changed text's.
+    pub fn with_settings(mut self, sets: &[String]) -> Result<LoadedTrack> {
+        if sets.is_empty() {
+            return Ok(self);
+        }
+        let text = std::fs::read_to_string(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let mut doc: toml_edit::DocumentMut = text
+            .parse()
+            .with_context(|| format!("parsing {}", self.path.display()))?;
+        for set in sets {
+            let Some((key, raw)) = set.split_once('=') else {
+                bail!("--set {set}: expected SECTION.KEY=VALUE, e.g. --set optimizer.lr=3e-3");
+            };
+            let path: Vec<&str> = key.trim().split('.').collect();
+            if path.len() != 2 || path.iter().any(|p| p.is_empty()) {
+                bail!("--set {set}: the key must be SECTION.KEY, e.g. train.batch_tokens");
+            }
+            let value: toml_edit::Value = raw
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| toml_edit::Value::from(raw.trim()));
+            let Some(table) = doc.get_mut(path[0]).and_then(|t| t.as_table_like_mut()) else {
+                bail!("--set {set}: the track has no [{}] table", path[0]);
+            };
+            table.insert(path[1], toml_edit::Item::Value(value));
+        }
+        let changed = doc.to_string();
+        self.track = Track::parse(
+            &changed,
+            &format!("{} with --set {}", self.path.display(), sets.join(" ")),
+        )?;
+        self.sha256 = hex::encode(Sha256::digest(changed.as_bytes()));
+        self.overrides = sets.to_vec();
+        Ok(self)
+    }
+
     /// The folder holding the track's shards, unless overridden.
     pub fn data_dir(&self, override_dir: Option<&Path>) -> PathBuf {
         match override_dir {
@@ -328,6 +370,7 @@ pub fn load(name_or_path: &str) -> Result<LoadedTrack> {
         sha256: hex::encode(Sha256::digest(&bytes)),
         path,
         root,
+        overrides: Vec::new(),
     })
 }
 

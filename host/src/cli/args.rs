@@ -21,6 +21,17 @@ impl TrackArg {
     }
 }
 
+/// `--set`: changes to the track for this command's runs.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SetArgs {
+    /// Change one of the track's settings: SECTION.KEY=VALUE, the value in
+    /// TOML (optimizer.lr=3e-3, train.batch_tokens=8192). Repeatable. The run
+    /// is then on a modified track: it says so, records the change and never
+    /// scores.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
 /// `--db`: the run store.
 #[derive(Args, Debug, Clone)]
 pub struct DbArg {

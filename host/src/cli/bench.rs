@@ -54,6 +54,8 @@ pub struct SeedBenchArgs {
     #[arg(long)]
     pub label: Option<String>,
     #[command(flatten)]
+    pub set: super::args::SetArgs,
+    #[command(flatten)]
     pub run: BenchRunArgs,
 }
 
@@ -158,7 +160,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn seeds(a: SeedBenchArgs) -> Result<()> {
-    let lt = a.track.load()?;
+    let lt = a.track.load()?.with_settings(&a.set.set)?;
     let seeds = a.seeds.list();
     compare::check_seeds(&seeds)?;
     let out = a.out.clone().unwrap_or_else(|| {

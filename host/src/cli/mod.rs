@@ -38,6 +38,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Validation loss of a saved checkpoint on a track's validation set.
     Eval(run::EvalArgs),
+    /// Text from a saved checkpoint: greedy, or sampled at a temperature.
+    Sample(run::SampleArgs),
     /// The shipped data slice: rebuild it or verify it.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -83,6 +85,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(a) => run::run(a),
         Command::Eval(a) => run::eval(a),
+        Command::Sample(a) => run::sample(a),
         Command::Data(c) => data::data(c),
         Command::Tracks => data::tracks(),
         Command::Kernels(c) => data::kernels(c),

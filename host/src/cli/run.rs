@@ -28,6 +28,8 @@ pub struct RunArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub set: super::args::SetArgs,
     /// What to call this run's stack: it leads the stack key that
     /// leaderboards, the frontier and the dashboard show.
     #[arg(long)]
@@ -75,10 +77,84 @@ pub struct EvalArgs {
     /// Where to evaluate: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: crate::device::DeviceChoice,
+    /// The plugins the checkpoint was trained with (their model hooks and
+    /// parameters: a rotary model has no position table to load).
+    #[command(flatten)]
+    pub stack: StackArgs,
+    #[command(flatten)]
+    pub policy: PolicyArg,
+}
+
+/// `speedrun sample`: text from a checkpoint.
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub track: TrackArg,
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The text to continue.
+    #[arg(long)]
+    pub prompt: String,
+    /// How many tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    pub tokens: usize,
+    /// 0: greedy (the likeliest token each time); above 0, sampled from the
+    /// softmax at this temperature.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// The sampling draws' seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::device::DeviceChoice,
+    #[command(flatten)]
+    pub stack: StackArgs,
+    #[command(flatten)]
+    pub policy: PolicyArg,
+}
+
+/// The model hooks of `--plugin`s (the reference's without any).
+fn model_hooks(
+    lt: &crate::track::LoadedTrack,
+    stack: &StackArgs,
+    policy: &PolicyArg,
+) -> Result<crate::model::ModelHooks> {
+    if stack.plugins.is_empty() {
+        if !stack.plugin_configs.is_empty() {
+            bail!("--plugin-config given without any --plugin");
+        }
+        return Ok(Default::default());
+    }
+    let comps = crate::plugins::stack(
+        &lt.track,
+        0,
+        &stack.plugins,
+        &stack.plugin_configs,
+        stack.wasm,
+        &policy.load()?,
+    )?;
+    Ok(comps.hooks)
+}
+
+pub fn sample(a: SampleArgs) -> Result<()> {
+    let lt = a.track.load()?;
+    let device = crate::device::open(a.device)?;
+    let text = crate::sample::sample(crate::sample::SampleOptions {
+        track: &lt.track,
+        checkpoint: &a.checkpoint,
+        hooks: model_hooks(&lt, &a.stack, &a.policy)?,
+        prompt: &a.prompt,
+        tokens: a.tokens,
+        temperature: a.temperature,
+        seed: a.seed,
+        device: &device,
+    })?;
+    println!("{}{}", a.prompt, text);
+    Ok(())
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    let lt = a.track.load()?;
+    let lt = a.track.load()?.with_settings(&a.set.set)?;
     let out = a
         .out
         .unwrap_or_else(|| train::telemetry::default_run_dir(&lt.track.name, a.seed));
@@ -177,7 +253,9 @@ pub fn run(a: RunArgs) -> Result<()> {
 pub fn eval(a: EvalArgs) -> Result<()> {
     let lt = a.track.load()?;
     let dev = crate::device::open(a.device)?;
-    let score = train::validate::checkpoint(&lt, &a.checkpoint, a.data_dir.as_deref(), &dev)?;
+    let hooks = model_hooks(&lt, &a.stack, &a.policy)?;
+    let score =
+        train::validate::checkpoint(&lt, &a.checkpoint, a.data_dir.as_deref(), &dev, hooks)?;
     println!(
         "{}: validation loss {:.4} nats/token, {:.4} bits/byte over {} tokens of track {}",
         a.checkpoint.display(),

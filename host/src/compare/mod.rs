@@ -154,6 +154,9 @@ impl BenchSpec {
             "speedrun bench --track {track} --seed-list {}",
             seeds.join(",")
         );
+        for set in &s.track.overrides {
+            c += &format!(" --set '{set}'");
+        }
         let candidate_steps = self.candidate.steps.or(s.steps);
         if let Some(n) = candidate_steps {
             c += &format!(" --steps {n}");

@@ -30,6 +30,28 @@ impl Tokenizer {
         }
     }
 
+    /// The bytes the tokens stand for (end-of-text and ids past the
+    /// tokenizer's vocabulary, such as padding, decode to none).
+    pub fn decode(&self, tokens: &[u16]) -> Result<Vec<u8>> {
+        match self {
+            Tokenizer::Bytes => Ok(tokens
+                .iter()
+                .filter(|&&t| t < 256)
+                .map(|&t| t as u8)
+                .collect()),
+            Tokenizer::Gpt2(bpe) => {
+                let ids: Vec<u32> = tokens
+                    .iter()
+                    .filter(|&&t| t < GPT2_EOT)
+                    .map(|&t| t as u32)
+                    .collect();
+                bpe.decode_bytes(&ids).map_err(|e| {
+                    anyhow::anyhow!("GPT-2 decoding failed: unknown token {}", e.token)
+                })
+            }
+        }
+    }
+
     /// Number of text bytes the tokens decode to (the end-of-text token decodes to none).
     pub fn decoded_bytes(&self, tokens: &[u16]) -> Result<u64> {
         match self {

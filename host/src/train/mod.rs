@@ -178,10 +178,15 @@ fn banner(opts: &RunOptions) {
     let t = &opts.track.track;
     let m = &t.model;
     eprintln!(
-        "speedrun {} · track {} ({})",
+        "speedrun {} · track {} ({}){}",
         env!("CARGO_PKG_VERSION"),
         t.name,
-        opts.track.path.display()
+        opts.track.path.display(),
+        if opts.track.overrides.is_empty() {
+            String::new()
+        } else {
+            format!(", modified: --set {}", opts.track.overrides.join(" --set "))
+        }
     );
     eprintln!(
         "  model      {} layers × {} wide, {} heads, T {}, vocabulary {}",
@@ -419,6 +424,7 @@ fn manifest_of(
         track: track.name.clone(),
         track_path: opts.track.path.display().to_string(),
         track_sha256: opts.track.sha256.clone(),
+        track_overrides: opts.track.overrides.clone(),
         data_dir: data.dir.display().to_string(),
         shards: data.records.clone(),
         seed: opts.seed,
@@ -434,7 +440,8 @@ fn manifest_of(
         // real labels are for calibration only.
         official: (stack.plugins.is_empty()
             || policy.as_ref().is_some_and(|p| p.warnings.is_empty()))
-            && opts.vocab != VocabMode::Identity,
+            && opts.vocab != VocabMode::Identity
+            && opts.track.overrides.is_empty(),
         policy,
         hardware: Hardware::detect(),
         device: crate::device::describe(device),
@@ -478,6 +485,12 @@ impl RunSummary {
                 .chain((opts.vocab == VocabMode::Identity).then(|| {
                     "trained and validated on the real token ids (no secret permutation)"
                         .to_string()
+                }))
+                .chain((!opts.track.overrides.is_empty()).then(|| {
+                    format!(
+                        "on a modified track (--set {})",
+                        opts.track.overrides.join(" --set ")
+                    )
                 }))
                 .collect(),
             verdict,

@@ -177,6 +177,7 @@ pub fn checkpoint(
     checkpoint: &std::path::Path,
     data_dir: Option<&std::path::Path>,
     device: &Device,
+    hooks: crate::model::ModelHooks,
 ) -> Result<CheckpointScore> {
     use crate::data::loader::TrackData;
     use crate::data::tokenizer::Tokenizer;
@@ -188,8 +189,7 @@ pub fn checkpoint(
         t.model.seq_len,
         &Tokenizer::new(t.data.tokenizer)?,
     )?;
-    let model =
-        Model::build(&t.model, Default::default(), 0, device)?.with_precision(t.train.precision);
+    let model = Model::build(&t.model, hooks, 0, device)?.with_precision(t.train.precision);
     crate::checkpoint::load_into(&model, checkpoint, device)?;
     let (val_loss, val_bpb) = evaluate(&model, &val, t.batch_size(), device)?;
     Ok(CheckpointScore {
