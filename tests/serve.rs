@@ -206,6 +206,17 @@ fn every_page_shows_what_the_store_holds_in_a_real_browser() {
     assert!(o.status.code() == Some(0), "{}", text(&o));
     let bench: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let bench_id = bench["comparison_id"].as_i64().unwrap();
+    // The bench's static overlay: every run's validation curve and the target.
+    let svg = std::fs::read_to_string(bench["curves_svg"].as_str().unwrap()).unwrap();
+    for label in [
+        "candidate seed 0",
+        "candidate seed 1",
+        "baseline seed 0",
+        "baseline seed 1",
+        "target 3.2500",
+    ] {
+        assert!(svg.contains(label), "{label} not in the bench's overlay");
+    }
 
     let store = speedrun::store::Store::open(&db).unwrap();
     let runs = store.runs(Some("smoke")).unwrap();

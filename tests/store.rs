@@ -724,3 +724,60 @@ fn a_stack_key_names_the_configuration_a_run_set_and_its_label() {
         "{shown}"
     );
 }
+
+#[test]
+fn show_of_several_runs_overlays_their_curves_with_the_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("runs.db");
+    for seed in ["0", "1"] {
+        let out = tmp.path().join(format!("s{seed}"));
+        let o = speedrun_db(
+            &db,
+            &[
+                "run",
+                "--track",
+                "smoke",
+                "--steps",
+                "20",
+                "--seed",
+                seed,
+                "--quiet",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let svg = tmp.path().join("both.svg");
+    let o = speedrun_db(&db, &["show", "1", "2", "--svg", svg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("run 1 —") && t.contains("run 2 —") && t.contains("overlay plot"),
+        "{t}"
+    );
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    for label in [
+        "run 1 (reference, seed 0) validation",
+        "run 2 (reference, seed 1) train",
+        "target 3.2500",
+    ] {
+        assert!(plot.contains(label), "{label} not in the overlay");
+    }
+    // One missing run among them: an error naming it, and no plot.
+    let o = speedrun_db(
+        &db,
+        &[
+            "show",
+            "1",
+            "9",
+            "--svg",
+            tmp.path().join("x.svg").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("no run \"9\""),
+        "{}",
+        text(&o)
+    );
+}

@@ -120,6 +120,11 @@ fn a_scaffolded_optimizer_is_built_as_wasm_run_against_the_reference_and_judged(
         assert!(dir.join("metrics.jsonl").is_file() && dir.join("curves.svg").is_file());
     }
     assert!(Path::new(v["paths"]["frontier_svg"].as_str().unwrap()).is_file());
+    let curves = std::fs::read_to_string(v["paths"]["curves_svg"].as_str().unwrap()).unwrap();
+    assert!(
+        curves.contains("candidate seed") && curves.contains("target "),
+        "the overlay names its runs and the target"
+    );
     // SGD from the template does not beat AdamW on smoke: no record.
     assert_eq!(v["new_record"], false);
     assert!(v["record"].is_null());

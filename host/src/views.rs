@@ -4,6 +4,7 @@
 use crate::plot;
 use crate::score::{self, Axis, FrontierEntry};
 use crate::store::{Evaluation, Store, StoredPlugin, StoredRun};
+use crate::train::telemetry::Curves;
 use crate::verify::{check_line, Verdict};
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -131,7 +132,11 @@ pub fn frontier(store: &Store, track: &str, json: bool, svg: Option<&Path>) -> R
     let svg_path = match svg {
         Some(p) => {
             let time = &axes[0].runs;
-            let points: Vec<(f64, f64)> = time.iter().map(|e| (e.cost, e.val_loss)).collect();
+            let points: Vec<(String, (f64, f64))> = time
+                .iter()
+                .map(|e| (e.stack.clone(), (e.cost, e.val_loss)))
+                .collect();
+            let target = runs.iter().rev().find_map(|r| r.target_val_loss);
             let front: Vec<(f64, f64)> = time
                 .iter()
                 .filter(|e| e.on_frontier)
@@ -142,6 +147,7 @@ pub fn frontier(store: &Store, track: &str, json: bool, svg: Option<&Path>) -> R
                 Axis::TrainTime.label(),
                 &points,
                 &front,
+                target,
             )?;
             write_svg(p, &text)?;
             Some(p.display().to_string())
@@ -167,11 +173,11 @@ pub fn frontier(store: &Store, track: &str, json: bool, svg: Option<&Path>) -> R
         for e in &a.runs {
             let _ = writeln!(
                 o,
-                "  {:>5} {:<34} {:>5} {:>14.6e} {:>9.4} {:>9} {:>10.4}",
+                "  {:>5} {:<34} {:>5} {:>14} {:>9.4} {:>9} {:>10.4}",
                 e.run_id,
                 e.stack,
                 e.seed,
-                e.cost,
+                cost(a.axis, e.cost),
                 e.val_loss,
                 if e.on_frontier { "yes" } else { "" },
                 e.distance
@@ -187,6 +193,15 @@ pub fn frontier(store: &Store, track: &str, json: bool, svg: Option<&Path>) -> R
     Ok(o)
 }
 
+/// A cost as a person reads it: seconds, a token count, FLOPs.
+fn cost(axis: Axis, v: f64) -> String {
+    match axis {
+        Axis::TrainTime => format!("{v:.2} s"),
+        Axis::Tokens => format!("{v:.0}"),
+        Axis::Flops => format!("{v:.3e}"),
+    }
+}
+
 #[derive(Serialize)]
 struct ShowJson<'a> {
     run: &'a StoredRun,
@@ -198,14 +213,86 @@ struct ShowJson<'a> {
 
 /// Training losses of a run directory's `metrics.jsonl`, as (step, loss).
 fn train_curve(run_dir: &Path) -> Vec<(f64, f64)> {
-    let Ok(text) = std::fs::read_to_string(run_dir.join("metrics.jsonl")) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "step")
-        .filter_map(|v| Some((v["step"].as_f64()?, v["train_loss"].as_f64()?)))
+    Curves::read(run_dir)
+        .steps
+        .iter()
+        .map(|s| (s.step, s.train_loss))
         .collect()
+}
+
+/// Runs' validation (and, with `train`, training) losses against step on one
+/// chart, with the target: `show RUN RUN…` and every bench write it.
+pub fn overlay_svg(
+    title: &str,
+    runs: &[(String, &Path)],
+    target: Option<f64>,
+    train: bool,
+) -> Result<String> {
+    let mut series = Vec::new();
+    for (label, dir) in runs {
+        let c = Curves::read(dir);
+        if train {
+            series.push(plot::Series {
+                label: format!("{label} train"),
+                points: c.steps.iter().map(|s| (s.step, s.train_loss)).collect(),
+                mark: plot::Mark::Line,
+            });
+        }
+        series.push(plot::Series {
+            label: format!("{label} validation"),
+            points: c.vals.iter().map(|v| (v.step, v.val_loss)).collect(),
+            mark: plot::Mark::LineAndPoints,
+        });
+    }
+    plot::chart_svg(title, ("step", "loss (nats/token)"), &series, target)
+}
+
+/// Several stored runs: each one's `show` text, and their curves overlaid in
+/// one SVG at `svg` (default `compare-ID-ID….svg` in the working directory).
+pub fn show_many(
+    store: &Store,
+    keys: &[String],
+    json: bool,
+    svg: Option<PathBuf>,
+) -> Result<String> {
+    let runs = keys
+        .iter()
+        .map(|k| store.run(k))
+        .collect::<Result<Vec<_>>>()?;
+    let ids: Vec<String> = runs.iter().map(|r| r.id.to_string()).collect();
+    let path = svg.unwrap_or_else(|| PathBuf::from(format!("compare-{}.svg", ids.join("-"))));
+    let labelled: Vec<(String, &Path)> = runs
+        .iter()
+        .map(|r| {
+            (
+                format!("run {} ({}, seed {})", r.id, r.stack, r.seed),
+                Path::new(r.run_dir.as_str()),
+            )
+        })
+        .collect();
+    let same_track = runs.iter().all(|r| r.track == runs[0].track);
+    let target = runs[0].target_val_loss.filter(|_| same_track);
+    write_svg(
+        &path,
+        &overlay_svg(&format!("runs {}", ids.join(", ")), &labelled, target, true)?,
+    )?;
+    if json {
+        let shown: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| Ok(serde_json::from_str(&show(store, k, true, None)?)?))
+            .collect::<Result<_>>()?;
+        return Ok(serde_json::to_string_pretty(&serde_json::json!({
+            "runs": shown,
+            "svg": path.display().to_string(),
+        }))? + "\n");
+    }
+    let mut o = String::new();
+    for k in keys {
+        o += &show(store, k, false, None)?;
+        o.push('\n');
+    }
+    let _ = writeln!(o, "overlay plot   {}", path.display());
+    Ok(o)
 }
 
 fn write_svg(path: &Path, text: &str) -> Result<()> {
@@ -236,6 +323,7 @@ pub fn show(store: &Store, key: &str, json: bool, svg: Option<PathBuf>) -> Resul
             ),
             &train_curve(&run_dir),
             &val,
+            run.target_val_loss,
         )?;
         write_svg(p, &text)?;
     }

@@ -30,8 +30,10 @@ pub struct FrontierArgs {
 
 #[derive(Args, Debug)]
 pub struct ShowArgs {
-    /// The run's id in the store, or its run directory.
-    pub run: String,
+    /// The run's id in the store, or its run directory; several: each shown,
+    /// their curves overlaid in one SVG.
+    #[arg(required = true, num_args = 1..)]
+    pub run: Vec<String>,
     #[command(flatten)]
     pub db: DbArg,
     #[command(flatten)]
@@ -59,9 +61,11 @@ pub fn frontier(a: FrontierArgs) -> Result<()> {
 }
 
 pub fn show(a: ShowArgs) -> Result<()> {
-    print!(
-        "{}",
-        crate::views::show(&a.db.open()?, &a.run, a.output.json, a.svg)?
-    );
+    let store = a.db.open()?;
+    let text = match a.run.as_slice() {
+        [one] => crate::views::show(&store, one, a.output.json, a.svg)?,
+        many => crate::views::show_many(&store, many, a.output.json, a.svg)?,
+    };
+    print!("{text}");
     Ok(())
 }

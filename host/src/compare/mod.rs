@@ -317,10 +317,32 @@ pub fn run(spec: &BenchSpec) -> Result<Report> {
     );
     report.baseline_stored = spec.baseline_stored;
     report.command = spec.command();
+    report.curves_svg = Some(write_overlay(s, &report)?);
     if let Some(store) = &s.store {
         report.comparison_id = Some(store_comparison(store, &report)?);
     }
     Ok(report)
+}
+
+/// Every run of the report's validation curve on one chart, with the target:
+/// `OUT/curves.svg`. Stored baseline runs are drawn from their own directories.
+pub fn write_overlay(s: &Session, r: &Report) -> Result<String> {
+    let runs: Vec<(String, PathBuf)> = [("candidate", &r.candidate), ("baseline", &r.baseline)]
+        .iter()
+        .flat_map(|(role, side)| {
+            side.runs
+                .iter()
+                .map(move |b| (format!("{role} seed {}", b.seed), PathBuf::from(&b.run_dir)))
+        })
+        .collect();
+    let labelled: Vec<(String, &std::path::Path)> =
+        runs.iter().map(|(l, p)| (l.clone(), p.as_path())).collect();
+    let title = format!("{} against {}", r.candidate.stack, r.baseline.stack);
+    let svg = crate::views::overlay_svg(&title, &labelled, r.target_val_loss, false)?;
+    std::fs::create_dir_all(&s.out)?;
+    let path = s.out.join("curves.svg");
+    std::fs::write(&path, svg)?;
+    Ok(path.display().to_string())
 }
 
 #[cfg(test)]

@@ -121,6 +121,9 @@ pub struct Report {
     pub comparison_id: Option<i64>,
     /// The `speedrun bench` command that reproduces this comparison (seeds listed).
     pub command: String,
+    /// Candidate and baseline validation curves overlaid, with the target.
+    #[serde(default)]
+    pub curves_svg: Option<String>,
 }
 
 impl Report {
@@ -247,5 +250,6 @@ pub fn analyse(
         verdict_text,
         comparison_id: None,
         command: String::new(),
+        curves_svg: None,
     }
 }

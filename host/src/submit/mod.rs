@@ -315,6 +315,7 @@ fn run_submission(
         runs: Some(session.out.display().to_string()),
         run_dirs: cand_runs.iter().map(|r| r.run_dir.clone()).collect(),
         frontier_svg: Some(frontier_svg.display().to_string()),
+        curves_svg: Some(compare::write_overlay(&session, &vs_record)?),
     };
 
     // The record rule (compare::Report::beats_baseline), at the full budget only;

@@ -75,6 +75,9 @@ pub struct Paths {
     /// Each submission run's directory (manifest, metrics.jsonl, summary.json, curves.svg).
     pub run_dirs: Vec<String>,
     pub frontier_svg: Option<String>,
+    /// The submission's validation curves against the record's (or the
+    /// reference's) per seed, with the target.
+    pub curves_svg: Option<String>,
 }
 
 /// What `submit` answers (also as JSON, schema `SCHEMA`).

@@ -115,6 +115,68 @@ impl RunDir {
     }
 }
 
+/// One training step of `metrics.jsonl`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepLine {
+    pub step: f64,
+    pub tokens: f64,
+    pub train_time_s: f64,
+    pub train_loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+}
+
+/// One validation of `metrics.jsonl`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValLine {
+    pub step: f64,
+    pub tokens: f64,
+    pub train_time_s: f64,
+    pub val_loss: f64,
+}
+
+/// A run's curves, read back from its directory's `metrics.jsonl` (empty
+/// when the directory is gone: the store still has its evaluations), for the
+/// plots and the dashboard.
+#[derive(Debug, Clone, Default)]
+pub struct Curves {
+    pub steps: Vec<StepLine>,
+    pub vals: Vec<ValLine>,
+}
+
+impl Curves {
+    pub fn read(run_dir: &Path) -> Curves {
+        let mut c = Curves::default();
+        let Ok(text) = std::fs::read_to_string(run_dir.join("metrics.jsonl")) else {
+            return c;
+        };
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            match v["kind"].as_str() {
+                Some("step") => c.steps.push(StepLine {
+                    step: f("step"),
+                    tokens: f("tokens"),
+                    train_time_s: f("train_time_s"),
+                    train_loss: f("train_loss"),
+                    lr: f("lr"),
+                    grad_norm: f("grad_norm"),
+                }),
+                Some("val") => c.vals.push(ValLine {
+                    step: f("step"),
+                    tokens: f("tokens"),
+                    train_time_s: f("train_time_s"),
+                    val_loss: f("val_loss"),
+                }),
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
 /// Writes `dir/name` as pretty JSON, write-then-rename: a reader never sees
 /// half a summary (also for rewriting a finished run's, `train::amend_verdict`).
 pub fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<()> {

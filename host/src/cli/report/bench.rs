@@ -82,5 +82,8 @@ pub fn bench(r: &Report) -> String {
         );
     }
     let _ = writeln!(o, "verdict: {}", r.verdict_text);
+    if let Some(p) = &r.curves_svg {
+        let _ = writeln!(o, "curves: {p}");
+    }
     o
 }

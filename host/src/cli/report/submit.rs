@@ -97,6 +97,9 @@ pub fn verdict(v: &SubmitVerdict) -> String {
     if let Some(f) = &v.paths.frontier_svg {
         let _ = writeln!(o, "  frontier plot   {f}");
     }
+    if let Some(f) = &v.paths.curves_svg {
+        let _ = writeln!(o, "  curves plot     {f}");
+    }
     o
 }
 
