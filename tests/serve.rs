@@ -307,6 +307,15 @@ fn every_page_shows_what_the_store_holds_in_a_real_browser() {
         page.contains(&format!("run {a} ·")) || page.contains(&format!("href=\"/run/{a}\"")),
         "{page}"
     );
+    // One row per stack ticked: relu2's run and the reference's.
+    let stacks = page
+        .split("id=\"stacks\"")
+        .nth(1)
+        .unwrap()
+        .split("</table>")
+        .next()
+        .unwrap();
+    assert_eq!(stacks.matches("<tr>").count(), 3, "{stacks}");
     if charts {
         assert_eq!(drawn(&page), 3);
     }

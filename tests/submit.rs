@@ -512,3 +512,58 @@ fn adversarial_submissions_are_invalid_and_never_a_record() {
     let r: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert!(r["records"].as_array().unwrap().is_empty(), "{r}");
 }
+
+#[test]
+fn a_plugin_approved_from_its_folder_is_admitted_when_submitted_native() {
+    // The snapshot is built elsewhere (the submission's work folder); the
+    // library must still be the approved bytes.
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("runs.db");
+    let krate = scaffold(tmp.path(), "schedule", "approved-schedule");
+    let policy = tmp.path().join("policy.toml");
+    std::fs::copy(root().join("sandbox-policy/default.toml"), &policy).unwrap();
+    let o = speedrun(&[
+        "policy",
+        "approve",
+        krate.to_str().unwrap(),
+        "--by",
+        "a test",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let approved = text(&o)
+        .split("sha256 ")
+        .nth(1)
+        .and_then(|s| s.get(..64))
+        .unwrap()
+        .to_string();
+    let o = speedrun_db(
+        &db,
+        &[
+            "submit",
+            krate.to_str().unwrap(),
+            "--track",
+            "smoke",
+            "--native",
+            "--seeds",
+            "2",
+            "--steps",
+            "20",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let v = verdict(&o);
+    assert_eq!(o.status.code(), Some(0), "{v:#}");
+    assert_eq!(v["submission"]["library_sha256"], approved.as_str());
+    assert_eq!(v["submission"]["transport"], "native");
+    let plugins = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "plugins")
+        .unwrap();
+    assert_eq!(plugins["outcome"], "passed", "{plugins}");
+}

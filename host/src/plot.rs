@@ -227,7 +227,7 @@ mod tests {
         .unwrap();
         assert!(f.contains("frontier") && f.contains("training time (s)"));
         // One legend entry per stack.
-        assert!(f.contains(">muon<") && f.contains(">reference<"), "{f}");
+        assert!(f.contains("\nmuon\n") && f.contains("\nreference\n"), "{f}");
         assert!(f.contains("<polyline"), "no frontier line");
     }
 }

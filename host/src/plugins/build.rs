@@ -33,6 +33,9 @@ pub fn is_crate_dir(path: &Path) -> bool {
 }
 
 /// Builds the plugin crate at `dir` (release) and answers its library's path.
+/// The build runs on a staged copy (`stage`), so the same source gives the
+/// same bytes wherever it lies: a submission's snapshot builds to the library
+/// a maintainer approved from the plugin's own folder.
 pub fn build_native(dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -41,7 +44,72 @@ pub fn build_native(dir: &Path) -> Result<PathBuf> {
         .arg(shared_target_dir())
         .env("RUSTFLAGS", reproducible_rustflags());
     let _slot = BuildSlot::take(&shared_target_dir(), dir)?;
-    cargo_artifact(dir, cmd, std::env::consts::DLL_SUFFIX)
+    let staged = stage(dir)?;
+    cargo_artifact(&staged, cmd, std::env::consts::DLL_SUFFIX)
+}
+
+/// The crate at `dir` copied to one fixed place, `TARGET/staging/NAME`, made
+/// standalone the way a submission's snapshot is (its own workspace, this
+/// host's SDK and `Cargo.lock`): what the library's bytes depend on is then
+/// the source alone, not its folder, a workspace's profile or a fresh
+/// resolution. Left as it is when the same source is already staged, so an
+/// unchanged plugin is not rebuilt.
+fn stage(dir: &Path) -> Result<PathBuf> {
+    use super::snapshot;
+    let snap = snapshot::take(dir)?;
+    let parent = shared_target_dir().join("staging");
+    let staged = parent.join(&snap.crate_name);
+    let stamp = staged.join(".speedrun-staged");
+    // The source's hash, and how it was staged: a change to staging stages again.
+    let staged_as = format!("2 {}", snap.sha256);
+    if std::fs::read_to_string(&stamp).ok() == Some(staged_as.clone()) {
+        return Ok(staged);
+    }
+    if staged.exists() {
+        std::fs::remove_dir_all(&staged)
+            .with_context(|| format!("clearing {}", staged.display()))?;
+    }
+    let out = snapshot::extract(&snap.archive, &snap.crate_name, &parent)?;
+    absolute_path_dependencies(&out.join("Cargo.toml"), dir)?;
+    std::fs::write(&stamp, staged_as)?;
+    Ok(out)
+}
+
+/// A staged crate's path dependencies (other than the SDK, which the
+/// snapshot points at this host's) made absolute from where the crate came
+/// from, so they still resolve.
+fn absolute_path_dependencies(manifest: &Path, origin: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(manifest)?;
+    let mut toml: toml::Table = toml::from_str(&text)?;
+    let mut changed = false;
+    for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
+        let Some(deps) = toml.get_mut(section).and_then(|d| d.as_table_mut()) else {
+            continue;
+        };
+        for (name, spec) in deps.iter_mut() {
+            let Some(path) = spec.get("path").and_then(|p| p.as_str()) else {
+                continue;
+            };
+            if name == "speedrun-plugin-api" || Path::new(path).is_absolute() {
+                continue;
+            }
+            let resolved = origin
+                .join(path)
+                .canonicalize()
+                .with_context(|| format!("dependency {name}: {path} from {}", origin.display()))?;
+            if let Some(t) = spec.as_table_mut() {
+                t.insert(
+                    "path".into(),
+                    toml::Value::String(resolved.display().to_string()),
+                );
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        std::fs::write(manifest, toml::to_string(&toml)?)?;
+    }
+    Ok(())
 }
 
 /// A build of the crate at `dir` in the shared target directory `target`,

@@ -13,6 +13,7 @@ pub mod handles;
 pub mod host_ops;
 pub mod native;
 pub mod session;
+pub mod snapshot;
 pub mod template;
 pub mod wasm;
 

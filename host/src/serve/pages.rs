@@ -494,8 +494,69 @@ pub fn compare(store: &Store, keys: &[String]) -> Result<Page> {
     let charts = charts::overlay(&curves, goal);
     let mut o = String::from("<h1>Comparison</h1>");
     o.push_str(&runs_table(&runs, false));
+    o.push_str(&stack_statistics(&runs));
     o.push_str(&chart_slots(charts.len()));
     Ok(Page::ok(layout("comparison", &o, &charts, None)))
+}
+
+/// The ticked runs by stack: final loss and training time as mean ± sd; for
+/// two stacks, their difference and time ratio with 95% intervals (Welch), as
+/// `bench` reports them.
+fn stack_statistics(runs: &[&StoredRun]) -> String {
+    use crate::stats;
+    let mut by_stack: BTreeMap<&str, Vec<&StoredRun>> = BTreeMap::new();
+    for r in runs {
+        if r.final_val_loss.is_some() && r.train_time_s.is_some() {
+            by_stack.entry(&r.stack).or_default().push(r);
+        }
+    }
+    let losses =
+        |rs: &[&StoredRun]| -> Vec<f64> { rs.iter().filter_map(|r| r.final_val_loss).collect() };
+    let times =
+        |rs: &[&StoredRun]| -> Vec<f64> { rs.iter().filter_map(|r| r.train_time_s).collect() };
+    let mut o = String::from("<h2>By stack</h2><table id=\"stacks\"><tr><th>stack</th><th class=\"num\">runs</th><th class=\"num\">final loss</th><th class=\"num\">train time (s)</th></tr>");
+    for (stack, rs) in &by_stack {
+        let (l, t) = (
+            stats::Summary::of(&losses(rs)),
+            stats::Summary::of(&times(rs)),
+        );
+        let _ = write!(
+            o,
+            r#"<tr><td>{}</td><td class="num">{}</td><td class="num">{:.4} ± {:.4}</td><td class="num">{:.2} ± {:.2}</td></tr>"#,
+            esc(stack),
+            rs.len(),
+            l.mean,
+            l.std,
+            t.mean,
+            t.std
+        );
+    }
+    o.push_str("</table>");
+    if let [(a, ra), (b, rb)] = by_stack.iter().collect::<Vec<_>>()[..] {
+        if let Some(d) = stats::mean_difference(&losses(ra), &losses(rb)) {
+            let _ = write!(
+                o,
+                "<p id=\"difference\">final loss, {} − {}: {:+.4}, 95% interval [{:+.4}, {:+.4}]</p>",
+                esc(a),
+                esc(b),
+                d.estimate,
+                d.low,
+                d.high
+            );
+        }
+        if let Some(s) = stats::speedup(&times(rb), &times(ra)) {
+            let _ = write!(
+                o,
+                "<p>training time of {} over {}: {:.3}x, 95% interval [{:.3}, {:.3}]</p>",
+                esc(b),
+                esc(a),
+                s.estimate,
+                s.low,
+                s.high
+            );
+        }
+    }
+    o
 }
 
 fn side_rows(o: &mut String, role: &str, runs: &[BenchRun]) {

@@ -10,7 +10,6 @@
 //! wall-clock limit ran out).
 
 pub mod records;
-pub mod snapshot;
 mod verdict;
 
 pub use verdict::*;
@@ -85,7 +84,7 @@ pub fn rebuild(store: &Store, submission_id: i64, into: &Path) -> Result<PathBuf
         std::fs::remove_dir_all(into)
             .with_context(|| format!("clearing {} before the rebuild", into.display()))?;
     }
-    let dir = snapshot::extract(&archive, &s.crate_name, into)?;
+    let dir = crate::plugins::snapshot::extract(&archive, &s.crate_name, into)?;
     build_library(&dir, s.transport == Transport::Native)
         .with_context(|| format!("rebuilding submission {submission_id} from its stored source"))
 }
@@ -105,7 +104,7 @@ pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
     let deadline = o.max_wall.map(|d| Instant::now() + d);
     let track = &o.track.track;
     compare::check_seeds(&o.seeds)?;
-    let snap = snapshot::take(&o.crate_dir)?;
+    let snap = crate::plugins::snapshot::take(&o.crate_dir)?;
     tracing::info!(
         "snapshot of {}: {} files, sha256 {}",
         snap.crate_name,
@@ -185,7 +184,11 @@ fn run_submission(
 ) -> Result<SubmitVerdict> {
     let track = &o.track.track;
     let archive = store.submission_source(id)?;
-    let dir = snapshot::extract(&archive, &v.submission.crate_name, &work.join("source"))?;
+    let dir = crate::plugins::snapshot::extract(
+        &archive,
+        &v.submission.crate_name,
+        &work.join("source"),
+    )?;
     // What runs is what was stored: the library is built from the unpacked snapshot.
     let lib = build_library(&dir, o.native)?;
     let lib_sha = plugins::sha256_file(&lib)?;
