@@ -338,12 +338,52 @@ fn every_page_shows_what_the_store_holds_in_a_real_browser() {
         "a header and four runs: {seeds}"
     );
 
+    // A submission's candidate run shows the submitted source.
+    let krate = tmp.path().join("my-schedule");
+    let o = speedrun(&[
+        "plugin",
+        "new",
+        "--hook",
+        "schedule",
+        "my-schedule",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = speedrun_db(
+        &db,
+        &[
+            "submit",
+            krate.to_str().unwrap(),
+            "--track",
+            "smoke",
+            "--seeds",
+            "2",
+            "--steps",
+            "20",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let candidate = v["runs"][0]["store_id"].as_i64().unwrap();
+    let page = dom(&c, &u(&format!("/run/{candidate}")));
+    assert!(
+        page.contains("id=\"submission\"") && page.contains("my-schedule"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<summary>my-schedule/src/lib.rs</summary>")
+            && page.contains("impl Schedule for"),
+        "{page}"
+    );
+
     for (name, path) in [
         ("tracks", "/".to_string()),
         ("track", "/track/smoke".to_string()),
         ("run", format!("/run/{}", full.id)),
         ("compare", format!("/compare?runs={a},{b}")),
         ("bench", format!("/bench/{bench_id}")),
+        ("submission-run", format!("/run/{candidate}")),
     ] {
         screenshot(&c, &u(&path), name);
     }

@@ -71,3 +71,21 @@ impl Tokenizer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_gives_back_the_text_for_both_tokenizers() {
+        let text = "To be, or not to be: that is the question.";
+        for kind in [TokenizerKind::Bytes, TokenizerKind::Gpt2] {
+            let t = Tokenizer::new(kind).unwrap();
+            let ids = t.encode_document(text);
+            assert_eq!(t.decode(&ids).unwrap(), text.as_bytes(), "{kind:?}");
+        }
+        // GPT-2: end-of-text and padding ids decode to nothing.
+        let t = Tokenizer::new(TokenizerKind::Gpt2).unwrap();
+        assert!(t.decode(&[GPT2_EOT, 50300]).unwrap().is_empty());
+    }
+}

@@ -148,6 +148,20 @@ pub fn extract(archive: &[u8], crate_name: &str, into: &Path) -> Result<PathBuf>
     Ok(dir)
 }
 
+/// The files of a snapshot's archive, by path, to show (the dashboard).
+pub fn files(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut out = Vec::new();
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.display().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes)?;
+        out.push((path, bytes));
+    }
+    Ok(out)
+}
+
 /// Rewrites `dir/Cargo.toml` to build outside any workspace against this host.
 fn standalone_manifest(dir: &Path) -> Result<()> {
     let root = crate::plugins::build::workspace_root();

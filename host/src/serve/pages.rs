@@ -439,6 +439,38 @@ pub fn run(store: &Store, key: &str) -> Result<Page> {
         }
         o.push_str("</table>");
     }
+    if let Some(id) = store.submission_of_run(r.id)? {
+        let sub = store.submission(id)?;
+        let _ = write!(
+            o,
+            r#"<h2 id="submission">Submission {id}: {}</h2><p>{} · source sha256 {} · {}</p>"#,
+            esc(&sub.crate_name),
+            esc(&sub.description),
+            esc(&sub.source_sha256),
+            sub.status
+        );
+        match store
+            .submission_source(id)
+            .and_then(|a| crate::plugins::snapshot::files(&a))
+        {
+            Ok(files) => {
+                for (path, bytes) in files {
+                    let body = match std::str::from_utf8(&bytes) {
+                        Ok(text) => esc(text),
+                        Err(_) => format!("({} bytes, not text)", bytes.len()),
+                    };
+                    let _ = write!(
+                        o,
+                        "<details><summary>{}</summary><pre>{body}</pre></details>",
+                        esc(&path)
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = write!(o, r#"<p class="fail">{}</p>"#, esc(&format!("{e:#}")));
+            }
+        }
+    }
     if let Some(m) = &manifest {
         let _ = write!(
             o,

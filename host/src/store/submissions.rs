@@ -192,6 +192,24 @@ impl Store {
     /// The stored source archive of submission `id`, checked against the
     /// SHA-256 recorded when it was submitted: a rewritten archive is refused
     /// naming both hashes.
+    /// The submission whose candidate run `run_id` was (its verdict lists it).
+    pub fn submission_of_run(&self, run_id: i64) -> Result<Option<i64>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, verdict FROM submissions WHERE verdict IS NOT NULL ORDER BY id")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows.into_iter().find_map(|(id, verdict)| {
+            let v: serde_json::Value = serde_json::from_str(&verdict).ok()?;
+            v["runs"]
+                .as_array()?
+                .iter()
+                .any(|r| r["store_id"].as_i64() == Some(run_id))
+                .then_some(id)
+        }))
+    }
+
     pub fn submission_source(&self, id: i64) -> Result<Vec<u8>> {
         let conn = self.conn();
         let (archive, recorded): (Vec<u8>, String) = conn.query_row(
