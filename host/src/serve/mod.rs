@@ -12,6 +12,7 @@
 //! host/dashboard`); without it the pages say so where the charts would be.
 
 mod charts;
+mod compare;
 mod pages;
 
 use crate::store::Store;
@@ -133,11 +134,11 @@ async fn compare(State(app): State<Arc<App>>, query: RawQuery) -> Response {
         .filter(|v| !v.is_empty())
         .map(str::to_string)
         .collect();
-    respond(pages::compare(&app.store, &ids))
+    respond(compare::compare(&app.store, &ids))
 }
 
 async fn bench(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    respond(pages::bench(&app.store, &id))
+    respond(compare::bench(&app.store, &id))
 }
 
 async fn run_json(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {

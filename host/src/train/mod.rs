@@ -2,8 +2,10 @@
 //! the host's loss, backward, optimizer, validate — with the machinery (timer,
 //! telemetry, the checks of `verify`, the run store) around it.
 
+mod console;
 mod labels;
 mod null_control;
+mod start;
 mod step;
 pub mod telemetry;
 mod timed;
@@ -11,10 +13,13 @@ pub mod timer;
 pub mod validate;
 mod verdict;
 
+use console::*;
+pub use console::{interrupt, Interrupted};
 pub use labels::{Labels, VocabMode};
 pub use null_control::{
     amend_verdict, null_control, null_control_floor, NULL_CONTROL_FLOOR_FRACTION,
 };
+use start::*;
 use step::*;
 pub(crate) use step::{SplitTimes, Stack, StepAt};
 use timed::*;
@@ -172,81 +177,6 @@ fn execute_rank(
     finish(opts, run, outcome, stats)
 }
 
-/// What a person reads before the first step (the warm-up and the data's
-/// hashes take a while on a big track): what runs, where it writes.
-fn banner(opts: &RunOptions) {
-    let t = &opts.track.track;
-    let m = &t.model;
-    eprintln!(
-        "speedrun {} · track {} ({}){}",
-        env!("CARGO_PKG_VERSION"),
-        t.name,
-        opts.track.path.display(),
-        if opts.track.overrides.is_empty() {
-            String::new()
-        } else {
-            format!(", modified: --set {}", opts.track.overrides.join(" --set "))
-        }
-    );
-    eprintln!(
-        "  model      {} layers × {} wide, {} heads, T {}, vocabulary {}",
-        m.layers, m.width, m.heads, m.seq_len, m.vocab
-    );
-    eprintln!("  seed       {}", opts.seed);
-    eprintln!("  run dir    {}", opts.out.display());
-    if let Some(s) = &opts.store {
-        eprintln!("  store      {}", s.path().display());
-    }
-}
-
-/// Set by Ctrl-C (the command line installs the handler): the loop stops
-/// before its next step, and the run is recorded as incomplete at once.
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Timed loops running in this process.
-static TRAINING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Asks every run of this process to stop before its next step; answers
-/// whether one is training (if none is, there is nothing to stop cleanly).
-pub fn interrupt() -> bool {
-    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-    TRAINING.load(std::sync::atomic::Ordering::SeqCst) > 0
-}
-
-/// Counts a timed loop as running while it lives.
-struct Training;
-
-impl Training {
-    fn start() -> Training {
-        TRAINING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Training
-    }
-}
-
-impl Drop for Training {
-    fn drop(&mut self) {
-        TRAINING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// A run stopped by Ctrl-C.
-#[derive(Debug)]
-pub struct Interrupted {
-    pub step: usize,
-}
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted (Ctrl-C) before step {}", self.step)
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
 /// Everything a run has set up before its first timed step.
 struct Prepared {
     steps: usize,
@@ -271,32 +201,6 @@ struct LoopStats {
     plugin_ms: f64,
     evals: usize,
     initial_loss: Option<f64>,
-}
-
-/// The steps a run trains: its `--steps`, within the track's budget.
-fn steps_of(opts: &RunOptions) -> Result<usize> {
-    let track = &opts.track.track;
-    let steps = match opts.steps {
-        Some(0) => bail!("--steps must be at least 1"),
-        Some(s) if s > track.steps() => bail!(
-            "--steps {s} exceeds the track's token budget of {} tokens ({} steps of {} tokens)",
-            track.train.token_budget,
-            track.steps(),
-            track.train.batch_tokens
-        ),
-        Some(s) => s,
-        None => track.steps(),
-    };
-    if let Some(g) = &opts.parallel {
-        if track.batch_size() % g.world() != 0 {
-            bail!(
-                "{} ranks cannot split the track's batch of {} sequences evenly",
-                g.world(),
-                track.batch_size()
-            );
-        }
-    }
-    Ok(steps)
 }
 
 fn prepare(opts: &RunOptions, build: &mut dyn FnMut() -> Result<Components>) -> Result<Prepared> {
@@ -406,99 +310,6 @@ fn prepare(opts: &RunOptions, build: &mut dyn FnMut() -> Result<Components>) -> 
         record,
         summary,
     })
-}
-
-/// What decided the run, as `manifest.json` and the store record it.
-fn manifest_of(
-    opts: &RunOptions,
-    steps: usize,
-    data: &TrackData,
-    stack: &Stack,
-    device: &Device,
-) -> RunManifest {
-    let track = &opts.track.track;
-    let policy = stack.policy.clone();
-    RunManifest {
-        host_version: env!("CARGO_PKG_VERSION").into(),
-        git_revision: telemetry::git_revision(),
-        track: track.name.clone(),
-        track_path: opts.track.path.display().to_string(),
-        track_sha256: opts.track.sha256.clone(),
-        track_overrides: opts.track.overrides.clone(),
-        data_dir: data.dir.display().to_string(),
-        shards: data.records.clone(),
-        seed: opts.seed,
-        steps,
-        track_steps: track.steps(),
-        checks_version: verify::CHECKS_VERSION,
-        batch_tokens: track.train.batch_tokens,
-        parameters: stack.model.params.numel(),
-        optimizer: stack.optimizer.name().to_string(),
-        plugins: stack.plugins.iter().map(|p| p.record.clone()).collect(),
-        stack_label: opts.stack_label.clone(),
-        // The reference stack needs no approval; plugins need every one approved;
-        // real labels are for calibration only.
-        official: (stack.plugins.is_empty()
-            || policy.as_ref().is_some_and(|p| p.warnings.is_empty()))
-            && opts.vocab != VocabMode::Identity
-            && opts.track.overrides.is_empty(),
-        policy,
-        hardware: Hardware::detect(),
-        device: crate::device::describe(device),
-        started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        command: std::env::args().collect(),
-    }
-}
-
-impl RunSummary {
-    /// The summary of a run that has just started: nothing measured yet.
-    fn started(m: &RunManifest, track: &Track, opts: &RunOptions, verdict: Verdict) -> RunSummary {
-        RunSummary {
-            status: RunStatus::Running,
-            error: None,
-            track: track.name.clone(),
-            seed: opts.seed,
-            steps: 0,
-            tokens: 0,
-            train_time_s: 0.0,
-            tokens_per_s: 0.0,
-            flops: 0.0,
-            final_val_loss: None,
-            final_val_bpb: None,
-            best_val_loss: None,
-            best_val_bpb: None,
-            target_val_loss: track.target.val_loss,
-            target_reached: false,
-            time_to_target_s: None,
-            tokens_to_target: None,
-            flops_to_target: None,
-            step_of_target: None,
-            warmup_steps: 0,
-            peak_memory_bytes: 0,
-            memory_budget_bytes: opts.device.memory_budget,
-            unofficial_reasons: m
-                .policy
-                .as_ref()
-                .map(|p| p.warnings.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .chain((opts.vocab == VocabMode::Identity).then(|| {
-                    "trained and validated on the real token ids (no secret permutation)"
-                        .to_string()
-                }))
-                .chain((!opts.track.overrides.is_empty()).then(|| {
-                    format!(
-                        "on a modified track (--set {})",
-                        opts.track.overrides.join(" --set ")
-                    )
-                }))
-                .collect(),
-            verdict,
-            store_id: None,
-            train_losses: Vec::with_capacity(m.steps),
-            run_dir: opts.out.clone(),
-        }
-    }
 }
 
 /// The timed loop over a prepared run.
