@@ -48,20 +48,24 @@ pub fn build_native(dir: &Path) -> Result<PathBuf> {
     cargo_artifact(&staged, cmd, std::env::consts::DLL_SUFFIX)
 }
 
-/// The crate at `dir` copied to one fixed place, `TARGET/staging/NAME`, made
-/// standalone the way a submission's snapshot is (its own workspace, this
-/// host's SDK and `Cargo.lock`): what the library's bytes depend on is then
-/// the source alone, not its folder, a workspace's profile or a fresh
-/// resolution. Left as it is when the same source is already staged, so an
-/// unchanged plugin is not rebuilt.
+/// The crate at `dir` copied into a staging workspace at one fixed place,
+/// `TARGET/staging/` (`crates/NAME`, with a copy of this host's SDK at
+/// `sdk/speedrun-plugin-api`, the host's `Cargo.lock` and its workspace settings and
+/// profiles), made standalone the way a submission's snapshot is. Every path
+/// cargo hashes is then relative to that workspace, so the library's bytes
+/// depend on the source alone: not on its folder, the checkout's, a fresh
+/// resolution or a workspace's profile. Left as it is when the same source
+/// is already staged, so an unchanged plugin is not rebuilt.
 fn stage(dir: &Path) -> Result<PathBuf> {
     use super::snapshot;
     let snap = snapshot::take(dir)?;
-    let parent = shared_target_dir().join("staging");
-    let staged = parent.join(&snap.crate_name);
+    let root = shared_target_dir().join("staging");
+    stage_workspace(&root, &snap.crate_name)?;
+    let crates = root.join("crates");
+    let staged = crates.join(&snap.crate_name);
     let stamp = staged.join(".speedrun-staged");
     // The source's hash, and how it was staged: a change to staging stages again.
-    let staged_as = format!("2 {}", snap.sha256);
+    let staged_as = format!("3 {}", snap.sha256);
     if std::fs::read_to_string(&stamp).ok() == Some(staged_as.clone()) {
         return Ok(staged);
     }
@@ -69,10 +73,72 @@ fn stage(dir: &Path) -> Result<PathBuf> {
         std::fs::remove_dir_all(&staged)
             .with_context(|| format!("clearing {}", staged.display()))?;
     }
-    let out = snapshot::extract(&snap.archive, &snap.crate_name, &parent)?;
-    absolute_path_dependencies(&out.join("Cargo.toml"), dir)?;
+    let out = snapshot::extract(&snap.archive, &snap.crate_name, &crates)?;
+    let manifest = out.join("Cargo.toml");
+    absolute_path_dependencies(&manifest, dir)?;
+    // A member of the staging workspace, against its copy of the SDK.
+    let mut toml: toml::Table = toml::from_str(&std::fs::read_to_string(&manifest)?)?;
+    toml.remove("workspace");
+    for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
+        if let Some(api) = toml
+            .get_mut(section)
+            .and_then(|d| d.get_mut("speedrun-plugin-api"))
+            .and_then(|a| a.as_table_mut())
+        {
+            api.insert(
+                "path".into(),
+                toml::Value::String("../../sdk/speedrun-plugin-api".into()),
+            );
+        }
+    }
+    std::fs::write(&manifest, toml::to_string(&toml)?)?;
+    let _ = std::fs::remove_file(out.join("Cargo.lock"));
     std::fs::write(&stamp, staged_as)?;
     Ok(out)
+}
+
+/// The staging workspace with `name` as its one member: its manifest (this
+/// host's `[workspace.package]`, `[workspace.dependencies]` and profiles), its
+/// `Cargo.lock` (the host's, when it has none) and the SDK's copy, refreshed
+/// when this host's SDK differs from it.
+fn stage_workspace(root: &Path, name: &str) -> Result<()> {
+    let host = workspace_root();
+    let ws: toml::Table = toml::from_str(&std::fs::read_to_string(host.join("Cargo.toml"))?)?;
+    let mut out = toml::Table::new();
+    let mut w = toml::Table::new();
+    w.insert("resolver".into(), "2".into());
+    w.insert(
+        "members".into(),
+        toml::Value::Array(vec![format!("crates/{name}").into()]),
+    );
+    if let Some(host_ws) = ws.get("workspace").and_then(|w| w.as_table()) {
+        for key in ["package", "dependencies"] {
+            if let Some(v) = host_ws.get(key) {
+                w.insert(key.into(), v.clone());
+            }
+        }
+    }
+    out.insert("workspace".into(), toml::Value::Table(w));
+    if let Some(p) = ws.get("profile") {
+        out.insert("profile".into(), p.clone());
+    }
+    std::fs::create_dir_all(root.join("crates"))?;
+    std::fs::write(root.join("Cargo.toml"), toml::to_string(&out)?)?;
+    if !root.join("Cargo.lock").exists() {
+        std::fs::copy(host.join("Cargo.lock"), root.join("Cargo.lock"))?;
+    }
+    // The SDK (with its ABI crate inside it), copied when it changed.
+    let sdk = super::snapshot::take(&host.join("plugin-api"))?;
+    let copy = root.join("sdk");
+    let stamp = copy.join(".speedrun-sdk");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(sdk.sha256.as_str()) {
+        if copy.exists() {
+            std::fs::remove_dir_all(&copy)?;
+        }
+        super::snapshot::unpack(&sdk.archive, &copy)?;
+        std::fs::write(&stamp, &sdk.sha256)?;
+    }
+    Ok(())
 }
 
 /// A staged crate's path dependencies (other than the SDK, which the
@@ -229,6 +295,12 @@ fn reproducible_rustflags() -> String {
     if let Some(h) = cargo_home {
         flags.push_str(&format!(" --remap-path-prefix={}=/cargo", h.display()));
     }
+    // Last, so that it wins where it is inside the checkout: native builds
+    // compile the staged copies (`stage`), wherever the target directory is.
+    flags.push_str(&format!(
+        " --remap-path-prefix={}=/staging",
+        shared_target_dir().join("staging").display()
+    ));
     flags
 }
 

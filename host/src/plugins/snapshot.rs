@@ -118,6 +118,25 @@ pub fn take(dir: &Path) -> Result<Snapshot> {
 /// Unpacks `archive` into `into` (which must not exist yet) and makes the crate
 /// build here: its own workspace, the plugin API at this host's path, settings
 /// inherited from a workspace filled in. Answers the crate's directory.
+/// The archive's files under `into`, as they are (no rewrite).
+pub fn unpack(archive: &[u8], into: &Path) -> Result<()> {
+    for (path, bytes) in files(archive)? {
+        let rel = Path::new(&path);
+        if rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!("the archive holds a path outside its folder: {path}");
+        }
+        let dest = into.join(rel);
+        if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::write(&dest, bytes)?;
+    }
+    Ok(())
+}
+
 pub fn extract(archive: &[u8], crate_name: &str, into: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
