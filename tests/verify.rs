@@ -483,6 +483,44 @@ fn adversary_keeping_state_from_a_training_forward_is_refused() {
     }
 }
 
+#[test]
+fn adversary_tricks_in_the_api_1_1_hooks_are_caught_by_name() {
+    // The hooks added in 1.1 are forward hooks like the others: twinned,
+    // pure, eval-isolated. A look-ahead through them, a read-back and a kept
+    // handle, each on one transport and the other.
+    let tmp = tempfile::tempdir().unwrap();
+    for (trick, wasm, check, needle) in [
+        (
+            "lookahead_logits",
+            false,
+            Check::Causality,
+            "a real batch of",
+        ),
+        (
+            "lookahead_block_input",
+            true,
+            Check::Causality,
+            "eval mode, a real batch of",
+        ),
+        (
+            "memorize_qkv",
+            false,
+            Check::EvalIsolation,
+            "op to_scalar in hook model.qkv",
+        ),
+        (
+            "keep_block_input",
+            true,
+            Check::OpContract,
+            "op keep is not allowed in hook model.block_input",
+        ),
+    ] {
+        let dir = tmp.path().join(trick);
+        let f = adversary_run(&dir, attack(trick), 8, wasm, VocabMode::Secret);
+        assert_caught(&f, &dir, check, needle);
+    }
+}
+
 /// Log-frequencies of the real token ids in the smoke track's training shards.
 fn real_unigram_log_prior() -> Vec<f64> {
     let lt = speedrun::track::load("smoke").unwrap();
