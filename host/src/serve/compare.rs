@@ -23,14 +23,13 @@ pub fn compare(store: &Store, keys: &[String]) -> Result<Page> {
             "Tick runs on a track's page (or give /compare?runs=1,2) to overlay their curves.",
         )));
     }
-    let all = store.runs(None)?;
     let mut runs = Vec::new();
     for k in keys {
-        match k
-            .parse::<i64>()
-            .ok()
-            .and_then(|id| all.iter().find(|r| r.id == id))
-        {
+        let found = match k.parse::<i64>() {
+            Ok(id) => store.run_by_id(id)?,
+            Err(_) => None,
+        };
+        match found {
             Some(r) => runs.push(r),
             None => {
                 return Ok(Page::not_found(message(
@@ -49,6 +48,7 @@ pub fn compare(store: &Store, keys: &[String]) -> Result<Page> {
         .filter(|_| runs.iter().all(|r| r.track == runs[0].track));
     let charts = charts::overlay(&curves, goal);
     let mut o = String::from("<h1>Comparison</h1>");
+    let runs: Vec<&StoredRun> = runs.iter().collect();
     o.push_str(&runs_table(&runs, false));
     o.push_str(&stack_statistics(&runs));
     o.push_str(&chart_slots(charts.len()));
@@ -143,16 +143,7 @@ pub fn bench(store: &Store, key: &str) -> Result<Page> {
     let Ok(id) = key.parse::<i64>() else {
         return Ok(not_found());
     };
-    let tracks: std::collections::BTreeSet<String> =
-        store.runs(None)?.into_iter().map(|r| r.track).collect();
-    let mut found = None;
-    for t in &tracks {
-        if let Some(c) = store.comparisons(t)?.into_iter().find(|c| c.id == id) {
-            found = Some(c);
-            break;
-        }
-    }
-    let Some(c) = found else {
+    let Some(c) = store.comparison(id)? else {
         return Ok(not_found());
     };
     let report: Report = match serde_json::from_value(c.report.clone()) {
@@ -211,14 +202,18 @@ pub fn bench(store: &Store, key: &str) -> Result<Page> {
     side_rows(&mut o, "candidate", &report.candidate.runs);
     side_rows(&mut o, "baseline", &report.baseline.runs);
     o.push_str("</table>");
-    let all = store.runs(None)?;
     let mut curves: Vec<(String, Curves)> = Vec::new();
     for (role, side) in [
         ("candidate", &report.candidate),
         ("baseline", &report.baseline),
     ] {
         for b in &side.runs {
-            if let Some(r) = all.iter().find(|r| Some(r.id) == b.store_id) {
+            if let Some(r) = b
+                .store_id
+                .map(|id| store.run_by_id(id))
+                .transpose()?
+                .flatten()
+            {
                 curves.push((
                     format!("{role} seed {}", b.seed),
                     Curves::read(&PathBuf::from(&r.run_dir)),

@@ -302,7 +302,7 @@ fn find_run(store: &Store, key: &str) -> Result<std::result::Result<StoredRun, P
             &format!("{key:?} is not a run id."),
         ))));
     };
-    match store.runs(None)?.into_iter().find(|r| r.id == id) {
+    match store.run_by_id(id)? {
         Some(r) => Ok(Ok(r)),
         None => Ok(Err(Page::not_found(message(
             "No such run",

@@ -5,13 +5,26 @@ use super::*;
 impl Store {
     /// The track's stored comparisons, oldest first, with their reports as JSON.
     pub fn comparisons(&self, track: &str) -> Result<Vec<StoredComparison>> {
+        self.comparisons_where("track = ?1", &track)
+    }
+
+    /// The comparison with this id, if the store holds it.
+    pub fn comparison(&self, id: i64) -> Result<Option<StoredComparison>> {
+        Ok(self.comparisons_where("id = ?1", &id)?.pop())
+    }
+
+    fn comparisons_where(
+        &self,
+        clause: &str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<Vec<StoredComparison>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT id, created_at, candidate, baseline, verdict, report
-             FROM comparisons WHERE track = ?1 ORDER BY id",
-        )?;
+             FROM comparisons WHERE {clause} ORDER BY id"
+        ))?;
         let rows = stmt
-            .query_map(params![track], |r| {
+            .query_map(params![value], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,

@@ -331,6 +331,13 @@ impl Store {
         }
     }
 
+    /// The run with this id, if the store holds it.
+    pub fn run_by_id(&self, id: i64) -> Result<Option<StoredRun>> {
+        let conn = self.conn();
+        let sql = format!("{RUN_COLUMNS} WHERE id = ?1");
+        Ok(conn.query_row(&sql, params![id], read_run).optional()?)
+    }
+
     pub fn evaluations(&self, run_id: i64) -> Result<Vec<Evaluation>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
