@@ -36,7 +36,7 @@ fn verdict(o: &Output) -> serde_json::Value {
 }
 
 /// Every field the verdict's schema documents (AGENTS.md).
-const FIELDS: [&str; 22] = [
+const FIELDS: [&str; 23] = [
     "schema",
     "status",
     "exit_code",
@@ -58,6 +58,7 @@ const FIELDS: [&str; 22] = [
     "on_frontier",
     "new_record",
     "record",
+    "record_superseded",
     "paths",
 ];
 

@@ -11,6 +11,7 @@
 pub(crate) mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub(crate) mod cluster;
 pub(crate) mod compare;
 pub mod data;
 pub mod device;

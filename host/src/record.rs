@@ -118,7 +118,12 @@ pub struct PolicyRecord {
 /// The machine a run ran on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Hardware {
+    /// The machine's name (a cluster node's).
+    pub host: String,
     pub cpu_model: String,
+    /// The CPU's vector-unit flags the kernels choose by (`avx2`, `avx512f`,
+    /// `amx_bf16`, ...), as /proc/cpuinfo names them.
+    pub cpu_flags: Vec<String>,
     pub cores: usize,
     pub memory_bytes: u64,
     /// Threads candle's CPU kernels use (RAYON_NUM_THREADS, else all cores).
@@ -144,7 +149,19 @@ impl Hardware {
             .and_then(|kb| kb.parse::<u64>().ok())
             .map(|kb| kb * 1024)
             .unwrap_or(0);
+        let flags: Vec<&str> = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.split_whitespace().collect())
+            .unwrap_or_default();
         Hardware {
+            host: crate::store::host_name(),
+            cpu_flags: VECTOR_FLAGS
+                .iter()
+                .filter(|f| flags.contains(f))
+                .map(|f| f.to_string())
+                .collect(),
             cpu_model,
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -155,7 +172,44 @@ impl Hardware {
             arch: std::env::consts::ARCH.into(),
         }
     }
+
+    /// What two runs must share for their times to be compared: the CPU
+    /// model and its vector flags, the core count, and the GPU with its
+    /// driver. Not the host name: two nodes of one kind are the same hardware.
+    pub fn fingerprint(&self, device: &crate::device::DeviceInfo) -> String {
+        let mut f = format!(
+            "{} [{}] x{}",
+            self.cpu_model,
+            self.cpu_flags.join(" "),
+            self.cores
+        );
+        if let Some(gpu) = &device.gpu {
+            f += &format!(
+                " | {gpu} (driver {})",
+                device.gpu_driver.as_deref().unwrap_or("unknown")
+            );
+        }
+        f
+    }
 }
+
+/// The /proc/cpuinfo flags that change which matmul and elementwise kernels run.
+const VECTOR_FLAGS: &[&str] = &[
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_bf16",
+    "avx512_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunManifest {

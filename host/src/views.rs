@@ -97,7 +97,7 @@ pub fn leaderboard(store: &Store, track: &str, json: bool) -> Result<String> {
         let _ = writeln!(
             o,
             "(no official, valid, complete full-budget runs of track {track} in {})",
-            store.path().display()
+            store.location()
         );
     }
     for (why, n) in &reasons {

@@ -1,6 +1,8 @@
 //! Argument groups several commands share, flattened into each (ripgrep's
 //! raw flags → validated options): one declaration per flag.
 
+use crate::cluster::{Executor, SlurmOptions};
+use crate::store::Location;
 use crate::track::{self, LoadedTrack};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -35,31 +37,39 @@ pub struct SetArgs {
 /// `--db`: the run store.
 #[derive(Args, Debug, Clone)]
 pub struct DbArg {
-    /// The run store (default: $SPEEDRUN_DB, else runs/speedrun.db).
-    #[arg(long = "db", id = "db")]
-    pub path: Option<PathBuf>,
+    /// The run store: a SQLite file, or a PostgreSQL server's
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (default: $SPEEDRUN_DB,
+    /// else runs/speedrun.db).
+    #[arg(long = "db", id = "db", value_name = "FILE|URL")]
+    pub location: Option<String>,
 }
 
 impl DbArg {
-    pub fn path(&self) -> PathBuf {
-        self.path.clone().unwrap_or_else(crate::store::default_path)
+    pub fn location(&self) -> Location {
+        match &self.location {
+            Some(l) => Location::parse(l),
+            None => crate::store::default_location(),
+        }
     }
 
-    /// Opens an existing store (a view never creates one).
+    /// Opens an existing store (a view never creates a SQLite file; a server's
+    /// database must exist, and its tables are made if it has none).
     pub fn open(&self) -> Result<crate::store::Store> {
-        let p = self.path();
-        if !p.exists() {
-            bail!(
-                "no run store at {} (runs record themselves there; give --db or set SPEEDRUN_DB)",
-                p.display()
-            );
+        let l = self.location();
+        if let Location::Sqlite(p) = &l {
+            if !p.exists() {
+                bail!(
+                    "no run store at {} (runs record themselves there; give --db or set SPEEDRUN_DB)",
+                    p.display()
+                );
+            }
         }
-        crate::store::Store::open(&p)
+        crate::store::Store::open(&l)
     }
 
     /// Opens the store a run, bench or submission records into, creating it.
     pub fn open_or_create(&self) -> Result<crate::store::Store> {
-        crate::store::Store::open(&self.path())
+        crate::store::Store::open(&self.location())
     }
 }
 
@@ -99,6 +109,41 @@ pub struct StackArgs {
     pub wasm: bool,
 }
 
+/// `--executor`: where a bench's, a submission's or a reverification's runs execute.
+#[derive(Args, Debug, Clone)]
+pub struct ExecutorArgs {
+    /// local: one after another in this process; slurm: a Slurm job array, one
+    /// task per seed (its runs back to back on one node), waited for and read
+    /// back from the shared store (--db postgres://...). Running the same
+    /// command again submits only the seeds that have no finished runs.
+    #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
+    pub executor: String,
+    /// The Slurm partition the tasks run in (default: the cluster's).
+    #[arg(long, requires_if("slurm", "executor"))]
+    pub partition: Option<String>,
+    /// Another sbatch option for every task, as sbatch takes it
+    /// (--slurm-arg=--time=2:00:00 --slurm-arg=--cpus-per-task=2). Repeatable.
+    #[arg(long = "slurm-arg", value_name = "OPTION", allow_hyphen_values = true)]
+    pub slurm_args: Vec<String>,
+}
+
+impl ExecutorArgs {
+    /// The executor; a GPU device makes each task ask for one GPU.
+    pub fn executor(&self, device: &crate::device::DeviceSettings) -> Result<Executor> {
+        if self.executor != "slurm" {
+            if self.partition.is_some() || !self.slurm_args.is_empty() {
+                bail!("--partition and --slurm-arg are for --executor slurm");
+            }
+            return Ok(Executor::Local);
+        }
+        Ok(Executor::Slurm(SlurmOptions {
+            partition: self.partition.clone(),
+            args: self.slurm_args.clone(),
+            gpus: (!device.choice.is_cpu()).then_some(1),
+        }))
+    }
+}
+
 /// What a bench and a submission share besides seeds: policy, data, store, output.
 #[derive(Args, Debug)]
 pub struct BenchRunArgs {
@@ -116,6 +161,8 @@ pub struct BenchRunArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub device: crate::device::DeviceSettings,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
 }
 
 /// The seeds of a bench or a submission.

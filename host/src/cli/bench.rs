@@ -159,6 +159,32 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
 }
 
+/// `speedrun task`: one array task of a cluster batch.
+#[derive(Args, Debug)]
+pub struct TaskArgs {
+    /// The batch's plan (written by the submitting command under OUT/slurm/).
+    #[arg(long)]
+    pub plan: PathBuf,
+    /// The seed's index in the plan (default: $SLURM_ARRAY_TASK_ID).
+    #[arg(long)]
+    pub index: Option<usize>,
+}
+
+pub fn task(a: TaskArgs) -> Result<()> {
+    let index = match a.index {
+        Some(i) => i,
+        None => std::env::var("SLURM_ARRAY_TASK_ID")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "give --index, or run inside a Slurm array task ($SLURM_ARRAY_TASK_ID)"
+                )
+            })?,
+    };
+    compare::batch::run_task(&a.plan, index)
+}
+
 fn seeds(a: SeedBenchArgs) -> Result<()> {
     let lt = a.track.load()?.with_settings(&a.set.set)?;
     let seeds = a.seeds.list();
@@ -182,6 +208,7 @@ fn seeds(a: SeedBenchArgs) -> Result<()> {
             deadline: None,
             device: a.run.device,
             label_nonce: None,
+            executor: a.run.executor.executor(&a.run.device)?,
         },
         candidate: StackSpec {
             plugins: a.candidate.plugins,

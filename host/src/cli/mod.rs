@@ -78,6 +78,9 @@ pub enum Command {
     /// A local web dashboard over the run store: tracks, leaderboards, records,
     /// the frontier, runs with their curves and verdicts, comparisons, benches.
     Serve(serve::ServeArgs),
+    /// One task of a batch on a cluster (what `--executor slurm` submits):
+    /// the plan's seed at --index, every stack back to back, into the shared store.
+    Task(bench::TaskArgs),
 }
 
 /// Runs one parsed command.
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plugin(c) => plugin::plugin(c),
         Command::Policy(a) => policy::policy(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Task(a) => bench::task(a),
     }
 }
 

@@ -71,6 +71,8 @@ pub struct ReverifyArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub device: crate::device::DeviceSettings,
+    #[command(flatten)]
+    pub executor: super::args::ExecutorArgs,
 }
 
 pub fn submit(a: SubmitArgs) -> Result<()> {
@@ -87,6 +89,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
         data_dir: a.run.data_dir,
         progress: !a.run.quiet && !a.run.output.json,
         device: a.run.device,
+        executor: a.run.executor.executor(&a.run.device)?,
     })?;
     print_json_or(a.run.output, &v, report::verdict)?;
     match v.exit_code {
@@ -127,6 +130,7 @@ pub fn reverify(a: ReverifyArgs) -> Result<()> {
         policy: a.policy.load()?,
         progress: !a.quiet && !a.output.json,
         device: a.device,
+        executor: a.executor.executor(&a.device)?,
     })?;
     print_json_or(a.output, &out, report::reverification)?;
     if !out.valid {

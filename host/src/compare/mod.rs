@@ -7,12 +7,14 @@
 //! (Welch, one-sided, p < 0.05), with the scientific delta (loss change at equal
 //! budget, speedup) as 95% intervals.
 
+pub mod batch;
 mod report;
 mod stored;
 pub use report::*;
-pub use stored::store_comparison;
 use stored::stored_baseline;
+pub use stored::{hardware_kinds, store_comparison};
 
+use crate::cluster::Executor;
 use crate::plugins;
 use crate::plugins::Components;
 use crate::record::{RunStatus, RunSummary};
@@ -31,7 +33,7 @@ use std::time::Instant;
 pub use crate::train::DEADLINE;
 
 /// A plugin stack to run: no plugins is the reference.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StackSpec {
     pub plugins: Vec<PathBuf>,
     pub configs: Vec<String>,
@@ -99,6 +101,8 @@ pub struct Session {
     /// Mixed into every run's label secret (`train::RunOptions::label_nonce`):
     /// `submit` draws one per submission.
     pub label_nonce: Option<[u8; 32]>,
+    /// Where the runs execute: here, or as a Slurm job array.
+    pub executor: Executor,
 }
 
 impl Session {
@@ -241,31 +245,41 @@ fn bench_run(s: &RunSummary) -> BenchRun {
 
 /// Runs every stack on every seed, interleaved (seed 0: A B C, seed 1: A B C,
 /// ...), each run verified and stored; answers each stack's runs in order.
+/// With `--executor slurm` each seed is a task of a job array (see `batch`).
 pub fn run_stacks(s: &Session, stacks: &[(&str, &StackSpec)]) -> Result<Vec<Vec<BenchRun>>> {
     check_seeds(&s.seeds)?;
+    if let Executor::Slurm(o) = &s.executor {
+        return batch::run_on_slurm(s, stacks, o);
+    }
     let mut out: Vec<Vec<BenchRun>> = stacks.iter().map(|_| Vec::new()).collect();
     for (i, &seed) in s.seeds.iter().enumerate() {
-        for ((role, stack), runs) in stacks.iter().zip(out.iter_mut()) {
-            tracing::info!(
-                "bench: seed {seed} ({}/{}), {role} {}",
-                i + 1,
-                s.seeds.len(),
-                stack.describe()
-            );
-            let opts = s.run_options(role, stack, seed);
-            let f = train::execute(&opts, &mut || stack.build(&s.track, seed, &s.policy))?;
-            if let Some(e) = f.error {
-                if f.summary
-                    .error
-                    .as_deref()
-                    .is_some_and(|m| m.contains(DEADLINE))
-                {
-                    return Err(e.context(format!("bench: {role} seed {seed}")));
-                }
-                tracing::warn!("bench: {role} seed {seed} failed: {e:#}");
-            }
-            runs.push(bench_run(&f.summary));
+        tracing::info!("bench: seed {seed} ({}/{})", i + 1, s.seeds.len());
+        for (run, runs) in run_seed(s, stacks, seed)?.into_iter().zip(out.iter_mut()) {
+            runs.push(run);
         }
+    }
+    Ok(out)
+}
+
+/// One seed of every stack, back to back (the pairing the speedup test rests
+/// on): the runs in the stacks' order.
+fn run_seed(s: &Session, stacks: &[(&str, &StackSpec)], seed: u64) -> Result<Vec<BenchRun>> {
+    let mut out = Vec::new();
+    for (role, stack) in stacks {
+        tracing::info!("bench: seed {seed}, {role} {}", stack.describe());
+        let opts = s.run_options(role, stack, seed);
+        let f = train::execute(&opts, &mut || stack.build(&s.track, seed, &s.policy))?;
+        if let Some(e) = f.error {
+            if f.summary
+                .error
+                .as_deref()
+                .is_some_and(|m| m.contains(DEADLINE))
+            {
+                return Err(e.context(format!("bench: {role} seed {seed}")));
+            }
+            tracing::warn!("bench: {role} seed {seed} failed: {e:#}");
+        }
+        out.push(bench_run(&f.summary));
     }
     Ok(out)
 }
@@ -319,6 +333,7 @@ pub fn run(spec: &BenchSpec) -> Result<Report> {
     report.command = spec.command();
     report.curves_svg = Some(write_overlay(s, &report)?);
     if let Some(store) = &s.store {
+        report.flag_hardware(hardware_kinds(store, &report)?);
         report.comparison_id = Some(store_comparison(store, &report)?);
     }
     Ok(report)

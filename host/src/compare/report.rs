@@ -78,6 +78,9 @@ pub enum BenchVerdict {
     /// No target claim, but a lower loss than the baseline at equal budget (95% interval below 0).
     LowerLoss,
     NotSignificant,
+    /// The runs ran on different hardware (CPU model and flags, core count,
+    /// GPU and driver): their times are not comparable, so no claim stands.
+    MixedHardware,
 }
 
 /// The p-values the verdict rests on, by name.
@@ -124,9 +127,27 @@ pub struct Report {
     /// Candidate and baseline validation curves overlaid, with the target.
     #[serde(default)]
     pub curves_svg: Option<String>,
+    /// The hardware fingerprints of the compared runs (`Hardware::fingerprint`):
+    /// one, or the verdict is `mixed_hardware`.
+    #[serde(default)]
+    pub hardware: Vec<String>,
 }
 
 impl Report {
+    /// Records the runs' hardware; more than one kind voids every claim but
+    /// invalidity (a time measured on one machine says nothing against another's).
+    pub fn flag_hardware(&mut self, kinds: Vec<String>) {
+        if kinds.len() > 1 && self.verdict != BenchVerdict::Invalid {
+            self.verdict = BenchVerdict::MixedHardware;
+            self.verdict_text = format!(
+                "no claim: the runs ran on {} kinds of hardware ({}), whose times do not compare; run both sides on one kind",
+                kinds.len(),
+                kinds.join("; ")
+            );
+        }
+        self.hardware = kinds;
+    }
+
     /// The rule for a significant improvement over a baseline (and so for a new
     /// record), written once: the candidate's mean loss is under the target at
     /// p < `TARGET_P` (one-sided t-test) and its time to target is lower at Welch
@@ -219,6 +240,8 @@ pub fn analyse(
                 .below_target
                 .map_or("undefined".into(), |t| format!("{:.3}", t.p_value))
         ),
+        // Only `flag_hardware` gives this verdict, after the statistics.
+        BenchVerdict::MixedHardware => String::new(),
         BenchVerdict::NotSignificant => format!(
             "no significant claim: target p = {}, speedup Welch p = {}",
             candidate
@@ -251,5 +274,6 @@ pub fn analyse(
         comparison_id: None,
         command: String::new(),
         curves_svg: None,
+        hardware: Vec::new(),
     }
 }

@@ -28,9 +28,23 @@ pub fn store_comparison(store: &Store, report: &Report) -> Result<i64> {
     )
 }
 
+/// The distinct hardware fingerprints of the report's stored runs (runs
+/// stored before the store kept one are left out).
+pub fn hardware_kinds(store: &Store, report: &Report) -> Result<Vec<String>> {
+    let mut kinds = std::collections::BTreeSet::new();
+    for r in report.candidate.runs.iter().chain(&report.baseline.runs) {
+        if let Some(id) = r.store_id {
+            if let Some(h) = store.run_by_id(id)?.and_then(|run| run.hardware) {
+                kinds.insert(h);
+            }
+        }
+    }
+    Ok(kinds.into_iter().collect())
+}
+
 impl BenchRun {
     /// A run read back from the store (`bench --baseline-stored`).
-    fn stored(r: &crate::store::StoredRun, failed_checks: Vec<String>) -> BenchRun {
+    pub(super) fn stored(r: &crate::store::StoredRun, failed_checks: Vec<String>) -> BenchRun {
         BenchRun {
             seed: r.seed,
             run_dir: r.run_dir.clone(),
@@ -63,7 +77,7 @@ pub(super) fn stored_baseline(
     let Some(store) = &s.store else {
         bail!("--baseline-stored needs a run store");
     };
-    let path = store.path();
+    let path = store.location();
     let lt = &s.track;
     s.seeds
         .iter()
@@ -71,11 +85,11 @@ pub(super) fn stored_baseline(
             let Some(r) = store.latest_complete_run(&lt.track.name, &lt.sha256, "reference", seed, steps)? else {
                 bail!(
                     "--baseline-stored: the run store {} holds no complete reference run of seed {seed} on this track file ({}, sha256 {}) at {steps} steps; run `speedrun run --track {} --seed {seed} --db {}` first, or drop --baseline-stored",
-                    path.display(),
+                    path,
                     lt.path.display(),
                     &lt.sha256[..12.min(lt.sha256.len())],
                     lt.track.name,
-                    path.display()
+                    path
                 );
             };
             let failed = store

@@ -118,6 +118,9 @@ pub struct DeviceInfo {
     /// The GPU's memory in bytes (none on the CPU).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_memory_bytes: Option<u64>,
+    /// The NVIDIA driver's version (none on the CPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_driver: Option<String>,
 }
 
 pub fn describe(device: &Device) -> DeviceInfo {
@@ -128,6 +131,7 @@ pub fn describe(device: &Device) -> DeviceInfo {
             device: "cpu".into(),
             gpu: None,
             gpu_memory_bytes: None,
+            gpu_driver: None,
         },
     }
 }
@@ -156,6 +160,17 @@ mod cuda {
             device: format!("cuda:{}", ctx.ordinal()),
             gpu: ctx.name().ok(),
             gpu_memory_bytes: ctx.total_mem().ok().map(|b| b as u64),
+            // "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  ...".
+            gpu_driver: std::fs::read_to_string("/proc/driver/nvidia/version")
+                .ok()
+                .and_then(|v| {
+                    let line = v.lines().next()?.to_string();
+                    line.split("Module")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()
+                        .map(str::to_string)
+                }),
         }
     }
 }

@@ -111,16 +111,26 @@ fn respond(page: Result<Page>) -> Response {
     }
 }
 
+/// A page made off the runtime's thread: the store's calls block (a
+/// PostgreSQL client runs a runtime of its own, which may not nest in this one).
+async fn page(
+    app: Arc<App>,
+    make: impl FnOnce(&Store) -> Result<Page> + Send + 'static,
+) -> Response {
+    let made = tokio::task::spawn_blocking(move || make(&app.store)).await;
+    respond(made.unwrap_or_else(|e| Err(anyhow::anyhow!("the page's task failed: {e}"))))
+}
+
 async fn index(State(app): State<Arc<App>>) -> Response {
-    respond(pages::index(&app.store))
+    page(app, pages::index).await
 }
 
 async fn track(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    respond(pages::track(&app.store, &name))
+    page(app, move |s| pages::track(s, &name)).await
 }
 
 async fn run(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    respond(pages::run(&app.store, &id))
+    page(app, move |s| pages::run(s, &id)).await
 }
 
 async fn compare(State(app): State<Arc<App>>, query: RawQuery) -> Response {
@@ -134,15 +144,16 @@ async fn compare(State(app): State<Arc<App>>, query: RawQuery) -> Response {
         .filter(|v| !v.is_empty())
         .map(str::to_string)
         .collect();
-    respond(compare::compare(&app.store, &ids))
+    page(app, move |s| compare::compare(s, &ids)).await
 }
 
 async fn bench(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    respond(compare::bench(&app.store, &id))
+    page(app, move |s| compare::bench(s, &id)).await
 }
 
 async fn run_json(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    match pages::run_live(&app.store, &id) {
+    let live = tokio::task::spawn_blocking(move || pages::run_live(&app.store, &id)).await;
+    match live.unwrap_or_else(|e| Err(anyhow::anyhow!("the request's task failed: {e}"))) {
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, "no such run").into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),

@@ -104,7 +104,7 @@ pub fn index(store: &Store) -> Result<Page> {
             "No runs yet",
             &format!(
                 "The run store {} holds no runs yet. `speedrun run --track smoke` records one in a few seconds.",
-                store.path().display()
+                store.location()
             ),
         )));
     }

@@ -5,45 +5,32 @@ use super::*;
 impl Store {
     /// The track's stored comparisons, oldest first, with their reports as JSON.
     pub fn comparisons(&self, track: &str) -> Result<Vec<StoredComparison>> {
-        self.comparisons_where("track = ?1", &track)
+        self.comparisons_where("track = ?1", track.into())
     }
 
     /// The comparison with this id, if the store holds it.
     pub fn comparison(&self, id: i64) -> Result<Option<StoredComparison>> {
-        Ok(self.comparisons_where("id = ?1", &id)?.pop())
+        Ok(self.comparisons_where("id = ?1", id.into())?.pop())
     }
 
-    fn comparisons_where(
-        &self,
-        clause: &str,
-        value: &dyn rusqlite::ToSql,
-    ) -> Result<Vec<StoredComparison>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT id, created_at, candidate, baseline, verdict, report
-             FROM comparisons WHERE {clause} ORDER BY id"
-        ))?;
-        let rows = stmt
-            .query_map(params![value], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(id, created_at, candidate, baseline, verdict, report)| {
+    fn comparisons_where(&self, clause: &str, value: sql::Value) -> Result<Vec<StoredComparison>> {
+        let rows = self.conn().query(
+            &format!(
+                "SELECT id, created_at, candidate, baseline, verdict, report
+                 FROM comparisons WHERE {clause} ORDER BY id"
+            ),
+            &[value],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let id = r.i64(0)?;
                 Ok(StoredComparison {
                     id,
-                    created_at,
-                    candidate,
-                    baseline,
-                    verdict,
-                    report: serde_json::from_str(&report).with_context(|| {
+                    created_at: r.text(1)?,
+                    candidate: r.text(2)?,
+                    baseline: r.text(3)?,
+                    verdict: r.text(4)?,
+                    report: serde_json::from_str(&r.text(5)?).with_context(|| {
                         format!("the run store's comparison {id} holds a report that is not JSON")
                     })?,
                 })
@@ -62,24 +49,25 @@ impl Store {
         runs: &[(i64, &str)],
     ) -> Result<i64> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO comparisons (created_at, track, candidate, baseline, verdict, report)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                now(),
-                track,
-                candidate,
-                baseline,
-                verdict,
-                report.to_string()
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
+        let mut tx = conn.transaction(false)?;
+        let id = tx
+            .query_one(
+                "INSERT INTO comparisons (created_at, track, candidate, baseline, verdict, report)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                vals![
+                    now(),
+                    track,
+                    candidate,
+                    baseline,
+                    verdict,
+                    report.to_string()
+                ],
+            )?
+            .i64(0)?;
         for (run, role) in runs {
             tx.execute(
                 "INSERT INTO comparison_runs (comparison_id, run_id, role) VALUES (?1, ?2, ?3)",
-                params![id, run, role],
+                vals![id, *run, *role],
             )?;
         }
         tx.commit()?;

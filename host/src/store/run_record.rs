@@ -24,11 +24,21 @@ impl RunRecord {
         val_loss: f64,
         val_bpb: f64,
     ) -> Result<()> {
-        let conn = self.store.conn();
-        conn.execute(
-            "INSERT OR REPLACE INTO evaluations (run_id, step, tokens, train_time_s, flops, val_loss, val_bpb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![self.id, step as i64, tokens as i64, train_time_s, flops, val_loss, val_bpb],
+        self.store.conn().execute(
+            "INSERT INTO evaluations (run_id, step, tokens, train_time_s, flops, val_loss, val_bpb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (run_id, step) DO UPDATE SET tokens = excluded.tokens,
+                 train_time_s = excluded.train_time_s, flops = excluded.flops,
+                 val_loss = excluded.val_loss, val_bpb = excluded.val_bpb",
+            vals![
+                self.id,
+                step,
+                tokens,
+                train_time_s,
+                flops,
+                val_loss,
+                val_bpb
+            ],
         )?;
         Ok(())
     }
@@ -36,19 +46,19 @@ impl RunRecord {
     /// The run's end: summary, scores and verdict, in one transaction.
     pub fn finish(&self, s: &RunSummary) -> Result<()> {
         let mut conn = self.store.conn();
-        let tx = conn.transaction()?;
+        let mut tx = conn.transaction(false)?;
         tx.execute(
             "UPDATE runs SET status = ?2, finished_at = ?3, steps = ?4, tokens = ?5, train_time_s = ?6,
                  flops = ?7, final_val_loss = ?8, best_val_loss = ?9, final_val_bpb = ?10,
                  target_val_loss = ?11, time_to_target_s = ?12, tokens_to_target = ?13,
                  flops_to_target = ?14, valid = ?15, error = ?16, summary = ?17
              WHERE id = ?1",
-            params![
+            vals![
                 self.id,
                 s.status.name(),
                 now(),
-                s.steps as i64,
-                s.tokens as i64,
+                s.steps,
+                s.tokens,
                 s.train_time_s,
                 s.flops,
                 s.final_val_loss,
@@ -56,26 +66,26 @@ impl RunRecord {
                 s.final_val_bpb,
                 s.target_val_loss,
                 s.time_to_target_s,
-                s.tokens_to_target.map(|t| t as i64),
+                s.tokens_to_target,
                 s.flops_to_target,
                 s.verdict.valid,
-                s.error,
+                &s.error,
                 serde_json::to_string(s)?,
             ],
         )?;
-        tx.execute("DELETE FROM checks WHERE run_id = ?1", params![self.id])?;
+        tx.execute("DELETE FROM checks WHERE run_id = ?1", vals![self.id])?;
         for (i, c) in s.verdict.checks.iter().enumerate() {
             tx.execute(
                 "INSERT INTO checks (run_id, position, name, outcome, detail, check_json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
+                vals![
                     self.id,
-                    i as i64,
+                    i,
                     c.check.name(),
                     serde_json::to_value(c.outcome)?
                         .as_str()
                         .unwrap_or_default(),
-                    c.detail,
+                    &c.detail,
                     serde_json::to_string(c)?
                 ],
             )?;

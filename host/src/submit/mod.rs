@@ -19,7 +19,7 @@ use crate::plugins::{self, build};
 use crate::record::{SubmissionStatus, Transport};
 use crate::score::{self, Axis};
 use crate::stats::{Interval, Summary};
-use crate::store::{NewRecord, Record, Store};
+use crate::store::{NewRecord, Record, RecordClaim, Store};
 use crate::track::LoadedTrack;
 use crate::verify::{Check, Outcome};
 use anyhow::{Context, Result};
@@ -42,6 +42,8 @@ pub struct SubmitOptions {
     pub data_dir: Option<PathBuf>,
     pub progress: bool,
     pub device: crate::device::DeviceSettings,
+    /// Where the runs execute (`--executor`).
+    pub executor: crate::cluster::Executor,
 }
 
 /// Builds the crate at `dir` as the submission's transport.
@@ -89,13 +91,9 @@ pub fn rebuild(store: &Store, submission_id: i64, into: &Path) -> Result<PathBuf
         .with_context(|| format!("rebuilding submission {submission_id} from its stored source"))
 }
 
-/// The folder submissions are unpacked and run in: beside the store.
-pub fn work_root(store: &Path) -> PathBuf {
-    store
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join("submissions")
+/// The folder submissions are unpacked and run in (`Store::work_dir`).
+pub fn work_root(store: &Store) -> PathBuf {
+    store.work_dir().join("submissions")
 }
 
 /// Runs a submission end to end. `Err` only when nothing could be recorded (no
@@ -126,7 +124,7 @@ pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
         &snap.archive,
         transport,
     )?;
-    let work = work_root(o.store.path()).join(format!("{id}-{}", &snap.sha256[..12]));
+    let work = work_root(&o.store).join(format!("{id}-{}", &snap.sha256[..12]));
     let v = SubmitVerdict {
         schema: SCHEMA,
         status: SubmissionStatus::Running,
@@ -157,6 +155,7 @@ pub fn submit(o: &SubmitOptions) -> Result<SubmitVerdict> {
         on_frontier: false,
         new_record: false,
         record: None,
+        record_superseded: None,
         runs: Vec::new(),
         paths: Paths::default(),
     };
@@ -220,7 +219,7 @@ fn run_submission(
             plugins: vec![rebuild(
                 store,
                 r.submission_id,
-                &work_root(o.store.path()).join(format!("record-{}", r.id)),
+                &work_root(&o.store).join(format!("record-{}", r.id)),
             )?],
             wasm: r.transport == Transport::Wasm,
             label: Some(format!("record {} ({})", r.id, r.crate_name)),
@@ -253,6 +252,7 @@ fn run_submission(
         deadline,
         device: o.device,
         label_nonce: Some(nonce),
+        executor: o.executor.clone(),
     };
     let mut sides = compare::run_stacks(&session, &stacks)?;
     let target = track.target.val_loss;
@@ -267,6 +267,7 @@ fn run_submission(
             side(cand_runs.clone(), &candidate),
             base,
         );
+        r.flag_hardware(compare::hardware_kinds(&o.store, &r)?);
         r.comparison_id = Some(compare::store_comparison(&o.store, &r)?);
         Ok(r)
     };
@@ -340,7 +341,7 @@ fn run_submission(
         }
     }
     if v.valid && full_budget && vs_record.beats_baseline() {
-        let rid = store.add_record(&NewRecord {
+        let claim = store.add_record(&NewRecord {
             track: &track.name,
             submission_id: id,
             comparison_id: vs_record.comparison_id,
@@ -356,9 +357,24 @@ fn run_submission(
             speedup: vs_record.speedup.map_or(f64::NAN, |s| s.estimate),
             previous: &vs_record.baseline.stack,
             seeds: &o.seeds,
+            beat: current.as_ref().map(|r| r.id),
         })?;
-        v.new_record = true;
-        v.record = Some(store.record(rid)?);
+        match claim {
+            RecordClaim::Recorded(rid) => {
+                v.new_record = true;
+                v.record = Some(store.record(rid)?);
+            }
+            RecordClaim::Superseded(now) => {
+                v.record_superseded = Some(format!(
+                    "it beat {}, but record {} (submission {}, {}) became the track's record while it ran; resubmit to be compared against it",
+                    current.as_ref().map_or("the reference".to_string(), |r| format!("record {}", r.id)),
+                    now.id,
+                    now.submission_id,
+                    now.crate_name
+                ));
+                v.record = Some(*now);
+            }
+        }
     }
     if v.valid {
         v.status = SubmissionStatus::Valid;

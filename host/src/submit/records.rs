@@ -89,6 +89,8 @@ pub struct ReverifyOptions {
     pub progress: bool,
     /// Where both sides train (a GPU track's record re-runs on a GPU).
     pub device: crate::device::DeviceSettings,
+    /// Where the runs execute (`--executor`).
+    pub executor: crate::cluster::Executor,
 }
 
 /// Rebuilds record `o.record` from its stored source into a fresh folder and runs it
@@ -107,7 +109,7 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(':', "-");
-    let work = work_root(o.store.path()).join(format!("reverify-{}-{stamp}", record.id));
+    let work = work_root(&o.store).join(format!("reverify-{}-{stamp}", record.id));
     let lib = rebuild(store, record.submission_id, &work.join("source"))?;
     let library_sha256 = plugins::sha256_file(&lib)?;
     let seeds = o.seeds.clone().unwrap_or_else(|| record.seeds.clone());
@@ -132,6 +134,7 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
         progress: o.progress,
         deadline: None,
         device: o.device,
+        executor: o.executor.clone(),
         label_nonce: store
             .submission(record.submission_id)?
             .label_nonce
@@ -150,6 +153,7 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
         Side::new(stack.describe(), runs.clone(), target),
         Side::new(reference.describe(), base, target),
     );
+    report.flag_hardware(compare::hardware_kinds(&o.store, &report)?);
     report.comparison_id = Some(compare::store_comparison(&o.store, &report)?);
     let c = &report.candidate;
     let valid = c.all_valid;

@@ -108,6 +108,10 @@ pub struct SubmitVerdict {
     pub on_frontier: bool,
     pub new_record: bool,
     pub record: Option<Record>,
+    /// Why a win over the record it was compared against did not become the
+    /// record: another submission became it while this one ran (resubmit to
+    /// be compared against that one).
+    pub record_superseded: Option<String>,
     pub runs: Vec<BenchRun>,
     pub paths: Paths,
 }

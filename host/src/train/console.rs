@@ -27,7 +27,7 @@ pub(super) fn banner(opts: &RunOptions) {
     eprintln!("  seed       {}", opts.seed);
     eprintln!("  run dir    {}", opts.out.display());
     if let Some(s) = &opts.store {
-        eprintln!("  store      {}", s.path().display());
+        eprintln!("  store      {}", s.location());
     }
 }
 

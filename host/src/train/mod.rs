@@ -288,7 +288,7 @@ fn prepare(opts: &RunOptions, build: &mut dyn FnMut() -> Result<Components>) -> 
         Some(store) => Some(
             store
                 .begin_run(&manifest, &opts.out)
-                .with_context(|| format!("recording the run in {}", store.path().display()))?,
+                .with_context(|| format!("recording the run in {}", store.location()))?,
         ),
         None => None,
     };
