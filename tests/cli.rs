@@ -398,7 +398,10 @@ fn ctrl_c_stops_a_run_at_once_records_it_incomplete_and_says_where_it_is() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted (Ctrl-C) before step"), "{err}");
+    assert!(
+        err.contains("interrupted (Ctrl-C or SIGTERM) before step"),
+        "{err}"
+    );
     assert!(
         err.contains(&format!("the partial run is in {}", out.display())),
         "{err}"
@@ -423,7 +426,7 @@ fn ctrl_c_stops_a_run_at_once_records_it_incomplete_and_says_where_it_is() {
         run.error
             .as_deref()
             .unwrap_or("")
-            .contains("interrupted (Ctrl-C)"),
+            .contains("interrupted (Ctrl-C or SIGTERM)"),
         "{:?}",
         run.error
     );

@@ -243,6 +243,17 @@ fn both_backends_migrate_to_the_same_schema_and_serve_every_command_alike() {
             .unwrap(),
         "ok"
     );
+    // The dashboard over the server: the track, and the run's live JSON.
+    let server = crate::serve::serve(&pg);
+    let (code, body) = crate::serve::get(&format!("{}/track/smoke", server.url));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("/run/1"), "{body}");
+    let (code, body) = crate::serve::get(&format!("{}/api/run/1", server.url));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"status\":\"complete\"") && body.contains("validation loss"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -486,6 +497,24 @@ fn a_cancelled_task_is_reported_by_seed_and_running_again_runs_only_that_seed() 
         .map(|r| r.id)
         .collect();
     assert_eq!(seed0.len(), 2, "seed 0's candidate and baseline");
+    // scancel's SIGTERM stopped the run in seed 1's task, which recorded it.
+    let cut: Vec<_> = store
+        .runs(Some("smoke"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.seed == 1)
+        .collect();
+    assert_eq!(cut.len(), 1, "{cut:?}");
+    assert_eq!(cut[0].status, speedrun::record::RunStatus::Incomplete);
+    assert!(
+        cut[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("SIGTERM"),
+        "{:?}",
+        cut[0].error
+    );
 
     // The same command again: seed 0 is read from the store, seed 1 alone is submitted.
     let o = speedrun_at(&pg, &args);
@@ -626,4 +655,104 @@ fn a_comparison_across_different_hardware_makes_no_claim() {
         "{}",
         r["verdict_text"]
     );
+}
+
+#[test]
+fn two_winning_submissions_at_once_make_one_record_and_the_other_is_told_why() {
+    let Some(pg) = postgres_db("winners") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // The record test's track and schedule (tests/submit.rs): 5x the peak
+    // learning rate reaches the loose target in a third of the reference's steps.
+    let track = root().join("tests/fixtures/smoke-record.toml");
+    let mut children = Vec::new();
+    for (name, scale) in [("fast", "5.0"), ("faster", "4.5")] {
+        let krate = crate::submit::scaffold(tmp.path(), "schedule", name);
+        crate::submit::edit(
+            &krate,
+            "\"lr_scale\": 1.0",
+            &format!("\"lr_scale\": {scale}"),
+        );
+        let cwd = tmp.path().join(format!("work-{name}"));
+        std::fs::create_dir_all(&cwd).unwrap();
+        children.push(
+            Command::new(env!("CARGO_BIN_EXE_speedrun"))
+                .args([
+                    "submit",
+                    krate.to_str().unwrap(),
+                    "--track",
+                    track.to_str().unwrap(),
+                    "--seeds",
+                    "4",
+                    "--json",
+                ])
+                .current_dir(&cwd)
+                .env("SPEEDRUN_LOG", "warn")
+                .env("SPEEDRUN_DB", &pg)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let verdicts: Vec<serde_json::Value> = children
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+            json(&o)
+        })
+        .collect();
+    let store = Store::open(Location::parse(&pg)).unwrap();
+    let records = store.records("smoke-record").unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let (won, other): (Vec<_>, Vec<_>) = verdicts.iter().partition(|v| v["new_record"] == true);
+    assert_eq!(won.len(), 1, "{verdicts:#?}");
+    let (won, other) = (won[0], other[0]);
+    assert_eq!(won["record"]["id"].as_i64(), Some(records[0].id));
+    assert_eq!(
+        won["submission"]["id"].as_i64(),
+        Some(records[0].submission_id)
+    );
+    // The other one either ran against the new record, or beat the reference
+    // while the record changed under it and is told so, naming the record.
+    match other["record_superseded"].as_str() {
+        Some(why) => {
+            assert!(why.contains(&format!("record {}", records[0].id)), "{why}");
+            assert!(why.contains("resubmit"), "{why}");
+            assert_eq!(other["record"]["id"].as_i64(), Some(records[0].id));
+        }
+        None => assert_eq!(
+            other["against_record"]["record_id"].as_i64(),
+            Some(records[0].id),
+            "{:#}",
+            other["against_record"]
+        ),
+    }
+    // The record, rebuilt from its stored source and run again on the cluster.
+    let Some(partition) = slurm() else {
+        return;
+    };
+    let cwd = tmp.path().join("work-fast");
+    let o = Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args([
+            "reverify",
+            &records[0].id.to_string(),
+            "--seed-list",
+            "0,1",
+            "--json",
+        ])
+        .args(["--executor", "slurm", "--partition", &partition])
+        .current_dir(&cwd)
+        .env("SPEEDRUN_LOG", "info")
+        .env("SPEEDRUN_DB", &pg)
+        .env("SPEEDRUN_SLURM_POLL_MS", "200")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("Slurm job array"), "{}", text(&o));
+    let r = json(&o);
+    assert_eq!(r["valid"], true, "{r:#}");
+    assert_eq!(r["same_library"], true, "{r:#}");
 }

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// A running `speedrun serve`, stopped when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -23,9 +23,11 @@ impl Drop for Server {
     }
 }
 
-fn serve(db: &Path) -> Server {
+/// `speedrun serve` on a free port over the store at `db` (a file or a URL).
+pub(crate) fn serve(db: impl AsRef<std::ffi::OsStr>) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(["serve", "--port", "0", "--db", db.to_str().unwrap()])
+        .args(["serve", "--port", "0", "--db"])
+        .arg(db)
         .env("SPEEDRUN_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -46,7 +48,7 @@ fn serve(db: &Path) -> Server {
 }
 
 /// A plain GET: the status code and the body.
-fn get(url: &str) -> (u16, String) {
+pub(crate) fn get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest
         .split_once('/')

@@ -9,7 +9,7 @@ use common::*;
 use std::path::Path;
 use std::process::Output;
 
-fn scaffold(dir: &Path, hook: &str, name: &str) -> std::path::PathBuf {
+pub(crate) fn scaffold(dir: &Path, hook: &str, name: &str) -> std::path::PathBuf {
     let o = speedrun(&[
         "plugin",
         "new",
@@ -24,7 +24,7 @@ fn scaffold(dir: &Path, hook: &str, name: &str) -> std::path::PathBuf {
 }
 
 /// Replaces `from` with `to` in the crate's src/lib.rs (as an agent would edit it).
-fn edit(krate: &Path, from: &str, to: &str) {
+pub(crate) fn edit(krate: &Path, from: &str, to: &str) {
     let p = krate.join("src/lib.rs");
     let s = std::fs::read_to_string(&p).unwrap();
     assert!(s.contains(from), "{from:?} not in the template");

@@ -38,8 +38,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    // Ctrl-C: a training run stops before its next step and is recorded as
-    // incomplete at once; a second Ctrl-C, or one with nothing training, quits.
+    // Ctrl-C (or SIGTERM, as scancel sends): a training run stops before its
+    // next step and is recorded as incomplete at once; a second one, or one
+    // with nothing training, quits.
     let _ = ctrlc::set_handler(|| {
         static PRESSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if PRESSED.swap(true, std::sync::atomic::Ordering::SeqCst) || !speedrun::train::interrupt()

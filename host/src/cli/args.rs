@@ -69,7 +69,7 @@ impl DbArg {
 
     /// Opens the store a run, bench or submission records into, creating it.
     pub fn open_or_create(&self) -> Result<crate::store::Store> {
-        crate::store::Store::open(&self.location())
+        crate::store::Store::open(self.location())
     }
 }
 
@@ -119,7 +119,7 @@ pub struct ExecutorArgs {
     #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
     pub executor: String,
     /// The Slurm partition the tasks run in (default: the cluster's).
-    #[arg(long, requires_if("slurm", "executor"))]
+    #[arg(long)]
     pub partition: Option<String>,
     /// Another sbatch option for every task, as sbatch takes it
     /// (--slurm-arg=--time=2:00:00 --slurm-arg=--cpus-per-task=2). Repeatable.

@@ -259,6 +259,12 @@ pub fn run_on_slurm(
 ) -> Result<Vec<Vec<BenchRun>>> {
     let plan = Plan::new(s, stacks)?;
     let store = s.store.as_ref().context("the bench's store")?;
+    if let crate::store::Location::Sqlite(p) = store.location() {
+        tracing::warn!(
+            "the run store {} is a SQLite file: safe for one node's tasks, not for many nodes on a shared filesystem (use --db postgres://...)",
+            p.display()
+        );
+    }
     let dir = plan.dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let plan_file = std::path::absolute(dir.join(format!("plan-{}.json", plan.batch)))?;

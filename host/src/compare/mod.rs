@@ -388,6 +388,53 @@ mod tests {
     }
 
     #[test]
+    fn runs_on_more_than_one_kind_of_hardware_void_every_claim_but_invalidity() {
+        let fast = side(vec![
+            run(0, 3.2, 5.0, Some(5.0)),
+            run(1, 3.21, 5.1, Some(5.1)),
+        ]);
+        let slow = side(vec![
+            run(0, 3.2, 8.0, Some(8.0)),
+            run(1, 3.21, 8.2, Some(8.2)),
+        ]);
+        let r = analyse(
+            "t".into(),
+            Some(3.25),
+            vec![0, 1],
+            (10, 10),
+            fast.clone(),
+            slow.clone(),
+        );
+        let mut one = r.clone();
+        one.flag_hardware(vec!["Xeon [avx512f] x2".into()]);
+        assert_eq!(one.verdict, r.verdict);
+        assert_eq!(one.verdict_text, r.verdict_text);
+        let mut two = r.clone();
+        two.flag_hardware(vec!["EPYC [avx2] x2".into(), "Xeon [avx512f] x2".into()]);
+        assert_eq!(two.verdict, BenchVerdict::MixedHardware);
+        assert!(!two.beats_baseline());
+        assert!(
+            two.verdict_text
+                .contains("2 kinds of hardware (EPYC [avx2] x2; Xeon"),
+            "{}",
+            two.verdict_text
+        );
+        // An invalid candidate stays invalid: that is the stronger word.
+        let mut bad = fast.runs.clone();
+        bad[0].valid = false;
+        let mut r = analyse(
+            "t".into(),
+            Some(3.25),
+            vec![0, 1],
+            (10, 10),
+            side(bad),
+            slow,
+        );
+        r.flag_hardware(vec!["a".into(), "b".into()]);
+        assert_eq!(r.verdict, BenchVerdict::Invalid);
+    }
+
+    #[test]
     fn repeated_or_single_seeds_are_refused() {
         assert!(check_seeds(&[1, 2, 3]).is_ok());
         let e = check_seeds(&[1, 2, 1]).unwrap_err().to_string();

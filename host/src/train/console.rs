@@ -73,7 +73,11 @@ pub struct Interrupted {
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted (Ctrl-C) before step {}", self.step)
+        write!(
+            f,
+            "interrupted (Ctrl-C or SIGTERM) before step {}",
+            self.step
+        )
     }
 }
 

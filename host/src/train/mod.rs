@@ -193,6 +193,8 @@ struct Prepared {
     dir: RunDir,
     record: Option<RunRecord>,
     summary: RunSummary,
+    /// Counts the run as training while it lives (see `console::interrupt`).
+    _training: Training,
 }
 
 /// What the timed loop measured for the checks it passes at the end.
@@ -284,6 +286,10 @@ fn prepare(opts: &RunOptions, build: &mut dyn FnMut() -> Result<Components>) -> 
     let manifest = manifest_of(opts, steps, &data, &stack, &device);
     dir.write_json("manifest.json", &manifest)?;
     dir.write_private_json("private.json", &labels.private_record(opts.vocab))?;
+    // From the moment the store holds the run, an interrupt (Ctrl-C, scancel's
+    // SIGTERM) stops it before its next step and records it, never leaving it
+    // `running` for its process's machine to find.
+    let training = Training::start();
     let record = match &opts.store {
         Some(store) => Some(
             store
@@ -309,6 +315,7 @@ fn prepare(opts: &RunOptions, build: &mut dyn FnMut() -> Result<Components>) -> 
         dir,
         record,
         summary,
+        _training: training,
     })
 }
 
@@ -334,9 +341,7 @@ fn train(opts: &RunOptions, run: &mut Prepared) -> (Result<()>, LoopStats) {
         evals: 0,
         initial_loss: None,
     };
-    let running = Training::start();
     let outcome = train_loop(&mut cx, &mut run.summary);
-    drop(running);
     let stats = LoopStats {
         twins: cx.twins,
         plugin_ms: cx.plugin_ms,
