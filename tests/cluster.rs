@@ -455,14 +455,25 @@ fn a_cancelled_task_is_reported_by_seed_and_running_again_runs_only_that_seed() 
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Seed 1's task is cancelled as soon as it runs, mid-way through its runs.
+    // Seed 1's task is cancelled mid-way: while its first run trains.
     let started = Instant::now();
+    let watch = loop {
+        // The store is made by the bench command; until then there is nothing to watch.
+        if let Ok(s) = Store::open(Location::parse(&pg)) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let cancelled = loop {
-        if let Some((id, _)) = queue(&name)
+        let training = watch
+            .runs(Some("smoke"))
+            .unwrap()
+            .iter()
+            .any(|r| r.seed == 1 && r.status == speedrun::record::RunStatus::Running);
+        let task = queue(&name)
             .into_iter()
-            .find(|(id, st)| id.ends_with("_1") && st == "RUNNING")
-        {
-            std::thread::sleep(Duration::from_millis(300));
+            .find(|(id, st)| id.ends_with("_1") && st == "RUNNING");
+        if let (true, Some((id, _))) = (training, task) {
             let s = Command::new("scancel").arg(&id).status().unwrap();
             assert!(s.success());
             break id;

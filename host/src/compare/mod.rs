@@ -270,11 +270,14 @@ fn run_seed(s: &Session, stacks: &[(&str, &StackSpec)], seed: u64) -> Result<Vec
         let opts = s.run_options(role, stack, seed);
         let f = train::execute(&opts, &mut || stack.build(&s.track, seed, &s.policy))?;
         if let Some(e) = f.error {
-            if f.summary
+            // Out of time, or interrupted (Ctrl-C, scancel's SIGTERM): the
+            // session stops here rather than start runs that would stop at once.
+            let deadline = f
+                .summary
                 .error
                 .as_deref()
-                .is_some_and(|m| m.contains(DEADLINE))
-            {
+                .is_some_and(|m| m.contains(DEADLINE));
+            if deadline || e.downcast_ref::<train::Interrupted>().is_some() {
                 return Err(e.context(format!("bench: {role} seed {seed}")));
             }
             tracing::warn!("bench: {role} seed {seed} failed: {e:#}");
