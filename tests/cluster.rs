@@ -44,15 +44,18 @@ fn slurm() -> Option<String> {
     service("SPEEDRUN_TEST_SLURM")
 }
 
-/// `speedrun ARGS` with its store at `db` (a file or a URL), polling Slurm fast.
-fn speedrun_at(db: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(args)
-        .env("SPEEDRUN_LOG", "info")
+/// The `speedrun` binary with its store at `db` (a file or a URL), polling Slurm fast.
+fn speedrun_cmd(db: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_speedrun"));
+    c.env("SPEEDRUN_LOG", "info")
         .env("SPEEDRUN_DB", db)
-        .env("SPEEDRUN_SLURM_POLL_MS", "200")
-        .output()
-        .unwrap()
+        .env("SPEEDRUN_SLURM_POLL_MS", "200");
+    c
+}
+
+/// `speedrun ARGS` with its store at `db`.
+fn speedrun_at(db: &str, args: &[&str]) -> Output {
+    speedrun_cmd(db).args(args).output().unwrap()
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -446,11 +449,8 @@ fn a_cancelled_task_is_reported_by_seed_and_running_again_runs_only_that_seed() 
         "--slurm-arg",
         &name_arg,
     ];
-    let child = Command::new(env!("CARGO_BIN_EXE_speedrun"))
+    let child = speedrun_cmd(&pg)
         .args(args)
-        .env("SPEEDRUN_LOG", "info")
-        .env("SPEEDRUN_DB", &pg)
-        .env("SPEEDRUN_SLURM_POLL_MS", "200")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -573,7 +573,7 @@ fn a_submission_runs_through_slurm_into_postgres_and_is_judged() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let cwd = tmp.path().join("work");
     std::fs::create_dir_all(&cwd).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_speedrun"))
+    let o = speedrun_cmd(&pg)
         .args([
             "submit",
             krate.to_str().unwrap(),
@@ -590,9 +590,6 @@ fn a_submission_runs_through_slurm_into_postgres_and_is_judged() {
             &partition,
         ])
         .current_dir(&cwd)
-        .env("SPEEDRUN_LOG", "info")
-        .env("SPEEDRUN_DB", &pg)
-        .env("SPEEDRUN_SLURM_POLL_MS", "200")
         .output()
         .unwrap();
     let t = text(&o);
@@ -688,7 +685,7 @@ fn two_winning_submissions_at_once_make_one_record_and_the_other_is_told_why() {
         let cwd = tmp.path().join(format!("work-{name}"));
         std::fs::create_dir_all(&cwd).unwrap();
         children.push(
-            Command::new(env!("CARGO_BIN_EXE_speedrun"))
+            speedrun_cmd(&pg)
                 .args([
                     "submit",
                     krate.to_str().unwrap(),
@@ -699,8 +696,6 @@ fn two_winning_submissions_at_once_make_one_record_and_the_other_is_told_why() {
                     "--json",
                 ])
                 .current_dir(&cwd)
-                .env("SPEEDRUN_LOG", "warn")
-                .env("SPEEDRUN_DB", &pg)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -746,7 +741,7 @@ fn two_winning_submissions_at_once_make_one_record_and_the_other_is_told_why() {
         return;
     };
     let cwd = tmp.path().join("work-fast");
-    let o = Command::new(env!("CARGO_BIN_EXE_speedrun"))
+    let o = speedrun_cmd(&pg)
         .args([
             "reverify",
             &records[0].id.to_string(),
@@ -756,9 +751,6 @@ fn two_winning_submissions_at_once_make_one_record_and_the_other_is_told_why() {
         ])
         .args(["--executor", "slurm", "--partition", &partition])
         .current_dir(&cwd)
-        .env("SPEEDRUN_LOG", "info")
-        .env("SPEEDRUN_DB", &pg)
-        .env("SPEEDRUN_SLURM_POLL_MS", "200")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

@@ -44,23 +44,27 @@ pub struct TaskEnd {
     pub exit_code: String,
 }
 
-/// The array's `sbatch` command line for `script`, tasks `indices`.
-pub fn sbatch_command(
-    script: &Path,
-    indices: &[usize],
-    job_name: &str,
-    log_dir: &Path,
-    workdir: &Path,
-    o: &SlurmOptions,
-) -> Vec<String> {
-    let array: Vec<String> = indices.iter().map(|i| i.to_string()).collect();
+/// A job array to submit: `script` run once per index.
+pub struct ArraySpec<'a> {
+    pub script: &'a Path,
+    pub indices: &'a [usize],
+    pub job_name: &'a str,
+    /// Where each task's `JOBID_INDEX.log` goes.
+    pub log_dir: &'a Path,
+    /// The directory every task runs in (`--chdir`).
+    pub workdir: &'a Path,
+}
+
+/// The array's `sbatch` command line.
+pub fn sbatch_command(a: &ArraySpec, o: &SlurmOptions) -> Vec<String> {
+    let array: Vec<String> = a.indices.iter().map(|i| i.to_string()).collect();
     let mut c = vec![
         "sbatch".to_string(),
         "--parsable".into(),
         format!("--array={}", array.join(",")),
-        format!("--job-name={job_name}"),
-        format!("--output={}/%A_%a.log", log_dir.display()),
-        format!("--chdir={}", workdir.display()),
+        format!("--job-name={}", a.job_name),
+        format!("--output={}/%A_%a.log", a.log_dir.display()),
+        format!("--chdir={}", a.workdir.display()),
     ];
     if let Some(p) = &o.partition {
         c.push(format!("--partition={p}"));
@@ -69,22 +73,15 @@ pub fn sbatch_command(
         c.push(format!("--gres=gpu:{n}"));
     }
     c.extend(o.args.iter().cloned());
-    c.push(script.display().to_string());
+    c.push(a.script.display().to_string());
     c
 }
 
-/// Submits `script` as an array of `indices`; answers the job.
-pub fn submit(
-    script: &Path,
-    indices: &[usize],
-    job_name: &str,
-    log_dir: &Path,
-    workdir: &Path,
-    o: &SlurmOptions,
-) -> Result<ArrayJob> {
-    std::fs::create_dir_all(log_dir)
-        .with_context(|| format!("creating the Slurm log folder {}", log_dir.display()))?;
-    let cmd = sbatch_command(script, indices, job_name, log_dir, workdir, o);
+/// Submits the array; answers the job.
+pub fn submit(a: &ArraySpec, o: &SlurmOptions) -> Result<ArrayJob> {
+    std::fs::create_dir_all(a.log_dir)
+        .with_context(|| format!("creating the Slurm log folder {}", a.log_dir.display()))?;
+    let cmd = sbatch_command(a, o);
     let out = run(&cmd)?;
     // --parsable: "JOBID" or "JOBID;CLUSTER".
     let job_id = out.trim().split(';').next().unwrap_or_default().to_string();
@@ -93,7 +90,7 @@ pub fn submit(
     }
     Ok(ArrayJob {
         job_id,
-        log_dir: log_dir.to_path_buf(),
+        log_dir: a.log_dir.to_path_buf(),
     })
 }
 
@@ -210,11 +207,13 @@ mod tests {
             gpus: Some(8),
         };
         let c = sbatch_command(
-            Path::new("/s/task.sh"),
-            &[0, 2, 3],
-            "speedrun-bench",
-            Path::new("/s/logs"),
-            Path::new("/proj"),
+            &ArraySpec {
+                script: Path::new("/s/task.sh"),
+                indices: &[0, 2, 3],
+                job_name: "speedrun-bench",
+                log_dir: Path::new("/s/logs"),
+                workdir: Path::new("/proj"),
+            },
             &o,
         );
         assert_eq!(

@@ -286,13 +286,14 @@ pub fn run_on_slurm(
     }
     let mut job = None;
     if !missing.is_empty() {
-        let workdir = std::env::current_dir()?;
         let j = slurm::submit(
-            &std::path::absolute(&script_file)?,
-            &missing,
-            &format!("speedrun-{}", plan.batch),
-            &std::path::absolute(dir.join("logs"))?,
-            &workdir,
+            &slurm::ArraySpec {
+                script: &std::path::absolute(&script_file)?,
+                indices: &missing,
+                job_name: &format!("speedrun-{}", plan.batch),
+                log_dir: &std::path::absolute(dir.join("logs"))?,
+                workdir: &std::env::current_dir()?,
+            },
             o,
         )?;
         let seeds: Vec<String> = missing.iter().map(|&i| plan.seeds[i].to_string()).collect();
