@@ -332,6 +332,29 @@ fn smoke_run_learns_below_the_unigram_entropy_and_is_deterministic() {
         assert!(manifest.get(key).is_some(), "manifest lacks {key}");
     }
     assert_eq!(manifest["shards"][0]["sha256"].as_str().unwrap().len(), 64);
+    // The matmul path the run took follows the CPU's flags (/proc/cpuinfo):
+    // AVX-512 where it has avx512f, AVX2 + FMA where it has fma.
+    let hw = &manifest["hardware"];
+    let flags: Vec<&str> = hw["cpu_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let kernel = hw["cpu_matmul_kernel"].as_str().unwrap();
+    if cfg!(target_arch = "x86_64") {
+        let expected = if flags.contains(&"avx512f") {
+            "avx512f"
+        } else if flags.contains(&"fma") {
+            "avx2+fma"
+        } else {
+            "scalar"
+        };
+        assert!(
+            kernel.contains(expected),
+            "{kernel} on a CPU with {flags:?}"
+        );
+    }
     let metrics = std::fs::read_to_string(dir.path().join("a/metrics.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = metrics
         .lines()

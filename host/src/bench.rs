@@ -22,18 +22,31 @@ pub fn matmul_peak_gflops(
     dev: &Device,
     precision: Precision,
 ) -> Result<f64> {
-    let a = Tensor::from_vec(
-        (0..n * n)
-            .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
-            .collect::<Vec<_>>(),
-        (n, n),
-        dev,
-    )?;
-    let a = match precision {
-        Precision::F32 => a,
-        Precision::Bf16 => a.to_dtype(candle_core::DType::BF16)?,
+    matmul_gflops((n, n, n), reps, dev, precision)
+}
+
+/// Median GFLOP/s of an `[m, k] @ [k, n]` product on the device through
+/// candle (the gemm path the model's products take).
+pub fn matmul_gflops(
+    (m, n, k): (usize, usize, usize),
+    reps: usize,
+    dev: &Device,
+    precision: Precision,
+) -> Result<f64> {
+    let filled = |r: usize, c: usize| -> Result<Tensor> {
+        let t = Tensor::from_vec(
+            (0..r * c)
+                .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
+                .collect::<Vec<_>>(),
+            (r, c),
+            dev,
+        )?;
+        Ok(match precision {
+            Precision::F32 => t,
+            Precision::Bf16 => t.to_dtype(candle_core::DType::BF16)?,
+        })
     };
-    let b = a.t()?.contiguous()?;
+    let (a, b) = (filled(m, k)?, filled(k, n)?);
     for _ in 0..2 {
         a.matmul(&b)?;
     }
@@ -46,7 +59,45 @@ pub fn matmul_peak_gflops(
         drop(c);
         times.push(t.elapsed().as_secs_f64());
     }
-    Ok(2.0 * (n as f64).powi(3) / median(times) / 1e9)
+    Ok(2.0 * (m * n * k) as f64 / median(times) / 1e9)
+}
+
+/// One of the model's products at its real size.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShapeRate {
+    pub name: &'static str,
+    /// `[m, k] @ [k, n]`.
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub gflops: f64,
+}
+
+/// The forward products of one step (a block's four, and the head), each
+/// timed alone: where the matmul path is fast and where it is not. The
+/// backward's are the same sizes read transposed.
+fn model_shapes(track: &crate::track::Track, dev: &Device) -> Result<Vec<ShapeRate>> {
+    let m = &track.model;
+    let rows = track.train.batch_tokens;
+    let (d, v) = (m.width, m.vocab);
+    [
+        ("qkv", d, 3 * d),
+        ("attention out", d, d),
+        ("mlp up", d, 4 * d),
+        ("mlp down", 4 * d, d),
+        ("head", d, v),
+    ]
+    .into_iter()
+    .map(|(name, k, n)| {
+        Ok(ShapeRate {
+            name,
+            m: rows,
+            n,
+            k,
+            gflops: matmul_gflops((rows, n, k), 5, dev, track.train.precision)?,
+        })
+    })
+    .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,8 +112,14 @@ pub struct ThroughputReport {
     pub optimizer_ms_median: f64,
     pub tokens_per_s: f64,
     pub gflops: f64,
-    /// The device's matmul rate in the track's precision (`precision`).
+    /// The device's matmul rate in the track's precision (`precision`),
+    /// through the same matmul path the trainer takes.
     pub matmul_peak_gflops: f64,
+    /// That path: gemm's microkernels on the CPU (`speedrun_kernels::matmul_kernel`),
+    /// cuBLAS on a GPU.
+    pub matmul_kernel: String,
+    /// The model's products at their real sizes, on that path.
+    pub shapes: Vec<ShapeRate>,
     pub fraction_of_peak: f64,
     /// The track's `train.precision`: the dtype of the model's products.
     pub precision: Precision,
@@ -161,6 +218,11 @@ pub fn throughput(
         tokens_per_s,
         gflops,
         matmul_peak_gflops: peak,
+        matmul_kernel: match device {
+            Device::Cpu => speedrun_kernels::matmul_kernel().into(),
+            _ => "cuBLAS".into(),
+        },
+        shapes: model_shapes(track, device)?,
         fraction_of_peak: gflops / peak,
         precision: track.train.precision,
         threads: candle_core::utils::get_num_threads(),

@@ -124,6 +124,8 @@ pub struct Hardware {
     /// The CPU's vector-unit flags the kernels choose by (`avx2`, `avx512f`,
     /// `amx_bf16`, ...), as /proc/cpuinfo names them.
     pub cpu_flags: Vec<String>,
+    /// The CPU matmul microkernels this run used (`speedrun_kernels::matmul_kernel`).
+    pub cpu_matmul_kernel: String,
     pub cores: usize,
     pub memory_bytes: u64,
     /// Threads candle's CPU kernels use (RAYON_NUM_THREADS, else all cores).
@@ -163,6 +165,7 @@ impl Hardware {
                 .map(|f| f.to_string())
                 .collect(),
             cpu_model,
+            cpu_matmul_kernel: speedrun_kernels::matmul_kernel().into(),
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),

@@ -32,6 +32,28 @@ impl<T> View<T> {
     }
 }
 
+/// The microkernels gemm runs on this CPU, chosen as gemm chooses them at run
+/// time (`gemm_common::gemm_def!`): AVX-512 where the CPU has avx512f, else
+/// AVX2 + FMA; NEON on arm64.
+pub fn kernel_name() -> &'static str {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "gemm avx512f (x86-64-v4)";
+        }
+        if std::is_x86_feature_detected!("fma") {
+            return "gemm avx2+fma (x86-64-v3)";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return "gemm neon";
+        }
+    }
+    "gemm scalar"
+}
+
 /// gemm's own thread split over the current rayon pool, or none.
 pub fn parallel() -> Parallelism {
     match rayon::current_num_threads() {

@@ -83,12 +83,20 @@ pub fn throughput(r: &ThroughputReport) -> String {
     let _ = writeln!(o, "tokens/s: {:.0}", r.tokens_per_s);
     let _ = writeln!(
         o,
-        "achieved: {:.1} GFLOP/s; {} matmul peak (median of 10): {:.1} GFLOP/s; fraction {:.1}%",
+        "achieved: {:.1} GFLOP/s; {} matmul peak ({}, median of 10): {:.1} GFLOP/s; fraction {:.1}%",
         r.gflops,
         r.precision.name(),
+        r.matmul_kernel,
         r.matmul_peak_gflops,
         100.0 * r.fraction_of_peak
     );
+    for s in &r.shapes {
+        let _ = writeln!(
+            o,
+            "  {:<14} [{}, {}] @ [{}, {}]: {:.1} GFLOP/s",
+            s.name, s.m, s.k, s.k, s.n, s.gflops
+        );
+    }
     o
 }
 
