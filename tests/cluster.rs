@@ -4,6 +4,7 @@
 //! (a developer machine without root) these tests say so and pass; under CI
 //! they fail instead.
 
+use crate::common::stdout_json as json;
 use crate::common::*;
 use speedrun::store::{Location, NewRecord, RecordClaim, Store};
 use std::path::Path;
@@ -56,10 +57,6 @@ fn speedrun_cmd(db: &str) -> Command {
 /// `speedrun ARGS` with its store at `db`.
 fn speedrun_at(db: &str, args: &[&str]) -> Output {
     speedrun_cmd(db).args(args).output().unwrap()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
 }
 
 /// Each run's (seed, final loss, best loss) of a bench report's side.
@@ -405,6 +402,39 @@ fn a_slurm_bench_into_postgres_matches_the_same_bench_run_here_into_sqlite_bit_f
         .unwrap()
         .unwrap();
     assert_eq!(cmp.report["candidate"]["runs"], b["candidate"]["runs"]);
+
+    // A plan rewritten after it was submitted (one more step for every run,
+    // its batch key left alone, or recomputed by hand) is refused by the task.
+    let plan_path = std::fs::read_dir(tmp.path().join("slurm/slurm"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let mut plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_path).unwrap()).unwrap();
+    plan["steps"] = serde_json::json!(41);
+    for batch in [plan["batch"].clone(), serde_json::json!("0000000000000000")] {
+        plan["batch"] = batch;
+        std::fs::write(&plan_path, plan.to_string()).unwrap();
+        let before = store.runs(Some("smoke")).unwrap().len();
+        let o = speedrun_at(
+            &pg,
+            &[
+                "task",
+                "--plan",
+                plan_path.to_str().unwrap(),
+                "--index",
+                "0",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            text(&o).contains("was changed after it was written"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(store.runs(Some("smoke")).unwrap().len(), before);
+    }
 }
 
 /// The task states squeue lists for the job named `name`: (JOBID_INDEX, state).

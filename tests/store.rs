@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 fn json_of(o: &std::process::Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", text(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+    stdout_json(o)
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub(crate) fn edit(krate: &Path, from: &str, to: &str) {
 }
 
 fn verdict(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+    stdout_json(o)
 }
 
 /// Every field the verdict's schema documents (AGENTS.md).

@@ -60,6 +60,11 @@ pub fn speedrun_db(db: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The command's stdout as JSON, or a panic showing what it printed.
+pub fn stdout_json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
+}
+
 /// stdout and stderr together.
 pub fn text(o: &Output) -> String {
     format!(

@@ -182,6 +182,17 @@ pub fn run_task(plan_file: &Path, index: usize) -> Result<()> {
         .with_context(|| format!("reading the batch plan {}", plan_file.display()))?;
     let plan: Plan = serde_json::from_str(&text)
         .with_context(|| format!("the batch plan {} does not parse", plan_file.display()))?;
+    // A plan (or a plugin file it names) changed after it was written hashes to
+    // another key: refused here, and a rewritten `batch` would only file the
+    // runs under a key the submitting command never reads.
+    let key = plan.key_of()?;
+    if key != plan.batch {
+        bail!(
+            "the batch plan {} was changed after it was written (it hashes to {key}, not to its batch {}): not run",
+            plan_file.display(),
+            plan.batch
+        );
+    }
     let (session, seed) = plan.session(index)?;
     let store = session.store.clone().context("the task's store")?;
     let stacks: Vec<(&str, &StackSpec)> = plan

@@ -11,8 +11,8 @@ pub mod batch;
 mod report;
 mod stored;
 pub use report::*;
+pub use stored::store_comparison;
 use stored::stored_baseline;
-pub use stored::{hardware_kinds, store_comparison};
 
 use crate::cluster::Executor;
 use crate::plugins;
@@ -336,8 +336,7 @@ pub fn run(spec: &BenchSpec) -> Result<Report> {
     report.command = spec.command();
     report.curves_svg = Some(write_overlay(s, &report)?);
     if let Some(store) = &s.store {
-        report.flag_hardware(hardware_kinds(store, &report)?);
-        report.comparison_id = Some(store_comparison(store, &report)?);
+        store_comparison(store, &mut report)?;
     }
     Ok(report)
 }

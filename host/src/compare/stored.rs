@@ -3,8 +3,11 @@
 
 use super::*;
 
-/// Stores a report as a comparison; answers its id.
-pub fn store_comparison(store: &Store, report: &Report) -> Result<i64> {
+/// Stores a report as a comparison and sets its `comparison_id`. Its runs'
+/// hardware is checked first (`Report::flag_hardware`), so no stored
+/// comparison, whichever command made it, claims across machines.
+pub fn store_comparison(store: &Store, report: &mut Report) -> Result<i64> {
+    report.flag_hardware(hardware_kinds(store, report)?);
     let runs: Vec<(i64, &str)> = [
         ("candidate", &report.candidate),
         ("baseline", &report.baseline),
@@ -16,21 +19,23 @@ pub fn store_comparison(store: &Store, report: &Report) -> Result<i64> {
             .filter_map(move |r| r.store_id.map(|id| (id, *role)))
     })
     .collect();
-    let json = serde_json::to_value(report)?;
+    let json = serde_json::to_value(&*report)?;
     let verdict = serde_json::to_value(report.verdict)?;
-    store.add_comparison(
+    let id = store.add_comparison(
         &report.track,
         &report.candidate.stack,
         &report.baseline.stack,
         verdict.as_str().unwrap_or_default(),
         &json,
         &runs,
-    )
+    )?;
+    report.comparison_id = Some(id);
+    Ok(id)
 }
 
 /// The distinct hardware fingerprints of the report's stored runs (runs
 /// stored before the store kept one are left out).
-pub fn hardware_kinds(store: &Store, report: &Report) -> Result<Vec<String>> {
+fn hardware_kinds(store: &Store, report: &Report) -> Result<Vec<String>> {
     let mut kinds = std::collections::BTreeSet::new();
     for r in report.candidate.runs.iter().chain(&report.baseline.runs) {
         if let Some(id) = r.store_id {

@@ -80,31 +80,17 @@ pub enum Value {
     Blob(Vec<u8>),
 }
 
-impl From<i64> for Value {
-    fn from(v: i64) -> Value {
-        Value::Int(v)
-    }
+/// Integers (and truth values) are stored as i64, as both databases keep them.
+macro_rules! int_value {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::Int(v as i64)
+            }
+        }
+    )*};
 }
-impl From<u64> for Value {
-    fn from(v: u64) -> Value {
-        Value::Int(v as i64)
-    }
-}
-impl From<usize> for Value {
-    fn from(v: usize) -> Value {
-        Value::Int(v as i64)
-    }
-}
-impl From<u32> for Value {
-    fn from(v: u32) -> Value {
-        Value::Int(v as i64)
-    }
-}
-impl From<bool> for Value {
-    fn from(v: bool) -> Value {
-        Value::Int(v as i64)
-    }
-}
+int_value!(i64, u64, usize, u32, bool);
 impl From<f64> for Value {
     fn from(v: f64) -> Value {
         Value::Real(v)

@@ -267,8 +267,7 @@ fn run_submission(
             side(cand_runs.clone(), &candidate),
             base,
         );
-        r.flag_hardware(compare::hardware_kinds(&o.store, &r)?);
-        r.comparison_id = Some(compare::store_comparison(&o.store, &r)?);
+        compare::store_comparison(&o.store, &mut r)?;
         Ok(r)
     };
     let vs_reference = compare_to(side(sides.pop().unwrap_or_default(), &reference))?;

@@ -153,8 +153,7 @@ pub fn reverify(o: &ReverifyOptions) -> Result<Reverification> {
         Side::new(stack.describe(), runs.clone(), target),
         Side::new(reference.describe(), base, target),
     );
-    report.flag_hardware(compare::hardware_kinds(&o.store, &report)?);
-    report.comparison_id = Some(compare::store_comparison(&o.store, &report)?);
+    compare::store_comparison(&o.store, &mut report)?;
     let c = &report.candidate;
     let valid = c.all_valid;
     // The hash of what ran (each run hashed the bytes it loaded), not of the file now.
