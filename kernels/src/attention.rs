@@ -74,25 +74,47 @@ impl<T> Shared<T> {
     }
 }
 
-/// P = causal softmax(Q Kᵀ · scale) of one task into `p` ([T, T], zero above the diagonal).
+/// Rows per causal block. Row block `[r0, r1)` attends to columns `[0, r1)`
+/// only, so the products skip the masked blocks above the diagonal (at T = 256,
+/// 5/8 of the full square's work). Fixed, so the summation order never depends
+/// on the machine or the thread count.
+const BLOCK: usize = 64;
+
+/// The row blocks `(r0, r1)` of a sequence of `t`.
+fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(BLOCK)
+        .map(move |r0| (r0, (r0 + BLOCK).min(t)))
+}
+
+/// The end of the block that row `i` lies in: columns past it are never computed.
+fn block_end(i: usize, t: usize) -> usize {
+    ((i / BLOCK + 1) * BLOCK).min(t)
+}
+
+/// P = causal softmax(Q Kᵀ · scale) of one task into `p` ([T, T], rows `t` apart).
+/// Only each row block's columns `[0, r1)` are written (zero above the
+/// diagonal); the rest of `p` is left as it was and must never be read.
 ///
 /// # Safety
 /// `qkv` must hold the packed input of `dims`.
 unsafe fn probabilities<T: Real>(qkv: &[T], dims: Dims, task: usize, p: &mut [T]) {
     let (t, hd, row) = (dims.t, dims.hd, 3 * dims.d());
     let [q, k, _] = dims.qkv(task);
-    matmul(
-        (t, t, hd),
-        p.as_mut_ptr(),
-        t,
-        None,
-        View::rows(qkv.as_ptr().add(q), row),
-        View::rows(qkv.as_ptr().add(k), row).t(),
-        T::of(dims.scale()),
-        Parallelism::None,
-    );
+    for (r0, r1) in blocks(t) {
+        matmul(
+            (r1 - r0, r1, hd),
+            p.as_mut_ptr().add(r0 * t),
+            t,
+            None,
+            View::rows(qkv.as_ptr().add(q + r0 * row), row),
+            View::rows(qkv.as_ptr().add(k), row).t(),
+            T::of(dims.scale()),
+            Parallelism::None,
+        );
+    }
     for (i, r) in p.chunks_exact_mut(t).enumerate() {
-        let (live, masked) = r.split_at_mut(i + 1);
+        let (live, masked) = r[..block_end(i, t)].split_at_mut(i + 1);
         let max = row_max(live);
         // The exponentials first, then their sum in the same order: a loop
         // without the running sum vectorises.
@@ -138,16 +160,19 @@ fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
             // [B, T, D] output; each task writes only its own head's columns.
             unsafe {
                 probabilities(qkv, dims, task, p);
-                matmul(
-                    (t, hd, t),
-                    out.at(dims.out(task)),
-                    d,
-                    None,
-                    View::rows(p.as_ptr(), t),
-                    View::rows(qkv.as_ptr().add(v), 3 * d),
-                    T::ONE,
-                    Parallelism::None,
-                );
+                // Y[r0..r1] = P[r0..r1, 0..r1] V[0..r1]
+                for (r0, r1) in blocks(t) {
+                    matmul(
+                        (r1 - r0, hd, r1),
+                        out.at(dims.out(task) + r0 * d),
+                        d,
+                        None,
+                        View::rows(p.as_ptr().add(r0 * t), t),
+                        View::rows(qkv.as_ptr().add(v), 3 * d),
+                        T::ONE,
+                        Parallelism::None,
+                    );
+                }
             }
         },
     );
@@ -170,33 +195,39 @@ fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
             // v columns of dqkv.
             unsafe {
                 probabilities(qkv, dims, task, p);
-                // dV = Pᵀ dY
-                let one = T::ONE;
-                let s = Parallelism::None;
-                matmul(
-                    (t, hd, t),
-                    out.at(v),
-                    row,
-                    None,
-                    View::rows(p.as_ptr(), t).t(),
-                    dy_view,
-                    one,
-                    s,
-                );
-                // dP = dY Vᵀ
-                matmul(
-                    (t, t, hd),
-                    dp.as_mut_ptr(),
-                    t,
-                    None,
-                    dy_view,
-                    at(v).t(),
-                    one,
-                    s,
-                );
+                let (one, s) = (T::ONE, Parallelism::None);
+                let (p, dp) = (p.as_mut_ptr(), dp.as_mut_ptr());
+                for (r0, r1) in blocks(t) {
+                    // dV[r0..r1] = P[r0.., r0..r1]ᵀ dY[r0..]: the rows before r0 are masked.
+                    matmul(
+                        (r1 - r0, hd, t - r0),
+                        out.at(v + r0 * row),
+                        row,
+                        None,
+                        View::rows(p.add(r0 * t + r0), t).t(),
+                        dy_view.from_row(r0),
+                        one,
+                        s,
+                    );
+                    // dP[r0..r1, 0..r1] = dY[r0..r1] V[0..r1]ᵀ
+                    matmul(
+                        (r1 - r0, r1, hd),
+                        dp.add(r0 * t),
+                        t,
+                        None,
+                        dy_view.from_row(r0),
+                        at(v).t(),
+                        one,
+                        s,
+                    );
+                }
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale (zero where P is masked)
                 let scale = T::of(dims.scale());
-                for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
+                for i in 0..t {
+                    let (pr, dr) = (
+                        std::slice::from_raw_parts(p.add(i * t), t),
+                        std::slice::from_raw_parts_mut(dp.add(i * t), t),
+                    );
                     let mut dot = T::ZERO;
                     for j in 0..=i {
                         dot += pr[j] * dr[j];
@@ -204,29 +235,34 @@ fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
                     for j in 0..=i {
                         dr[j] = pr[j] * (dr[j] - dot) * scale;
                     }
-                    dr[i + 1..].iter_mut().for_each(|x| *x = T::ZERO);
+                    dr[i + 1..block_end(i, t)]
+                        .iter_mut()
+                        .for_each(|x| *x = T::ZERO);
                 }
-                // dQ = dS K, dK = dSᵀ Q
-                matmul(
-                    (t, hd, t),
-                    out.at(q),
-                    row,
-                    None,
-                    View::rows(dp.as_ptr(), t),
-                    at(k),
-                    one,
-                    s,
-                );
-                matmul(
-                    (t, hd, t),
-                    out.at(k),
-                    row,
-                    None,
-                    View::rows(dp.as_ptr(), t).t(),
-                    at(q),
-                    one,
-                    s,
-                );
+                for (r0, r1) in blocks(t) {
+                    // dQ[r0..r1] = dS[r0..r1, 0..r1] K[0..r1]
+                    matmul(
+                        (r1 - r0, hd, r1),
+                        out.at(q + r0 * row),
+                        row,
+                        None,
+                        View::rows(dp.add(r0 * t), t),
+                        at(k),
+                        one,
+                        s,
+                    );
+                    // dK[r0..r1] = dS[r0.., r0..r1]ᵀ Q[r0..]
+                    matmul(
+                        (r1 - r0, hd, t - r0),
+                        out.at(k + r0 * row),
+                        row,
+                        None,
+                        View::rows(dp.add(r0 * t + r0), t).t(),
+                        at(q + r0 * row),
+                        one,
+                        s,
+                    );
+                }
             }
         },
     );

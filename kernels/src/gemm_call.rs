@@ -22,6 +22,17 @@ impl<T> View<T> {
         }
     }
 
+    /// The same matrix from row `i` on.
+    ///
+    /// # Safety
+    /// Row `i` must lie inside the buffer the view reads.
+    pub unsafe fn from_row(self, i: usize) -> View<T> {
+        View {
+            ptr: self.ptr.offset(i as isize * self.rs),
+            ..self
+        }
+    }
+
     /// The transpose, by swapping strides.
     pub fn t(self) -> View<T> {
         View {

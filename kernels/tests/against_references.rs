@@ -732,9 +732,17 @@ fn ref_attention_packed(qkv: &Tensor, heads: usize) -> Tensor {
 
 #[test]
 fn packed_attention_matches_the_composed_ops() {
-    for (i, &(b, t, heads, hd)) in [(2, 5, 2, 3), (1, 17, 3, 8), (3, 1, 1, 4), (2, 33, 4, 16)]
-        .iter()
-        .enumerate()
+    for (i, &(b, t, heads, hd)) in [
+        (2, 5, 2, 3),
+        (1, 17, 3, 8),
+        (3, 1, 1, 4),
+        (2, 33, 4, 16),
+        // Past one causal block of 64 rows, the last one partial.
+        (1, 64, 2, 4),
+        (2, 150, 2, 8),
+    ]
+    .iter()
+    .enumerate()
     {
         let qkv = rand_t(&[b, t, 3 * heads * hd], 100 + i as u64, 2.0, DType::F32);
         let got = k::causal_attention_packed(&qkv, heads).unwrap();
@@ -772,6 +780,9 @@ fn packed_attention_backward_matches_finite_differences() {
     check_grad(&[qkv], &|a| k::causal_attention_packed(&a[0], 2).unwrap());
     let qkv = rand_t(&[1, 9, 9], 112, 1.5, DType::F64);
     check_grad(&[qkv], &|a| k::causal_attention_packed(&a[0], 1).unwrap());
+    // Three causal blocks of 64 rows, the last one partial.
+    let qkv = rand_t(&[1, 150, 12], 115, 1.0, DType::F64);
+    check_grad(&[qkv], &|a| k::causal_attention_packed(&a[0], 2).unwrap());
 }
 
 #[test]
