@@ -205,7 +205,7 @@ fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
                         row,
                         None,
                         View::rows(p.add(r0 * t + r0), t).t(),
-                        dy_view.from_row(r0),
+                        dy_view.skip_rows(r0),
                         one,
                         s,
                     );
@@ -215,7 +215,7 @@ fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
                         dp.add(r0 * t),
                         t,
                         None,
-                        dy_view.from_row(r0),
+                        dy_view.skip_rows(r0),
                         at(v).t(),
                         one,
                         s,

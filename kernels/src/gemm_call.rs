@@ -22,11 +22,11 @@ impl<T> View<T> {
         }
     }
 
-    /// The same matrix from row `i` on.
+    /// The same matrix without its first `i` rows.
     ///
     /// # Safety
     /// Row `i` must lie inside the buffer the view reads.
-    pub unsafe fn from_row(self, i: usize) -> View<T> {
+    pub unsafe fn skip_rows(self, i: usize) -> View<T> {
         View {
             ptr: self.ptr.offset(i as isize * self.rs),
             ..self
