@@ -1,28 +1,48 @@
 //! GELU (tanh form, GPT-2's) and ReLU², elementwise, with fused backward.
 
-use crate::real::{with_float, with_float2, Real};
+use crate::real::{filled, with_float, with_float2, Real};
 use crate::ELEM_CHUNK;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
-fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::ZERO; x.len()];
-    out.par_chunks_mut(ELEM_CHUNK)
-        .zip(x.par_chunks(ELEM_CHUNK))
-        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
-    out
+fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync + Copy) -> Vec<T> {
+    // SAFETY: the chunks cover the buffer and each chunk's loop writes all of it.
+    unsafe {
+        filled(x.len(), |out| {
+            out.par_chunks_mut(ELEM_CHUNK)
+                .zip(x.par_chunks(ELEM_CHUNK))
+                .for_each(|(o, i)| apply1(o, i, f))
+        })
+    }
 }
 
-fn map2<T: Real>(x: &[T], g: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::ZERO; x.len()];
-    out.par_chunks_mut(ELEM_CHUNK)
-        .zip(x.par_chunks(ELEM_CHUNK).zip(g.par_chunks(ELEM_CHUNK)))
-        .for_each(|(o, (x, g))| {
-            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                *o = f(x, g)
-            }
-        });
-    out
+fn map2<T: Real>(x: &[T], g: &[T], f: impl Fn(T, T) -> T + Sync + Copy) -> Vec<T> {
+    assert_eq!(x.len(), g.len());
+    // SAFETY: as in `map1`; x and g have the output's length.
+    unsafe {
+        filled(x.len(), |out| {
+            out.par_chunks_mut(ELEM_CHUNK)
+                .zip(x.par_chunks(ELEM_CHUNK).zip(g.par_chunks(ELEM_CHUNK)))
+                .for_each(|(o, (x, g))| apply2(o, x, g, f))
+        })
+    }
+}
+
+crate::wide::wide_fn! {
+    fn apply1<T: Real>(o: &mut [MaybeUninit<T>], x: &[T], f: impl Fn(T) -> T + Copy) {
+        for (o, &x) in o.iter_mut().zip(x) {
+            o.write(f(x));
+        }
+    }
+}
+
+crate::wide::wide_fn! {
+    fn apply2<T: Real>(o: &mut [MaybeUninit<T>], x: &[T], g: &[T], f: impl Fn(T, T) -> T + Copy) {
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+            o.write(f(x, g));
+        }
+    }
 }
 
 const SQRT_2_OVER_PI: f64 = 0.7978845608028654;

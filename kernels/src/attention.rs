@@ -88,6 +88,7 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// The end of the block that row `i` lies in: columns past it are never computed.
+#[inline(always)]
 fn block_end(i: usize, t: usize) -> usize {
     ((i / BLOCK + 1) * BLOCK).min(t)
 }
@@ -113,24 +114,43 @@ unsafe fn probabilities<T: Real>(qkv: &[T], dims: Dims, task: usize, p: &mut [T]
             Parallelism::None,
         );
     }
+    softmax_rows(p, t);
+}
+
+crate::wide::wide_fn! {
+/// Each row's causal softmax over its live entries, zeros to its block's end.
+fn softmax_rows<T: Real>(p: &mut [T], t: usize) {
     for (i, r) in p.chunks_exact_mut(t).enumerate() {
         let (live, masked) = r[..block_end(i, t)].split_at_mut(i + 1);
         let max = row_max(live);
-        // The exponentials first, then their sum in the same order: a loop
-        // without the running sum vectorises.
+        // The exponentials first, then their sum in lanes: both loops vectorise.
         live.iter_mut().for_each(|v| *v = (*v - max).exp());
-        let mut sum = T::ZERO;
-        for &v in live.iter() {
-            sum += v;
-        }
-        let inv = T::ONE / sum;
+        let inv = T::ONE / crate::wide::sum(live);
         live.iter_mut().for_each(|v| *v = *v * inv);
         masked.iter_mut().for_each(|v| *v = T::ZERO);
     }
 }
+}
+
+crate::wide::wide_fn! {
+/// dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale in place of dP, row by row over the
+/// live entries, zeros to each row's block end.
+fn score_grads<T: Real>(p: &[T], dp: &mut [T], t: usize, scale: T) {
+    for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
+        let dot = crate::wide::dot(&pr[..=i], &dr[..=i]);
+        for (d, &p) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+            *d = p * (*d - dot) * scale;
+        }
+        dr[i + 1..block_end(i, t)]
+            .iter_mut()
+            .for_each(|x| *x = T::ZERO);
+    }
+}
+}
 
 /// The largest element, in 16 lanes: a maximum is exact in any order, so
 /// this is the serial fold's value, but the loop vectorises.
+#[inline(always)]
 fn row_max<T: Real>(row: &[T]) -> T {
     let mut lanes = [row[0]; 16];
     let mut chunks = row.chunks_exact(16);
@@ -150,7 +170,7 @@ fn row_max<T: Real>(row: &[T]) -> T {
 
 fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
     let (t, hd, d) = (dims.t, dims.hd, dims.d());
-    let mut y = vec![T::ZERO; dims.b * t * d];
+    let mut y = Vec::with_capacity(dims.b * t * d);
     let out = Shared(y.as_mut_ptr());
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
         || vec![T::ZERO; t * t],
@@ -176,6 +196,9 @@ fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
             }
         },
     );
+    // SAFETY: every task wrote its head's columns of every row (the blocks cover
+    // all rows), and the tasks cover every (batch, head).
+    unsafe { y.set_len(dims.b * t * d) };
     y
 }
 
@@ -183,7 +206,7 @@ fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
 fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
     let (t, hd, d) = (dims.t, dims.hd, dims.d());
     let row = 3 * d;
-    let mut dqkv = vec![T::ZERO; qkv.len()];
+    let mut dqkv = Vec::with_capacity(qkv.len());
     let out = Shared(dqkv.as_mut_ptr());
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
         || (vec![T::ZERO; t * t], vec![T::ZERO; t * t]),
@@ -222,23 +245,12 @@ fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
                     );
                 }
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale (zero where P is masked)
-                let scale = T::of(dims.scale());
-                for i in 0..t {
-                    let (pr, dr) = (
-                        std::slice::from_raw_parts(p.add(i * t), t),
-                        std::slice::from_raw_parts_mut(dp.add(i * t), t),
-                    );
-                    let mut dot = T::ZERO;
-                    for j in 0..=i {
-                        dot += pr[j] * dr[j];
-                    }
-                    for j in 0..=i {
-                        dr[j] = pr[j] * (dr[j] - dot) * scale;
-                    }
-                    dr[i + 1..block_end(i, t)]
-                        .iter_mut()
-                        .for_each(|x| *x = T::ZERO);
-                }
+                score_grads(
+                    std::slice::from_raw_parts(p, t * t),
+                    std::slice::from_raw_parts_mut(dp, t * t),
+                    t,
+                    T::of(dims.scale()),
+                );
                 for (r0, r1) in blocks(t) {
                     // dQ[r0..r1] = dS[r0..r1, 0..r1] K[0..r1]
                     matmul(
@@ -266,6 +278,9 @@ fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
             }
         },
     );
+    // SAFETY: as in the forward: each task wrote its head's q, k and v columns
+    // of every row.
+    unsafe { dqkv.set_len(qkv.len()) };
     dqkv
 }
 

@@ -29,6 +29,7 @@ mod precision;
 mod real;
 mod rotary;
 mod softmax;
+mod wide;
 
 pub use activation::{gelu, relu2};
 pub use adamw::{adamw_update, AdamwStep};
@@ -43,6 +44,7 @@ pub use precision::Precision;
 pub use real::{exp_f32, tanh_f32};
 pub use rotary::rotary;
 pub use softmax::causal_softmax;
+pub use wide::width as vector_width;
 
 /// Rows handled per parallel task; fixed so reductions never depend on the thread count.
 pub(crate) const ROW_CHUNK: usize = 16;

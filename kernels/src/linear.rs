@@ -8,7 +8,7 @@
 
 use crate::bias::ColumnSum;
 use crate::gemm_call::{matmul, parallel, View};
-use crate::real::{typed_slice, AsSlice, Real};
+use crate::real::{filled, typed_slice, with_float2, AsSlice, Real};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -16,30 +16,112 @@ use rayon::prelude::*;
 fn fwd<T: Real>(x: &[T], w: &[T], b: Option<&[T]>, inner: usize, out: usize) -> Vec<T> {
     let rows = x.len() / inner;
     assert!(w.len() == inner * out && x.len() == rows * inner);
-    let mut y = match b {
-        Some(b) => {
-            assert_eq!(b.len(), out);
-            let mut y = vec![T::ZERO; rows * out];
-            y.par_chunks_mut(out).for_each(|r| r.copy_from_slice(b));
-            y
-        }
-        None => vec![T::ZERO; rows * out],
-    };
     // SAFETY: the asserts above bound every element gemm reads or writes through
-    // these row-major strides; y is a fresh buffer aliasing neither input.
+    // these row-major strides; y is a fresh buffer aliasing neither input, and
+    // every element is written: the bias rows first, or gemm's product alone.
     unsafe {
-        matmul(
-            (rows, out, inner),
-            y.as_mut_ptr(),
-            out,
-            b.map(|_| T::ONE),
-            View::rows(x.as_ptr(), inner),
-            View::rows(w.as_ptr(), out),
-            T::ONE,
-            parallel(),
-        )
+        filled(rows * out, |y| {
+            if let Some(b) = b {
+                assert_eq!(b.len(), out);
+                y.par_chunks_mut(out).for_each(|r| {
+                    for (o, &v) in r.iter_mut().zip(b) {
+                        o.write(v);
+                    }
+                });
+            }
+            matmul(
+                (rows, out, inner),
+                y.as_mut_ptr().cast::<T>(),
+                out,
+                b.map(|_| T::ONE),
+                View::rows(x.as_ptr(), inner),
+                View::rows(w.as_ptr(), out),
+                T::ONE,
+                parallel(),
+            )
+        })
+    }
+}
+
+/// `dx = g wᵀ` (`[rows, out] @ [out, inner]`) or `dw = xᵀ g`
+/// (`[inner, rows] @ [rows, out]`): gemm reads the transposes through strides
+/// and writes a fresh buffer whole.
+fn grad<T: Real>(which: Grad, a: &[T], b: &[T], inner: usize, out: usize) -> Vec<T> {
+    let ((m, n, k), lhs, rhs) = match which {
+        // a = g [rows, out], b = w [inner, out]
+        Grad::Input => {
+            let rows = a.len() / out;
+            assert!(a.len() == rows * out && b.len() == inner * out);
+            (
+                (rows, inner, out),
+                View::rows(a.as_ptr(), out),
+                View::rows(b.as_ptr(), out).t(),
+            )
+        }
+        // a = x [rows, inner], b = g [rows, out]
+        Grad::Weight => {
+            let rows = a.len() / inner;
+            assert!(a.len() == rows * inner && b.len() == rows * out);
+            (
+                (inner, out, rows),
+                View::rows(a.as_ptr(), inner).t(),
+                View::rows(b.as_ptr(), out),
+            )
+        }
     };
-    y
+    // SAFETY: the asserts bound every element the views address; gemm
+    // overwrites all m x n outputs of the fresh buffer.
+    unsafe {
+        filled(m * n, |d| {
+            matmul(
+                (m, n, k),
+                d.as_mut_ptr().cast::<T>(),
+                n,
+                None,
+                lhs,
+                rhs,
+                T::ONE,
+                parallel(),
+            )
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Grad {
+    Input,
+    Weight,
+}
+
+/// One of the two gradient products as a (backward-free) op.
+struct GradOp {
+    which: Grad,
+    inner: usize,
+    out: usize,
+}
+
+impl CustomOp2 for GradOp {
+    fn name(&self) -> &'static str {
+        "speedrun-linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (inner, out) = (self.inner, self.out);
+        let shape = match self.which {
+            Grad::Input => Shape::from((l1.shape().elem_count() / out, inner)),
+            Grad::Weight => Shape::from((inner, out)),
+        };
+        with_float2!(self.name(), (s1, l1), (s2, l2), |a, b| Ok((
+            Real::storage(grad(self.which, a, b, inner, out)),
+            shape
+        )))
+    }
 }
 
 fn out_shape(x: &Layout, w: &Layout) -> Result<(usize, usize, Shape)> {
@@ -88,16 +170,21 @@ fn cpu_fwd(
     }
 }
 
-/// The input and weight gradients: `g wᵀ` and `xᵀ g` on candle's matmul (gemm
-/// reads both transposes through strides), the bias's a fixed-order column sum.
+/// The input and weight gradients, `g wᵀ` and `xᵀ g`, on gemm into fresh
+/// buffers (candle's matmul would zero-fill them first); the bias's a
+/// fixed-order column sum. CPU only: on a GPU `linear` is candle's ops.
 fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let (inner, out) = w.dims2()?;
     let rows = x.elem_count() / inner;
     let g = grad.contiguous()?.reshape((rows, out))?;
-    let dx = g.matmul(&w.t()?)?.reshape(x.shape())?;
-    let dw = x.reshape((rows, inner))?.t()?.matmul(&g)?;
+    let op = |which| GradOp { which, inner, out };
+    let dx = g.apply_op2_no_bwd(w, &op(Grad::Input))?;
+    let dw = x
+        .contiguous()?
+        .reshape((rows, inner))?
+        .apply_op2_no_bwd(&g, &op(Grad::Weight))?;
     let db = g.apply_op1_no_bwd(&ColumnSum { m: out })?;
-    Ok((dx, dw, db))
+    Ok((dx.reshape(x.shape())?, dw, db))
 }
 
 struct WithBias;

@@ -82,15 +82,19 @@ macro_rules! real {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
+            #[inline(always)]
             fn of(v: f64) -> Self {
                 v as $t
             }
+            #[inline(always)]
             fn f64(self) -> f64 {
                 self as f64
             }
+            #[inline(always)]
             fn exp(self) -> Self {
                 $exp(self)
             }
+            #[inline(always)]
             fn tanh(self) -> Self {
                 $tanh(self)
             }
@@ -102,6 +106,23 @@ macro_rules! real {
 }
 real!(f32, F32, tanh_f32, exp_f32);
 real!(f64, F64, f64::tanh, f64::exp);
+
+/// A buffer of `n` elements written by `fill` without being zeroed first: for
+/// outputs that a kernel overwrites whole (a product, an elementwise map),
+/// where a zero-fill is one more pass over memory for nothing.
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+pub unsafe fn filled<T: Copy>(
+    n: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the caller's promise: every element was written.
+    unsafe { v.set_len(n) };
+    v
+}
 
 /// The contiguous slice a layout views, or an error naming the op.
 pub fn slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
