@@ -58,16 +58,30 @@ pub fn exp_f32(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    y * f32::from_bits((small_int_bits(n).wrapping_add(127)) << 23)
 }
 
-/// `v.floor()` for |v| < 2³¹, by truncation and a step down for negatives:
-/// the same value, but x86-64's baseline (SSE2) has no vector floor, so
-/// `f32::floor` is a call to libm's `floorf` per element and stops every loop
-/// over `exp_f32` from vectorising; truncation is one SSE2 instruction.
+/// 1.5 · 2²³: added to a float of magnitude under 2²², it leaves the float
+/// rounded to an integer, held in the low bits of the sum's mantissa.
+const ROUNDER: f32 = 12_582_912.0;
+
+/// An integer-valued `n` (|n| < 2²²) as the two's-complement bits of that
+/// integer. The same as `n as i32 as u32`, but Rust's `as` saturates and maps
+/// NaN to 0, which no vector instruction does, so every loop over `exp_f32`
+/// had its conversions done one lane at a time; this is an add and a subtract.
+/// A NaN gives some integer, and `exp_f32` of NaN stays NaN through `y`.
+#[inline(always)]
+fn small_int_bits(n: f32) -> u32 {
+    (n + ROUNDER).to_bits().wrapping_sub(ROUNDER.to_bits())
+}
+
+/// `v.floor()` for |v| < 2²²: rounded by [`ROUNDER`], then a step down where
+/// that rounded up. The same value, but x86-64's baseline (SSE2) has no vector
+/// floor (`f32::floor` is a libm call per element) and `as i32` does not
+/// vectorise (see `small_int_bits`).
 #[inline(always)]
 fn floor_small(v: f32) -> f32 {
-    let t = v as i32 as f32;
+    let t = (v + ROUNDER) - ROUNDER;
     if t > v {
         t - 1.0
     } else if t == v {
@@ -217,7 +231,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn floor_by_truncation_is_floor_over_exps_range() {
+    fn floor_by_rounding_is_floor_over_exps_range() {
         let mut v = -130.0f32;
         while v < 130.0 {
             for x in [
@@ -235,6 +249,9 @@ mod tests {
         assert_eq!(floor_small(-0.5), -1.0);
         assert_eq!(floor_small(-1.0), -1.0);
         assert_eq!(floor_small(2.999_999_8), 2.0);
+        for n in -300..300 {
+            assert_eq!(small_int_bits(n as f32), n as u32, "{n}");
+        }
     }
 
     #[test]
