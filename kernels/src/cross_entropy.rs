@@ -27,17 +27,18 @@ fn targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize, v: usize) -> Result<&'a 
     Ok(t)
 }
 
-/// Log-sum-exp of a row: the max and the exponentials in the row's own type (a
-/// vectorised f32 exp for training), the sum accumulated in f64.
-fn lse<T: Real>(row: &[T]) -> f64 {
-    let mut m = row[0];
-    for &v in row {
-        if v > m {
-            m = v;
+crate::wide::wide_fn! {
+    /// Log-sum-exp of a row: the max and the exponentials in the row's own type (a
+    /// vectorised f32 exp for training), the sum accumulated in f64 in fixed lanes.
+    fn lse<T: Real>(row: &[T]) -> f64 {
+        let mut m = row[0];
+        for &v in row {
+            if v > m {
+                m = v;
+            }
         }
+        m.f64() + crate::wide::sum_by(row, |v| (v - m).exp().f64()).ln()
     }
-    let s: f64 = row.iter().map(|&v| (v - m).exp().f64()).sum();
-    m.f64() + s.ln()
 }
 
 fn fwd<T: Real>(x: &[T], t: &[u32], n: usize, v: usize) -> CpuStorage {

@@ -4,6 +4,7 @@
 //! order, so the result does not depend on the thread count.
 
 use crate::real::{typed_slice, with_float, Real};
+use crate::wide::{sum_by, sum_by2, wide_fn};
 use crate::ROW_CHUNK;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -14,17 +15,19 @@ enum Kind {
     Rms,
 }
 
-/// Per-row statistics: (mean, 1/std) for LayerNorm, (0, 1/rms) for RMSNorm.
+/// Per-row statistics: (mean, 1/std) for LayerNorm, (0, 1/rms) for RMSNorm,
+/// summed in f64 in fixed lanes (`wide::sum_by`).
+#[inline(always)]
 fn stats<T: Real>(x: &[T], kind: Kind, eps: f64) -> (T, T) {
     let d = x.len() as f64;
     match kind {
         Kind::Layer => {
-            let mean = x.iter().map(|v| v.f64()).sum::<f64>() / d;
-            let var = x.iter().map(|v| (v.f64() - mean).powi(2)).sum::<f64>() / d;
+            let mean = sum_by(x, |v| v.f64()) / d;
+            let var = sum_by(x, |v| (v.f64() - mean) * (v.f64() - mean)) / d;
             (T::of(mean), T::of(1.0 / (var + eps).sqrt()))
         }
         Kind::Rms => {
-            let ms = x.iter().map(|v| v.f64().powi(2)).sum::<f64>() / d;
+            let ms = sum_by(x, |v| v.f64() * v.f64()) / d;
             (T::ZERO, T::of(1.0 / (ms + eps).sqrt()))
         }
     }
@@ -44,15 +47,20 @@ fn fwd<T: Real>(x: &[T], w: &[T], b: &[T], kind: Kind, eps: f64) -> Vec<T> {
     let mut out = vec![T::ZERO; x.len()];
     out.par_chunks_mut(ROW_CHUNK * d)
         .zip(x.par_chunks(ROW_CHUNK * d))
-        .for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-                let (mean, rstd) = stats(x, kind, eps);
-                for j in 0..d {
-                    o[j] = (x[j] - mean) * rstd * w[j] + b[j];
-                }
-            }
-        });
+        .for_each(|(o, x)| norm_rows(o, x, w, b, kind, eps));
     out
+}
+
+wide_fn! {
+    fn norm_rows<T: Real>(o: &mut [T], x: &[T], w: &[T], b: &[T], kind: Kind, eps: f64) {
+        let d = w.len();
+        for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let (mean, rstd) = stats(x, kind, eps);
+            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                *o = (x - mean) * rstd * w + b;
+            }
+        }
+    }
 }
 
 /// Packed `[dx (rows*d) | dw (d) | db (d)]`.
@@ -65,29 +73,9 @@ fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], kind: Kind, eps: f64) -> Vec<T> {
         .par_chunks_mut(ROW_CHUNK * d)
         .zip(x.par_chunks(ROW_CHUNK * d).zip(g.par_chunks(ROW_CHUNK * d)))
         .map(|(dx, (x, g))| {
-            let mut dw = vec![T::ZERO; d];
-            let mut db = vec![T::ZERO; d];
-            let mut xhat = vec![T::ZERO; d];
-            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                let (mean, rstd) = stats(x, kind, eps);
-                let (mut sum_dxhat, mut sum_dxhat_xhat) = (0.0f64, 0.0f64);
-                for j in 0..d {
-                    xhat[j] = (x[j] - mean) * rstd;
-                    let dxhat = g[j] * w[j];
-                    sum_dxhat += dxhat.f64();
-                    sum_dxhat_xhat += (dxhat * xhat[j]).f64();
-                    dw[j] += g[j] * xhat[j];
-                    db[j] += g[j];
-                }
-                let mean_dxhat = match kind {
-                    Kind::Layer => T::of(sum_dxhat / d as f64),
-                    Kind::Rms => T::ZERO,
-                };
-                let mean_dxhat_xhat = T::of(sum_dxhat_xhat / d as f64);
-                for j in 0..d {
-                    dx[j] = rstd * (g[j] * w[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat);
-                }
-            }
+            let (mut dw, mut db) = (vec![T::ZERO; d], vec![T::ZERO; d]);
+            let mut scratch = vec![T::ZERO; 2 * d];
+            grad_rows(dx, x, g, w, kind, eps, &mut dw, &mut db, &mut scratch);
             (dw, db)
         })
         .collect();
@@ -99,6 +87,43 @@ fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], kind: Kind, eps: f64) -> Vec<T> {
         }
     }
     out
+}
+
+wide_fn! {
+    /// The rows' dx, and their gain and bias gradients added into `dw`, `db`
+    /// (`scratch`: 2·d for x̂ and dx̂).
+    #[allow(clippy::too_many_arguments)]
+    fn grad_rows<T: Real>(
+        dx: &mut [T],
+        x: &[T],
+        g: &[T],
+        w: &[T],
+        kind: Kind,
+        eps: f64,
+        dw: &mut [T],
+        db: &mut [T],
+        scratch: &mut [T],
+    ) {
+        let d = w.len();
+        let (xhat, dxhat) = scratch.split_at_mut(d);
+        for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+            let (mean, rstd) = stats(x, kind, eps);
+            for j in 0..d {
+                xhat[j] = (x[j] - mean) * rstd;
+                dxhat[j] = g[j] * w[j];
+                dw[j] += g[j] * xhat[j];
+                db[j] += g[j];
+            }
+            let mean_dxhat = match kind {
+                Kind::Layer => T::of(sum_by(dxhat, |v| v.f64()) / d as f64),
+                Kind::Rms => T::ZERO,
+            };
+            let mean_dxhat_xhat = T::of(sum_by2(dxhat, xhat, |a, b| (a * b).f64()) / d as f64);
+            for j in 0..d {
+                dx[j] = rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat);
+            }
+        }
+    }
 }
 
 impl CustomOp3 for Forward {

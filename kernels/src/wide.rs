@@ -86,6 +86,8 @@ macro_rules! wide_fn {
 }
 pub(crate) use wide_fn;
 
+use crate::real::Real;
+
 /// Lanes of [`sum`] and [`dot`]: one AVX-512 register of f32.
 const LANES: usize = 16;
 
@@ -93,41 +95,54 @@ const LANES: usize = 16;
 /// order on every machine and thread count, but no chain of dependent adds
 /// (a serial sum is one add latency an element; this vectorises).
 #[inline(always)]
-pub fn sum<T: crate::real::Real>(xs: &[T]) -> T {
-    let mut lanes = [T::ZERO; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += v;
-        }
-    }
-    fold(lanes, chunks.remainder().iter().copied())
+pub fn sum<T: Real>(xs: &[T]) -> T {
+    sum_by(xs, |v| v)
 }
 
 /// `Σ a[i]·b[i]` in the order of [`sum`].
 #[inline(always)]
-pub fn dot<T: crate::real::Real>(a: &[T], b: &[T]) -> T {
+pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    sum_by2(a, b, |x, y| x * y)
+}
+
+/// `Σ f(x[i])`, accumulated in `A` (f64 for the norms' row statistics), in the
+/// order of [`sum`].
+#[inline(always)]
+pub fn sum_by<T: Copy, A: Real>(xs: &[T], f: impl Fn(T) -> A) -> A {
+    let mut lanes = [A::ZERO; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f(v);
+        }
+    }
+    fold(lanes, chunks.remainder().iter().map(|&v| f(v)))
+}
+
+/// `Σ f(a[i], b[i])` over the shorter length, in the order of [`sum`].
+#[inline(always)]
+pub fn sum_by2<T: Copy, A: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> A) -> A {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut lanes = [T::ZERO; LANES];
+    let mut lanes = [A::ZERO; LANES];
     let mut ca = a.chunks_exact(LANES);
     let mut cb = b.chunks_exact(LANES);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *l += x * y;
+            *l += f(x, y);
         }
     }
     let tail = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(&x, &y)| x * y);
+        .map(|(&x, &y)| f(x, y));
     fold(lanes, tail)
 }
 
 /// The lanes folded in halves (8 + 8, 4 + 4, ...), then the tail in order.
 #[inline(always)]
-fn fold<T: crate::real::Real>(mut lanes: [T; LANES], tail: impl Iterator<Item = T>) -> T {
+fn fold<T: Real>(mut lanes: [T; LANES], tail: impl Iterator<Item = T>) -> T {
     let mut w = LANES / 2;
     while w > 0 {
         for i in 0..w {
@@ -145,7 +160,7 @@ fn fold<T: crate::real::Real>(mut lanes: [T; LANES], tail: impl Iterator<Item = 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::real::{exp_f32, tanh_f32, Real};
+    use crate::real::{exp_f32, tanh_f32};
 
     wide_fn! {
         /// Transcendentals, products and a serial sum: where a contracted FMA
