@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync + Copy) -> Vec<T> {
+pub(crate) fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync + Copy) -> Vec<T> {
     // SAFETY: the chunks cover the buffer and each chunk's loop writes all of it.
     unsafe {
         filled(x.len(), |out| {
@@ -62,13 +62,13 @@ fn gelu_grad<T: Real>(x: T) -> T {
 
 /// The discriminant is the CUDA kernels' `kind`.
 #[derive(Clone, Copy)]
-enum Act {
+pub(crate) enum Act {
     Gelu = 0,
     Relu2 = 1,
 }
 
 impl Act {
-    fn fwd<T: Real>(self, x: T) -> T {
+    pub(crate) fn fwd<T: Real>(self, x: T) -> T {
         match self {
             Act::Gelu => gelu_fwd(x),
             Act::Relu2 => {
@@ -93,7 +93,7 @@ impl Act {
 }
 
 struct Forward(Act);
-struct Backward(Act);
+pub(crate) struct Backward(pub(crate) Act);
 
 impl CustomOp1 for Forward {
     fn name(&self) -> &'static str {

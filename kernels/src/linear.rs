@@ -6,11 +6,13 @@
 //! this node does not make. The bias rides in gemm's `alpha·dst` term (the output
 //! starts as the bias rows), so the forward makes no second pass either.
 
+use crate::activation::{self, map1, Act};
 use crate::bias::ColumnSum;
 use crate::gemm_call::{matmul, parallel, View};
-use crate::real::{filled, typed_slice, with_float2, AsSlice, Real};
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use crate::real::{filled, typed_slice, with_float, with_float2, AsSlice, Real};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// `[rows, inner] @ [inner, out] (+ bias)`, all row-major and contiguous.
 fn fwd<T: Real>(x: &[T], w: &[T], b: Option<&[T]>, inner: usize, out: usize) -> Vec<T> {
@@ -256,15 +258,109 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => {
-            if b.dims() != [w.dim(1)?] {
-                bail!(
-                    "linear: bias {:?} does not match the weight {:?}",
-                    b.dims(),
-                    w.dims()
-                )
-            }
+            check_bias(&w, b)?;
             x.apply_op3(&w, &b.contiguous()?, WithBias)
         }
         None => x.apply_op2(&w, NoBias),
     }
+}
+
+/// `act(x @ w + b)` as one node. The pre-activation is kept inside the op for
+/// the backward, so the graph has no activation node: candle's backward would
+/// zero-fill and add into the pre-activation's gradient (the MLP's widest
+/// tensor) and allocate the activation's output gradient apart.
+struct LinearAct {
+    act: Act,
+    hidden: OnceLock<Tensor>,
+}
+
+impl CustomOp3 for LinearAct {
+    fn name(&self) -> &'static str {
+        match self.act {
+            Act::Gelu => "speedrun-linear-gelu",
+            Act::Relu2 => "speedrun-linear-relu2",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (name, act) = (self.name(), self.act);
+        let (inner, out, shape) = out_shape(l1, l2)?;
+        with_float!(name, s1, l1, |x| {
+            let w = typed_slice(s2, l2, name)?;
+            let b = typed_slice(s3, l3, name)?;
+            let h = fwd(x, w, Some(b), inner, out);
+            let y = map1(&h, move |v| act.fwd(v));
+            // A second forward through one op instance never happens: each call
+            // of `linear_act` makes its own.
+            let _ = self
+                .hidden
+                .set(Tensor::from_vec(h, shape.clone(), &Device::Cpu)?);
+            Ok((Real::storage(y), shape))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(h) = self.hidden.get() else {
+            bail!("{}: backward before forward", self.name())
+        };
+        let dh = h.apply_op2_no_bwd(&grad.contiguous()?, &activation::Backward(self.act))?;
+        let (dx, dw, db) = grads(x, w, &dh)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+fn check_bias(w: &Tensor, b: &Tensor) -> Result<()> {
+    if b.dims() != [w.dim(1)?] {
+        bail!(
+            "linear: bias {:?} does not match the weight {:?}",
+            b.dims(),
+            w.dims()
+        )
+    }
+    Ok(())
+}
+
+fn linear_act(x: &Tensor, w: &Tensor, b: &Tensor, act: Act) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        let y = crate::gemm_ops::linear(x, w, Some(b))?;
+        return match act {
+            Act::Gelu => crate::gelu(&y),
+            Act::Relu2 => crate::relu2(&y),
+        };
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    check_bias(&w, b)?;
+    x.apply_op3(
+        &w,
+        &b.contiguous()?,
+        LinearAct {
+            act,
+            hidden: OnceLock::new(),
+        },
+    )
+}
+
+/// `gelu(x @ w + b)` (GPT-2's `c_fc` and its activation) as one node.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    linear_act(x, w, b, Act::Gelu)
+}
+
+/// `relu²(x @ w + b)` as one node.
+pub fn linear_relu2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    linear_act(x, w, b, Act::Relu2)
 }

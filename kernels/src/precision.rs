@@ -44,6 +44,15 @@ impl Precision {
         }
     }
 
+    /// `gelu(x @ w + b)`: one fused node in f32, the activation after the
+    /// bf16 product otherwise.
+    pub fn linear_gelu(self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        match self {
+            Precision::F32 => crate::linear_gelu(x, w, b),
+            Precision::Bf16 => crate::gelu(&self.linear(x, w, Some(b))?),
+        }
+    }
+
     /// `a @ b` with candle's broadcasting of the leading dimensions.
     pub fn matmul(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         match self {

@@ -959,3 +959,62 @@ fn the_gpu_paths_gemm_ops_match_the_fused_cpu_kernels() {
         assert!(max_rel_err(&got, &want) < 1e-4, "{rows}x{cols}");
     }
 }
+
+#[test]
+fn fused_linear_activations_match_linear_then_the_activation_with_their_gradients() {
+    // Values and gradients (x, w, b) against the two separate ops, in f32 and f64.
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+        let x = rand_t(&[3, 7, 24], 120, 1.0, dtype);
+        let w = rand_t(&[24, 40], 121, 0.3, dtype);
+        let b = rand_t(&[40], 122, 0.3, dtype);
+        let r = rand_t(&[3, 7, 40], 123, 1.0, dtype);
+        type Op = fn(&Tensor, &Tensor, &Tensor) -> Tensor;
+        let fused: [(&str, Op, Op); 2] = [
+            (
+                "gelu",
+                |x, w, b| k::linear_gelu(x, w, b).unwrap(),
+                |x, w, b| k::gelu(&k::linear(x, w, Some(b)).unwrap()).unwrap(),
+            ),
+            (
+                "relu2",
+                |x, w, b| k::linear_relu2(x, w, b).unwrap(),
+                |x, w, b| k::relu2(&k::linear(x, w, Some(b)).unwrap()).unwrap(),
+            ),
+        ];
+        for (name, f, reference) in fused {
+            let run = |op: Op| {
+                let vars: Vec<Var> = [&x, &w, &b]
+                    .iter()
+                    .map(|t| Var::from_tensor(t).unwrap())
+                    .collect();
+                let y = op(
+                    vars[0].as_tensor(),
+                    vars[1].as_tensor(),
+                    vars[2].as_tensor(),
+                );
+                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let g: Vec<Tensor> = vars
+                    .iter()
+                    .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+                    .collect();
+                (y, g)
+            };
+            let (y1, g1) = run(f);
+            let (y2, g2) = run(reference);
+            assert!(max_rel_err(&y1, &y2) < tol, "{name} {dtype:?}: output");
+            for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+                assert!(max_rel_err(a, b) < tol, "{name} {dtype:?}: gradient {i}");
+            }
+        }
+    }
+    let (x, w, b) = (
+        rand_t(&[2, 3, 5], 124, 1.0, DType::F64),
+        rand_t(&[5, 4], 125, 0.5, DType::F64),
+        rand_t(&[4], 126, 0.5, DType::F64),
+    );
+    check_grad(&[x.clone(), w.clone(), b.clone()], &|a| {
+        k::linear_gelu(&a[0], &a[1], &a[2]).unwrap()
+    });
+    let err = k::linear_gelu(&x, &w, &rand_t(&[5], 127, 1.0, DType::F64)).unwrap_err();
+    assert!(err.to_string().contains("bias [5]"), "{err}");
+}

@@ -109,13 +109,14 @@ impl AttentionHook for ReferenceGpt {
 
 impl MlpHook for ReferenceGpt {
     fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
-        let h = cx.precision.linear(
+        // c_fc and its GELU as one node.
+        let h = cx.precision.linear_gelu(
             x,
             layer_param(cx, layer, "mlp.c_fc.weight")?,
-            Some(layer_param(cx, layer, "mlp.c_fc.bias")?),
+            layer_param(cx, layer, "mlp.c_fc.bias")?,
         )?;
         Ok(cx.precision.linear(
-            &ops::gelu(&h)?,
+            &h,
             layer_param(cx, layer, "mlp.c_proj.weight")?,
             Some(layer_param(cx, layer, "mlp.c_proj.bias")?),
         )?)
