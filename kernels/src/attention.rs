@@ -13,10 +13,14 @@
 //! the thread count.
 
 use crate::gemm_call::{matmul, View};
-use crate::real::{typed_slice, AsSlice, Real};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use crate::linear;
+use crate::real::{typed_slice, with_float, AsSlice, Real};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor,
+};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 #[derive(Clone, Copy)]
 struct Dims {
@@ -287,8 +291,8 @@ fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
 struct Forward {
     heads: usize,
 }
-struct Backward {
-    heads: usize,
+pub(crate) struct Backward {
+    pub(crate) heads: usize,
 }
 
 fn dispatch<T: Real>(
@@ -400,4 +404,81 @@ mod row_max_tests {
         row[34] = 2.0;
         assert_eq!(row_max(&row), 2.0);
     }
+}
+
+/// `causal_attention_packed(x @ w + b)`: the `c_attn` projection and the
+/// attention as one node. The packed q | k | v is kept inside the op for the
+/// backward, so candle never zero-fills and adds into its gradient (three
+/// times the width of the stream).
+struct ProjectedAttention {
+    heads: usize,
+    qkv: OnceLock<Tensor>,
+}
+
+impl CustomOp3 for ProjectedAttention {
+    fn name(&self) -> &'static str {
+        "speedrun-projected-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (inner, out, shape) = linear::out_shape(l1, l2)?;
+        let dims = Dims::of(&shape, self.heads)?;
+        with_float!(name, s1, l1, |x| {
+            let w = typed_slice(s2, l2, name)?;
+            let b = typed_slice(s3, l3, name)?;
+            let qkv = linear::fwd(x, w, Some(b), inner, out);
+            let y = forward(&qkv, dims);
+            // Each call of `projected_causal_attention` makes its own op.
+            let _ = self.qkv.set(Tensor::from_vec(qkv, shape, &Device::Cpu)?);
+            Ok((Real::storage(y), Shape::from((dims.b, dims.t, dims.d()))))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(qkv) = self.qkv.get() else {
+            bail!("{}: backward before forward", self.name())
+        };
+        let dqkv = qkv.apply_op2_no_bwd(&grad.contiguous()?, &Backward { heads: self.heads })?;
+        let (dx, dw, db) = linear::grads(x, w, &dqkv)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Causal attention of the packed projection `x @ w + b` (`w`: `[D, 3D]`) as one
+/// node on the CPU; the two ops elsewhere.
+pub fn projected_causal_attention(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return causal_attention_packed(&crate::linear(x, w, Some(b))?, heads);
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    linear::check_bias(&w, b)?;
+    x.apply_op3(
+        &w,
+        &b.contiguous()?,
+        ProjectedAttention {
+            heads,
+            qkv: OnceLock::new(),
+        },
+    )
 }

@@ -33,7 +33,7 @@ mod wide;
 
 pub use activation::{gelu, relu2};
 pub use adamw::{adamw_update, AdamwStep};
-pub use attention::causal_attention_packed;
+pub use attention::{causal_attention_packed, projected_causal_attention};
 pub use bias::add_rows;
 pub use cross_entropy::cross_entropy;
 pub use gemm_call::kernel_name as matmul_kernel;

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// `[rows, inner] @ [inner, out] (+ bias)`, all row-major and contiguous.
-fn fwd<T: Real>(x: &[T], w: &[T], b: Option<&[T]>, inner: usize, out: usize) -> Vec<T> {
+pub(crate) fn fwd<T: Real>(x: &[T], w: &[T], b: Option<&[T]>, inner: usize, out: usize) -> Vec<T> {
     let rows = x.len() / inner;
     assert!(w.len() == inner * out && x.len() == rows * inner);
     // SAFETY: the asserts above bound every element gemm reads or writes through
@@ -126,7 +126,7 @@ impl CustomOp2 for GradOp {
     }
 }
 
-fn out_shape(x: &Layout, w: &Layout) -> Result<(usize, usize, Shape)> {
+pub(crate) fn out_shape(x: &Layout, w: &Layout) -> Result<(usize, usize, Shape)> {
     let (inner, out) = w.shape().dims2()?;
     let mut dims = x.shape().dims().to_vec();
     match dims.last_mut() {
@@ -175,7 +175,7 @@ fn cpu_fwd(
 /// The input and weight gradients, `g wᵀ` and `xᵀ g`, on gemm into fresh
 /// buffers (candle's matmul would zero-fill them first); the bias's a
 /// fixed-order column sum. CPU only: on a GPU `linear` is candle's ops.
-fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+pub(crate) fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let (inner, out) = w.dims2()?;
     let rows = x.elem_count() / inner;
     let g = grad.contiguous()?.reshape((rows, out))?;
@@ -324,7 +324,7 @@ impl CustomOp3 for LinearAct {
     }
 }
 
-fn check_bias(w: &Tensor, b: &Tensor) -> Result<()> {
+pub(crate) fn check_bias(w: &Tensor, b: &Tensor) -> Result<()> {
     if b.dims() != [w.dim(1)?] {
         bail!(
             "linear: bias {:?} does not match the weight {:?}",

@@ -62,6 +62,21 @@ impl Precision {
     }
 
     /// Causal attention from a packed `[B, T, 3·D]` projection to `[B, T, D]`.
+    /// Causal attention of the packed projection `x @ w + b`: one fused node in
+    /// f32, the bf16 projection then the attention otherwise.
+    pub fn projected_causal_attention(
+        self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        heads: usize,
+    ) -> Result<Tensor> {
+        match self {
+            Precision::F32 => crate::projected_causal_attention(x, w, b, heads),
+            Precision::Bf16 => self.causal_attention_packed(&self.linear(x, w, Some(b))?, heads),
+        }
+    }
+
     pub fn causal_attention_packed(self, qkv: &Tensor, heads: usize) -> Result<Tensor> {
         match self {
             Precision::F32 => crate::causal_attention_packed(qkv, heads),

@@ -1018,3 +1018,51 @@ fn fused_linear_activations_match_linear_then_the_activation_with_their_gradient
     let err = k::linear_gelu(&x, &w, &rand_t(&[5], 127, 1.0, DType::F64)).unwrap_err();
     assert!(err.to_string().contains("bias [5]"), "{err}");
 }
+
+#[test]
+fn projected_attention_matches_the_projection_then_the_attention_with_gradients() {
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+        // Past one causal block of 64 rows.
+        let x = rand_t(&[2, 70, 16], 130, 1.0, dtype);
+        let w = rand_t(&[16, 48], 131, 0.3, dtype);
+        let b = rand_t(&[48], 132, 0.3, dtype);
+        let r = rand_t(&[2, 70, 16], 133, 1.0, dtype);
+        let run = |fused: bool| {
+            let vars: Vec<Var> = [&x, &w, &b]
+                .iter()
+                .map(|t| Var::from_tensor(t).unwrap())
+                .collect();
+            let (x, w, b) = (
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+            );
+            let y = if fused {
+                k::projected_causal_attention(x, w, b, 2).unwrap()
+            } else {
+                k::causal_attention_packed(&k::linear(x, w, Some(b)).unwrap(), 2).unwrap()
+            };
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g: Vec<Tensor> = vars
+                .iter()
+                .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+                .collect();
+            (y, g)
+        };
+        let ((y1, g1), (y2, g2)) = (run(true), run(false));
+        assert!(max_rel_err(&y1, &y2) < tol, "{dtype:?}: output");
+        for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+            assert!(max_rel_err(a, b) < tol, "{dtype:?}: gradient {i}");
+        }
+    }
+    let (x, w, b) = (
+        rand_t(&[1, 6, 4], 134, 1.0, DType::F64),
+        rand_t(&[4, 12], 135, 0.5, DType::F64),
+        rand_t(&[12], 136, 0.5, DType::F64),
+    );
+    check_grad(&[x.clone(), w.clone(), b.clone()], &|a| {
+        k::projected_causal_attention(&a[0], &a[1], &a[2], 2).unwrap()
+    });
+    let err = k::projected_causal_attention(&x, &w, &b, 5).unwrap_err();
+    assert!(err.to_string().contains("not 3 x heads (5)"), "{err}");
+}

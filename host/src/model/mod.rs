@@ -153,6 +153,11 @@ impl Model {
         }
     }
 
+    /// Whether a `model.qkv` hook sits between the projection and the attention.
+    pub fn has_qkv(&self) -> bool {
+        self.hooks.qkv.is_some()
+    }
+
     /// Whether a `model.block_input` hook wants the blocks' outputs kept.
     pub fn has_block_input(&self) -> bool {
         self.hooks.block_input.is_some()

@@ -92,13 +92,18 @@ impl AttentionHook for ReferenceGpt {
     ) -> Result<Tensor> {
         // One packed projection [B, T, 3D] read in place by the fused attention
         // kernel: no head splits, transposes or copies in the autograd graph.
-        let qkv = cx.precision.linear(
-            x,
+        let (w, b) = (
             layer_param(cx, layer, "attn.c_attn.weight")?,
-            Some(layer_param(cx, layer, "attn.c_attn.bias")?),
-        )?;
-        let qkv = model.qkv(cx, layer, qkv)?;
-        let y = cx.precision.causal_attention_packed(&qkv, cx.spec.heads)?;
+            layer_param(cx, layer, "attn.c_attn.bias")?,
+        );
+        let y = if model.has_qkv() {
+            let qkv = model.qkv(cx, layer, cx.precision.linear(x, w, Some(b))?)?;
+            cx.precision.causal_attention_packed(&qkv, cx.spec.heads)?
+        } else {
+            // Projection and attention as one node: nothing sits between them.
+            cx.precision
+                .projected_causal_attention(x, w, b, cx.spec.heads)?
+        };
         Ok(cx.precision.linear(
             &y,
             layer_param(cx, layer, "attn.c_proj.weight")?,
