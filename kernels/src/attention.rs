@@ -386,26 +386,6 @@ pub fn causal_attention_packed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     qkv.contiguous()?.apply_op1(Forward { heads })
 }
 
-#[cfg(test)]
-mod row_max_tests {
-    use super::row_max;
-
-    #[test]
-    fn the_lane_maximum_is_the_serial_maximum_at_every_length() {
-        for n in 1..70 {
-            let row: Vec<f32> = (0..n)
-                .map(|i| ((i * 37 % 23) as f32 - 30.0) * 0.37)
-                .collect();
-            let serial = row.iter().fold(row[0], |m, &v| if v > m { v } else { m });
-            assert_eq!(row_max(&row).to_bits(), serial.to_bits(), "length {n}");
-        }
-        // The largest in the tail, after the last full chunk.
-        let mut row = vec![-5.0f32; 35];
-        row[34] = 2.0;
-        assert_eq!(row_max(&row), 2.0);
-    }
-}
-
 /// `causal_attention_packed(x @ w + b)`: the `c_attn` projection and the
 /// attention as one node. The packed q | k | v is kept inside the op for the
 /// backward, so candle never zero-fills and adds into its gradient (three
@@ -481,4 +461,24 @@ pub fn projected_causal_attention(
             qkv: OnceLock::new(),
         },
     )
+}
+
+#[cfg(test)]
+mod row_max_tests {
+    use super::row_max;
+
+    #[test]
+    fn the_lane_maximum_is_the_serial_maximum_at_every_length() {
+        for n in 1..70 {
+            let row: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 23) as f32 - 30.0) * 0.37)
+                .collect();
+            let serial = row.iter().fold(row[0], |m, &v| if v > m { v } else { m });
+            assert_eq!(row_max(&row).to_bits(), serial.to_bits(), "length {n}");
+        }
+        // The largest in the tail, after the last full chunk.
+        let mut row = vec![-5.0f32; 35];
+        row[34] = 2.0;
+        assert_eq!(row_max(&row), 2.0);
+    }
 }
