@@ -3,11 +3,12 @@
 //! gain/bias gradients are summed per fixed chunk of rows, then over chunks in
 //! order, so the result does not depend on the thread count.
 
-use crate::real::{typed_slice, with_float, Real};
+use crate::real::{filled, typed_slice, with_float, Real};
 use crate::wide::{sum_by, sum_by2, wide_fn};
 use crate::ROW_CHUNK;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -44,20 +45,24 @@ struct Backward {
 
 fn fwd<T: Real>(x: &[T], w: &[T], b: &[T], kind: Kind, eps: f64) -> Vec<T> {
     let d = w.len();
-    let mut out = vec![T::ZERO; x.len()];
-    out.par_chunks_mut(ROW_CHUNK * d)
-        .zip(x.par_chunks(ROW_CHUNK * d))
-        .for_each(|(o, x)| norm_rows(o, x, w, b, kind, eps));
-    out
+    // SAFETY: the chunks cover the buffer, and `norm_rows` writes every element
+    // of every row it is given.
+    unsafe {
+        filled(x.len(), |out| {
+            out.par_chunks_mut(ROW_CHUNK * d)
+                .zip(x.par_chunks(ROW_CHUNK * d))
+                .for_each(|(o, x)| norm_rows(o, x, w, b, kind, eps))
+        })
+    }
 }
 
 wide_fn! {
-    fn norm_rows<T: Real>(o: &mut [T], x: &[T], w: &[T], b: &[T], kind: Kind, eps: f64) {
+    fn norm_rows<T: Real>(o: &mut [MaybeUninit<T>], x: &[T], w: &[T], b: &[T], kind: Kind, eps: f64) {
         let d = w.len();
         for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
             let (mean, rstd) = stats(x, kind, eps);
             for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                *o = (x - mean) * rstd * w + b;
+                o.write((x - mean) * rstd * w + b);
             }
         }
     }
@@ -67,26 +72,34 @@ wide_fn! {
 fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], kind: Kind, eps: f64) -> Vec<T> {
     let d = w.len();
     let n = x.len();
-    let mut out = vec![T::ZERO; n + 2 * d];
-    let (dx, rest) = out.split_at_mut(n);
-    let partials: Vec<(Vec<T>, Vec<T>)> = dx
-        .par_chunks_mut(ROW_CHUNK * d)
-        .zip(x.par_chunks(ROW_CHUNK * d).zip(g.par_chunks(ROW_CHUNK * d)))
-        .map(|(dx, (x, g))| {
-            let (mut dw, mut db) = (vec![T::ZERO; d], vec![T::ZERO; d]);
-            let mut scratch = vec![T::ZERO; 2 * d];
-            grad_rows(dx, x, g, w, kind, eps, &mut dw, &mut db, &mut scratch);
-            (dw, db)
+    // SAFETY: `grad_rows` writes every element of dx (the chunks cover it); dw
+    // and db are written below, each element once, before any read.
+    unsafe {
+        filled(n + 2 * d, |out| {
+            let (dx, rest) = out.split_at_mut(n);
+            let partials: Vec<(Vec<T>, Vec<T>)> = dx
+                .par_chunks_mut(ROW_CHUNK * d)
+                .zip(x.par_chunks(ROW_CHUNK * d).zip(g.par_chunks(ROW_CHUNK * d)))
+                .map(|(dx, (x, g))| {
+                    let (mut dw, mut db) = (vec![T::ZERO; d], vec![T::ZERO; d]);
+                    let mut scratch = vec![T::ZERO; 2 * d];
+                    grad_rows(dx, x, g, w, kind, eps, &mut dw, &mut db, &mut scratch);
+                    (dw, db)
+                })
+                .collect();
+            // Chunk partials added in order: the same bits whatever the thread count.
+            let (dw, db) = rest.split_at_mut(d);
+            for j in 0..d {
+                let (mut sw, mut sb) = (T::ZERO, T::ZERO);
+                for (pw, pb) in &partials {
+                    sw += pw[j];
+                    sb += pb[j];
+                }
+                dw[j].write(sw);
+                db[j].write(sb);
+            }
         })
-        .collect();
-    let (dw, db) = rest.split_at_mut(d);
-    for (pw, pb) in &partials {
-        for j in 0..d {
-            dw[j] += pw[j];
-            db[j] += pb[j];
-        }
     }
-    out
 }
 
 wide_fn! {
@@ -94,7 +107,7 @@ wide_fn! {
     /// (`scratch`: 2·d for x̂ and dx̂).
     #[allow(clippy::too_many_arguments)]
     fn grad_rows<T: Real>(
-        dx: &mut [T],
+        dx: &mut [MaybeUninit<T>],
         x: &[T],
         g: &[T],
         w: &[T],
@@ -120,7 +133,7 @@ wide_fn! {
             };
             let mean_dxhat_xhat = T::of(sum_by2(dxhat, xhat, |a, b| (a * b).f64()) / d as f64);
             for j in 0..d {
-                dx[j] = rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat);
+                dx[j].write(rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat));
             }
         }
     }
