@@ -14,13 +14,10 @@
 
 use crate::gemm_call::{matmul, View};
 use crate::linear;
-use crate::real::{typed_slice, with_float, AsSlice, Real};
-use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor,
-};
+use crate::real::{typed_slice, AsSlice, Real};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
 #[derive(Clone, Copy)]
 struct Dims {
@@ -386,57 +383,23 @@ pub fn causal_attention_packed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     qkv.contiguous()?.apply_op1(Forward { heads })
 }
 
-/// `causal_attention_packed(x @ w + b)`: the `c_attn` projection and the
-/// attention as one node. The packed q | k | v is kept inside the op for the
-/// backward, so candle never zero-fills and adds into its gradient (three
-/// times the width of the stream).
-struct ProjectedAttention {
-    heads: usize,
-    qkv: OnceLock<Tensor>,
-}
+/// The attention as the epilogue of the `c_attn` projection: one node whose
+/// kept q | k | v (three times the width of the stream) has no gradient
+/// tensor of its own in candle's graph.
+struct Heads(usize);
 
-impl CustomOp3 for ProjectedAttention {
+impl linear::Epilogue for Heads {
     fn name(&self) -> &'static str {
         "speedrun-projected-causal-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (inner, out, shape) = linear::out_shape(l1, l2)?;
-        let dims = Dims::of(&shape, self.heads)?;
-        with_float!(name, s1, l1, |x| {
-            let w = typed_slice(s2, l2, name)?;
-            let b = typed_slice(s3, l3, name)?;
-            let qkv = linear::fwd(x, w, Some(b), inner, out);
-            let y = forward(&qkv, dims);
-            // Each call of `projected_causal_attention` makes its own op.
-            let _ = self.qkv.set(Tensor::from_vec(qkv, shape, &Device::Cpu)?);
-            Ok((Real::storage(y), Shape::from((dims.b, dims.t, dims.d()))))
-        })
+    fn forward<T: Real>(&self, qkv: &[T], shape: &Shape) -> Result<(Vec<T>, Shape)> {
+        let dims = Dims::of(shape, self.0)?;
+        Ok((forward(qkv, dims), Shape::from((dims.b, dims.t, dims.d()))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(qkv) = self.qkv.get() else {
-            bail!("{}: backward before forward", self.name())
-        };
-        let dqkv = qkv.apply_op2_no_bwd(&grad.contiguous()?, &Backward { heads: self.heads })?;
-        let (dx, dw, db) = linear::grads(x, w, &dqkv)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+    fn backward(&self, qkv: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        qkv.apply_op2_no_bwd(grad, &Backward { heads: self.0 })
     }
 }
 
@@ -451,16 +414,7 @@ pub fn projected_causal_attention(
     if !x.device().is_cpu() {
         return causal_attention_packed(&crate::linear(x, w, Some(b))?, heads);
     }
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    linear::check_bias(&w, b)?;
-    x.apply_op3(
-        &w,
-        &b.contiguous()?,
-        ProjectedAttention {
-            heads,
-            qkv: OnceLock::new(),
-        },
-    )
+    linear::linear_then(x, w, b, Heads(heads))
 }
 
 #[cfg(test)]

@@ -265,21 +265,26 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
-/// `act(x @ w + b)` as one node. The pre-activation is kept inside the op for
-/// the backward, so the graph has no activation node: candle's backward would
-/// zero-fill and add into the pre-activation's gradient (the MLP's widest
-/// tensor) and allocate the activation's output gradient apart.
-struct LinearAct {
-    act: Act,
+/// What follows a linear layer inside one fused node (an activation, the
+/// attention). The node keeps the linear's output for the backward, so the
+/// graph has no node for the epilogue: candle's backward would zero-fill and
+/// add into that output's gradient, often the widest tensor of the layer.
+pub(crate) trait Epilogue: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// The node's output and its shape from the linear's output `h` (shape `shape`).
+    fn forward<T: Real>(&self, h: &[T], shape: &Shape) -> Result<(Vec<T>, Shape)>;
+    /// The gradient of `h` from `h` and the node's output gradient.
+    fn backward(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor>;
+}
+
+struct Fused<E> {
+    epilogue: E,
     hidden: OnceLock<Tensor>,
 }
 
-impl CustomOp3 for LinearAct {
+impl<E: Epilogue> CustomOp3 for Fused<E> {
     fn name(&self) -> &'static str {
-        match self.act {
-            Act::Gelu => "speedrun-linear-gelu",
-            Act::Relu2 => "speedrun-linear-relu2",
-        }
+        self.epilogue.name()
     }
 
     fn cpu_fwd(
@@ -291,19 +296,17 @@ impl CustomOp3 for LinearAct {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (name, act) = (self.name(), self.act);
+        let name = self.name();
         let (inner, out, shape) = out_shape(l1, l2)?;
         with_float!(name, s1, l1, |x| {
             let w = typed_slice(s2, l2, name)?;
             let b = typed_slice(s3, l3, name)?;
             let h = fwd(x, w, Some(b), inner, out);
-            let y = map1(&h, move |v| act.fwd(v));
+            let (y, y_shape) = self.epilogue.forward(&h, &shape)?;
             // A second forward through one op instance never happens: each call
-            // of `linear_act` makes its own.
-            let _ = self
-                .hidden
-                .set(Tensor::from_vec(h, shape.clone(), &Device::Cpu)?);
-            Ok((Real::storage(y), shape))
+            // of `linear_then` makes its own.
+            let _ = self.hidden.set(Tensor::from_vec(h, shape, &Device::Cpu)?);
+            Ok((Real::storage(y), y_shape))
         })
     }
 
@@ -318,9 +321,46 @@ impl CustomOp3 for LinearAct {
         let Some(h) = self.hidden.get() else {
             bail!("{}: backward before forward", self.name())
         };
-        let dh = h.apply_op2_no_bwd(&grad.contiguous()?, &activation::Backward(self.act))?;
+        let dh = self.epilogue.backward(h, &grad.contiguous()?)?;
         let (dx, dw, db) = grads(x, w, &dh)?;
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `epilogue(x @ w + b)` as one node (CPU tensors only).
+pub(crate) fn linear_then<E: Epilogue>(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    epilogue: E,
+) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    check_bias(&w, b)?;
+    x.apply_op3(
+        &w,
+        &b.contiguous()?,
+        Fused {
+            epilogue,
+            hidden: OnceLock::new(),
+        },
+    )
+}
+
+impl Epilogue for Act {
+    fn name(&self) -> &'static str {
+        match self {
+            Act::Gelu => "speedrun-linear-gelu",
+            Act::Relu2 => "speedrun-linear-relu2",
+        }
+    }
+
+    fn forward<T: Real>(&self, h: &[T], shape: &Shape) -> Result<(Vec<T>, Shape)> {
+        let act = *self;
+        Ok((map1(h, move |v| act.fwd(v)), shape.clone()))
+    }
+
+    fn backward(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        h.apply_op2_no_bwd(grad, &activation::Backward(*self))
     }
 }
 
@@ -343,16 +383,7 @@ fn linear_act(x: &Tensor, w: &Tensor, b: &Tensor, act: Act) -> Result<Tensor> {
             Act::Relu2 => crate::relu2(&y),
         };
     }
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    check_bias(&w, b)?;
-    x.apply_op3(
-        &w,
-        &b.contiguous()?,
-        LinearAct {
-            act,
-            hidden: OnceLock::new(),
-        },
-    )
+    linear_then(x, w, b, act)
 }
 
 /// `gelu(x @ w + b)` (GPT-2's `c_fc` and its activation) as one node.

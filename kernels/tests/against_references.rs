@@ -960,6 +960,36 @@ fn the_gpu_paths_gemm_ops_match_the_fused_cpu_kernels() {
     }
 }
 
+/// `f` of fresh variables for `inputs`, and the gradients of `Σ f(inputs) ⊙ r`.
+fn with_grads(
+    inputs: &[&Tensor],
+    r: &Tensor,
+    f: &dyn Fn(&[&Tensor]) -> Tensor,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let ts: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+    let y = f(&ts);
+    let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = ts.iter().map(|t| grads.get(t).unwrap().clone()).collect();
+    (y, g)
+}
+
+/// Two (output, gradients) pairs agree within `tol` (relative).
+fn assert_same_with_grads(
+    a: (Tensor, Vec<Tensor>),
+    b: (Tensor, Vec<Tensor>),
+    tol: f64,
+    what: &str,
+) {
+    assert!(max_rel_err(&a.0, &b.0) < tol, "{what}: output");
+    for (i, (x, y)) in a.1.iter().zip(&b.1).enumerate() {
+        assert!(max_rel_err(x, y) < tol, "{what}: gradient {i}");
+    }
+}
+
 #[test]
 fn fused_linear_activations_match_linear_then_the_activation_with_their_gradients() {
     // Values and gradients (x, w, b) against the two separate ops, in f32 and f64.
@@ -982,29 +1012,8 @@ fn fused_linear_activations_match_linear_then_the_activation_with_their_gradient
             ),
         ];
         for (name, f, reference) in fused {
-            let run = |op: Op| {
-                let vars: Vec<Var> = [&x, &w, &b]
-                    .iter()
-                    .map(|t| Var::from_tensor(t).unwrap())
-                    .collect();
-                let y = op(
-                    vars[0].as_tensor(),
-                    vars[1].as_tensor(),
-                    vars[2].as_tensor(),
-                );
-                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                let g: Vec<Tensor> = vars
-                    .iter()
-                    .map(|v| grads.get(v.as_tensor()).unwrap().clone())
-                    .collect();
-                (y, g)
-            };
-            let (y1, g1) = run(f);
-            let (y2, g2) = run(reference);
-            assert!(max_rel_err(&y1, &y2) < tol, "{name} {dtype:?}: output");
-            for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
-                assert!(max_rel_err(a, b) < tol, "{name} {dtype:?}: gradient {i}");
-            }
+            let run = |op: Op| with_grads(&[&x, &w, &b], &r, &|t| op(t[0], t[1], t[2]));
+            assert_same_with_grads(run(f), run(reference), tol, &format!("{name} {dtype:?}"));
         }
     }
     let (x, w, b) = (
@@ -1027,33 +1036,13 @@ fn projected_attention_matches_the_projection_then_the_attention_with_gradients(
         let w = rand_t(&[16, 48], 131, 0.3, dtype);
         let b = rand_t(&[48], 132, 0.3, dtype);
         let r = rand_t(&[2, 70, 16], 133, 1.0, dtype);
-        let run = |fused: bool| {
-            let vars: Vec<Var> = [&x, &w, &b]
-                .iter()
-                .map(|t| Var::from_tensor(t).unwrap())
-                .collect();
-            let (x, w, b) = (
-                vars[0].as_tensor(),
-                vars[1].as_tensor(),
-                vars[2].as_tensor(),
-            );
-            let y = if fused {
-                k::projected_causal_attention(x, w, b, 2).unwrap()
-            } else {
-                k::causal_attention_packed(&k::linear(x, w, Some(b)).unwrap(), 2).unwrap()
-            };
-            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g: Vec<Tensor> = vars
-                .iter()
-                .map(|v| grads.get(v.as_tensor()).unwrap().clone())
-                .collect();
-            (y, g)
-        };
-        let ((y1, g1), (y2, g2)) = (run(true), run(false));
-        assert!(max_rel_err(&y1, &y2) < tol, "{dtype:?}: output");
-        for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
-            assert!(max_rel_err(a, b) < tol, "{dtype:?}: gradient {i}");
-        }
+        let fused = with_grads(&[&x, &w, &b], &r, &|t| {
+            k::projected_causal_attention(t[0], t[1], t[2], 2).unwrap()
+        });
+        let composed = with_grads(&[&x, &w, &b], &r, &|t| {
+            k::causal_attention_packed(&k::linear(t[0], t[1], Some(t[2])).unwrap(), 2).unwrap()
+        });
+        assert_same_with_grads(fused, composed, tol, &format!("{dtype:?}"));
     }
     let (x, w, b) = (
         rand_t(&[1, 6, 4], 134, 1.0, DType::F64),
