@@ -37,7 +37,7 @@ pub use attention::{causal_attention_packed, projected_causal_attention};
 pub use bias::add_rows;
 pub use cross_entropy::cross_entropy;
 pub use gemm_call::kernel_name as matmul_kernel;
-pub use linear::{linear, linear_gelu, linear_relu2};
+pub use linear::{linear, linear_gelu, linear_relu2, linear_residual};
 pub use newton_schulz::{newton_schulz, NsCoefficients};
 pub use norm::{layer_norm, rms_norm};
 pub use precision::Precision;

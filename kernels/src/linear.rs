@@ -364,6 +364,100 @@ impl Epilogue for Act {
     }
 }
 
+/// `r + x @ w + b` as one node: the residual add rides in gemm's `alpha·dst`
+/// (the output starts as the residual rows plus the bias), so the forward makes
+/// no add pass and the graph has no add node, whose backward candle would run
+/// as two zero-fills and two adds. The weight and bias arrive packed as
+/// `[in + 1, out]` (a node has at most three inputs).
+struct Residual;
+
+/// `r + x @ w + b` with `wb` = `[w; b]` (`[inner + 1, out]`), all contiguous.
+fn residual_fwd<T: Real>(x: &[T], wb: &[T], r: &[T], inner: usize, out: usize) -> Vec<T> {
+    let rows = x.len() / inner;
+    assert!(wb.len() == (inner + 1) * out && r.len() == rows * out);
+    let (w, b) = wb.split_at(inner * out);
+    // SAFETY: the assert bounds every element gemm reads or writes; every
+    // element is written by the residual-plus-bias pass before gemm adds the
+    // product into it.
+    unsafe {
+        filled(rows * out, |y| {
+            y.par_chunks_mut(out)
+                .zip(r.par_chunks(out))
+                .for_each(|(y, r)| {
+                    for ((y, &r), &b) in y.iter_mut().zip(r).zip(b) {
+                        y.write(r + b);
+                    }
+                });
+            matmul(
+                (rows, out, inner),
+                y.as_mut_ptr().cast::<T>(),
+                out,
+                Some(T::ONE),
+                View::rows(x.as_ptr(), inner),
+                View::rows(w.as_ptr(), out),
+                T::ONE,
+                parallel(),
+            )
+        })
+    }
+}
+
+impl CustomOp3 for Residual {
+    fn name(&self) -> &'static str {
+        "speedrun-linear-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (rows_wb, out) = l2.shape().dims2()?;
+        let inner = rows_wb - 1;
+        let (_, _, shape) = out_shape(l1, &Layout::contiguous((inner, out)))?;
+        if l3.shape() != &shape {
+            bail!(
+                "{name}: residual {:?} is not the output {shape:?}",
+                l3.shape()
+            )
+        }
+        with_float2!(name, (s1, l1), (s2, l2), |x, wb| {
+            let r = typed_slice(s3, l3, name)?;
+            Ok((Real::storage(residual_fwd(x, wb, r, inner, out)), shape))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wb: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let inner = wb.dim(0)? - 1;
+        let (dx, dw, db) = grads(x, &wb.narrow(0, 0, inner)?, grad)?;
+        let dwb = Tensor::cat(&[&dw, &db.unsqueeze(0)?], 0)?;
+        Ok((Some(dx), Some(dwb), Some(grad.clone())))
+    }
+}
+
+/// `r + x @ w + b` (a residual stream plus a projection) as one node on the
+/// CPU; the ops apart elsewhere.
+pub fn linear_residual(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return r + crate::gemm_ops::linear(x, w, Some(b))?;
+    }
+    check_bias(w, b)?;
+    let wb = Tensor::cat(&[w, &b.unsqueeze(0)?], 0)?;
+    x.contiguous()?.apply_op3(&wb, &r.contiguous()?, Residual)
+}
+
 pub(crate) fn check_bias(w: &Tensor, b: &Tensor) -> Result<()> {
     if b.dims() != [w.dim(1)?] {
         bail!(

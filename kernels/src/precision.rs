@@ -44,6 +44,14 @@ impl Precision {
         }
     }
 
+    /// `r + x @ w + b`: one fused node in f32, the add after the bf16 product otherwise.
+    pub fn linear_residual(self, x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor) -> Result<Tensor> {
+        match self {
+            Precision::F32 => crate::linear_residual(x, w, b, r),
+            Precision::Bf16 => r + self.linear(x, w, Some(b))?,
+        }
+    }
+
     /// `gelu(x @ w + b)`: one fused node in f32, the activation after the
     /// bf16 product otherwise.
     pub fn linear_gelu(self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -1055,3 +1055,34 @@ fn projected_attention_matches_the_projection_then_the_attention_with_gradients(
     let err = k::projected_causal_attention(&x, &w, &b, 5).unwrap_err();
     assert!(err.to_string().contains("not 3 x heads (5)"), "{err}");
 }
+
+#[test]
+fn the_residual_projection_matches_the_add_of_a_linear_with_gradients() {
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+        let x = rand_t(&[3, 7, 24], 140, 1.0, dtype);
+        let w = rand_t(&[24, 16], 141, 0.3, dtype);
+        let b = rand_t(&[16], 142, 0.3, dtype);
+        let res = rand_t(&[3, 7, 16], 143, 1.0, dtype);
+        let r = rand_t(&[3, 7, 16], 144, 1.0, dtype);
+        let inputs = [&x, &w, &b, &res];
+        let fused = with_grads(&inputs, &r, &|t| {
+            k::linear_residual(t[0], t[1], t[2], t[3]).unwrap()
+        });
+        let composed = with_grads(&inputs, &r, &|t| {
+            (t[3] + k::linear(t[0], t[1], Some(t[2])).unwrap()).unwrap()
+        });
+        assert_same_with_grads(fused, composed, tol, &format!("{dtype:?}"));
+    }
+    let (x, w, b, res) = (
+        rand_t(&[2, 3, 5], 145, 1.0, DType::F64),
+        rand_t(&[5, 4], 146, 0.5, DType::F64),
+        rand_t(&[4], 147, 0.5, DType::F64),
+        rand_t(&[2, 3, 4], 148, 1.0, DType::F64),
+    );
+    check_grad(&[x.clone(), w.clone(), b.clone(), res.clone()], &|a| {
+        k::linear_residual(&a[0], &a[1], &a[2], &a[3]).unwrap()
+    });
+    let err =
+        k::linear_residual(&x, &w, &b, &rand_t(&[2, 3, 5], 149, 1.0, DType::F64)).unwrap_err();
+    assert!(err.to_string().contains("is not the output"), "{err}");
+}

@@ -57,11 +57,35 @@ pub trait NormHook {
 pub trait AttentionHook {
     fn attention(&self, cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor)
         -> Result<Tensor>;
+
+    /// `residual + attention(x)`, what the reference block adds to its stream.
+    /// The reference overrides it to fuse the add into its output projection.
+    fn attention_residual(
+        &self,
+        cx: &ForwardCtx,
+        model: &Model,
+        layer: usize,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        Ok((residual + self.attention(cx, model, layer, x)?)?)
+    }
 }
 
 /// `model.mlp`: normalised stream `[B, T, D]` to the MLP output `[B, T, D]`.
 pub trait MlpHook {
     fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor>;
+
+    /// `residual + mlp(x)`; the reference fuses the add into its output projection.
+    fn mlp_residual(
+        &self,
+        cx: &ForwardCtx,
+        layer: usize,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        Ok((residual + self.mlp(cx, layer, x)?)?)
+    }
 }
 
 /// `model.block`: residual stream in, residual stream out, for layer `layer`. May call

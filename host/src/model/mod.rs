@@ -145,6 +145,19 @@ impl Model {
         self.hooks.attention.attention(cx, self, layer, x)
     }
 
+    /// `residual + attention(x)`, fused where the attention hook can.
+    pub fn attention_residual(
+        &self,
+        cx: &ForwardCtx,
+        layer: usize,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        self.hooks
+            .attention
+            .attention_residual(cx, self, layer, x, residual)
+    }
+
     /// The reference attention's packed projection, through `model.qkv` if any.
     pub fn qkv(&self, cx: &ForwardCtx, layer: usize, qkv: Tensor) -> Result<Tensor> {
         match &self.hooks.qkv {
@@ -179,6 +192,17 @@ impl Model {
 
     pub fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
         self.hooks.mlp.mlp(cx, layer, x)
+    }
+
+    /// `residual + mlp(x)`, fused where the MLP hook can.
+    pub fn mlp_residual(
+        &self,
+        cx: &ForwardCtx,
+        layer: usize,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        self.hooks.mlp.mlp_residual(cx, layer, x, residual)
     }
 
     pub fn block(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {

@@ -82,6 +82,52 @@ impl NormHook for ReferenceGpt {
     }
 }
 
+impl ReferenceGpt {
+    /// The attention before its output projection. One packed projection
+    /// `[B, T, 3D]` read in place by the fused attention kernel: no head splits,
+    /// transposes or copies in the autograd graph.
+    fn attend(cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor) -> Result<Tensor> {
+        let (w, b) = (
+            layer_param(cx, layer, "attn.c_attn.weight")?,
+            layer_param(cx, layer, "attn.c_attn.bias")?,
+        );
+        Ok(if model.has_qkv() {
+            let qkv = model.qkv(cx, layer, cx.precision.linear(x, w, Some(b))?)?;
+            cx.precision.causal_attention_packed(&qkv, cx.spec.heads)?
+        } else {
+            // Projection and attention as one node: nothing sits between them.
+            cx.precision
+                .projected_causal_attention(x, w, b, cx.spec.heads)?
+        })
+    }
+
+    /// The MLP before its output projection: c_fc and its GELU as one node.
+    fn hidden(cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
+        Ok(cx.precision.linear_gelu(
+            x,
+            layer_param(cx, layer, "mlp.c_fc.weight")?,
+            layer_param(cx, layer, "mlp.c_fc.bias")?,
+        )?)
+    }
+
+    /// `part`'s output projection (`attn` or `mlp`), with the residual added
+    /// inside the same node when there is one.
+    fn project(
+        cx: &ForwardCtx,
+        layer: usize,
+        part: &str,
+        y: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let w = layer_param(cx, layer, &format!("{part}.c_proj.weight"))?;
+        let b = layer_param(cx, layer, &format!("{part}.c_proj.bias"))?;
+        Ok(match residual {
+            Some(r) => cx.precision.linear_residual(y, w, b, r)?,
+            None => cx.precision.linear(y, w, Some(b))?,
+        })
+    }
+}
+
 impl AttentionHook for ReferenceGpt {
     fn attention(
         &self,
@@ -90,50 +136,49 @@ impl AttentionHook for ReferenceGpt {
         layer: usize,
         x: &Tensor,
     ) -> Result<Tensor> {
-        // One packed projection [B, T, 3D] read in place by the fused attention
-        // kernel: no head splits, transposes or copies in the autograd graph.
-        let (w, b) = (
-            layer_param(cx, layer, "attn.c_attn.weight")?,
-            layer_param(cx, layer, "attn.c_attn.bias")?,
-        );
-        let y = if model.has_qkv() {
-            let qkv = model.qkv(cx, layer, cx.precision.linear(x, w, Some(b))?)?;
-            cx.precision.causal_attention_packed(&qkv, cx.spec.heads)?
-        } else {
-            // Projection and attention as one node: nothing sits between them.
-            cx.precision
-                .projected_causal_attention(x, w, b, cx.spec.heads)?
-        };
-        Ok(cx.precision.linear(
-            &y,
-            layer_param(cx, layer, "attn.c_proj.weight")?,
-            Some(layer_param(cx, layer, "attn.c_proj.bias")?),
-        )?)
+        let y = Self::attend(cx, model, layer, x)?;
+        Self::project(cx, layer, "attn", &y, None)
+    }
+
+    fn attention_residual(
+        &self,
+        cx: &ForwardCtx,
+        model: &Model,
+        layer: usize,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let y = Self::attend(cx, model, layer, x)?;
+        Self::project(cx, layer, "attn", &y, Some(residual))
     }
 }
 
 impl MlpHook for ReferenceGpt {
     fn mlp(&self, cx: &ForwardCtx, layer: usize, x: &Tensor) -> Result<Tensor> {
-        // c_fc and its GELU as one node.
-        let h = cx.precision.linear_gelu(
-            x,
-            layer_param(cx, layer, "mlp.c_fc.weight")?,
-            layer_param(cx, layer, "mlp.c_fc.bias")?,
-        )?;
-        Ok(cx.precision.linear(
-            &h,
-            layer_param(cx, layer, "mlp.c_proj.weight")?,
-            Some(layer_param(cx, layer, "mlp.c_proj.bias")?),
-        )?)
+        let h = Self::hidden(cx, layer, x)?;
+        Self::project(cx, layer, "mlp", &h, None)
+    }
+
+    fn mlp_residual(
+        &self,
+        cx: &ForwardCtx,
+        layer: usize,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let h = Self::hidden(cx, layer, x)?;
+        Self::project(cx, layer, "mlp", &h, Some(residual))
     }
 }
 
 impl BlockHook for ReferenceGpt {
+    /// Pre-norm residual blocks; each residual add rides inside the attention's
+    /// and the MLP's output projection where those hooks can fuse it.
     fn block(&self, cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor) -> Result<Tensor> {
-        let a = model.attention(cx, layer, &model.norm(cx, NormSite::Attention(layer), x)?)?;
-        let x = (x + a)?;
-        let m = model.mlp(cx, layer, &model.norm(cx, NormSite::Mlp(layer), &x)?)?;
-        Ok((x + m)?)
+        let h = model.norm(cx, NormSite::Attention(layer), x)?;
+        let x = model.attention_residual(cx, layer, &h, x)?;
+        let h = model.norm(cx, NormSite::Mlp(layer), &x)?;
+        model.mlp_residual(cx, layer, &h, &x)
     }
 }
 
