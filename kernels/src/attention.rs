@@ -14,7 +14,7 @@
 
 use crate::gemm_call::{matmul, View};
 use crate::linear;
-use crate::real::{typed_slice, AsSlice, Real};
+use crate::real::{filled, typed_slice, AsSlice, Real};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -170,9 +170,19 @@ fn row_max<T: Real>(row: &[T]) -> T {
 }
 
 fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
+    let (t, d) = (dims.t, dims.d());
+    // SAFETY: every task writes its head's columns of every row (the blocks
+    // cover all rows), and the tasks cover every (batch, head).
+    unsafe {
+        filled(dims.b * t * d, |y| {
+            attend_all(qkv, dims, Shared(y.as_mut_ptr().cast()))
+        })
+    }
+}
+
+/// Y of every (batch, head) task into `out` (`[B, T, D]`).
+fn attend_all<T: Real>(qkv: &[T], dims: Dims, out: Shared<T>) {
     let (t, hd, d) = (dims.t, dims.hd, dims.d());
-    let mut y = Vec::with_capacity(dims.b * t * d);
-    let out = Shared(y.as_mut_ptr());
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
         || vec![T::ZERO; t * t],
         |p, task| {
@@ -197,18 +207,23 @@ fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
             }
         },
     );
-    // SAFETY: every task wrote its head's columns of every row (the blocks cover
-    // all rows), and the tasks cover every (batch, head).
-    unsafe { y.set_len(dims.b * t * d) };
-    y
 }
 
 /// d(qkv) from the packed input and dY ([B, T, D]).
 fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
+    // SAFETY: as in the forward: each task writes its head's q, k and v columns
+    // of every row.
+    unsafe {
+        filled(qkv.len(), |dqkv| {
+            grads_all(qkv, dy, dims, Shared(dqkv.as_mut_ptr().cast()))
+        })
+    }
+}
+
+/// dq, dk, dv of every (batch, head) task into `out` (`[B, T, 3D]`).
+fn grads_all<T: Real>(qkv: &[T], dy: &[T], dims: Dims, out: Shared<T>) {
     let (t, hd, d) = (dims.t, dims.hd, dims.d());
     let row = 3 * d;
-    let mut dqkv = Vec::with_capacity(qkv.len());
-    let out = Shared(dqkv.as_mut_ptr());
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
         || (vec![T::ZERO; t * t], vec![T::ZERO; t * t]),
         |(p, dp), task| {
@@ -279,10 +294,6 @@ fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
             }
         },
     );
-    // SAFETY: as in the forward: each task wrote its head's q, k and v columns
-    // of every row.
-    unsafe { dqkv.set_len(qkv.len()) };
-    dqkv
 }
 
 struct Forward {
@@ -401,6 +412,10 @@ impl linear::Epilogue for Heads {
     fn backward(&self, qkv: &Tensor, grad: &Tensor) -> Result<Tensor> {
         qkv.apply_op2_no_bwd(grad, &Backward { heads: self.0 })
     }
+
+    fn apart(&self, qkv: &Tensor) -> Result<Tensor> {
+        causal_attention_packed(qkv, self.0)
+    }
 }
 
 /// Causal attention of the packed projection `x @ w + b` (`w`: `[D, 3D]`) as one
@@ -411,9 +426,6 @@ pub fn projected_causal_attention(
     b: &Tensor,
     heads: usize,
 ) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return causal_attention_packed(&crate::linear(x, w, Some(b))?, heads);
-    }
     linear::linear_then(x, w, b, Heads(heads))
 }
 

@@ -275,6 +275,8 @@ pub(crate) trait Epilogue: Send + Sync + 'static {
     fn forward<T: Real>(&self, h: &[T], shape: &Shape) -> Result<(Vec<T>, Shape)>;
     /// The gradient of `h` from `h` and the node's output gradient.
     fn backward(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor>;
+    /// The epilogue as its own op, off the CPU (where `linear` is candle's ops).
+    fn apart(&self, h: &Tensor) -> Result<Tensor>;
 }
 
 struct Fused<E> {
@@ -327,13 +329,16 @@ impl<E: Epilogue> CustomOp3 for Fused<E> {
     }
 }
 
-/// `epilogue(x @ w + b)` as one node (CPU tensors only).
+/// `epilogue(x @ w + b)`: one node on the CPU, the two ops elsewhere.
 pub(crate) fn linear_then<E: Epilogue>(
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
     epilogue: E,
 ) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return epilogue.apart(&crate::linear(x, w, Some(b))?);
+    }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     check_bias(&w, b)?;
     x.apply_op3(
@@ -361,6 +366,13 @@ impl Epilogue for Act {
 
     fn backward(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor> {
         h.apply_op2_no_bwd(grad, &activation::Backward(*self))
+    }
+
+    fn apart(&self, h: &Tensor) -> Result<Tensor> {
+        match self {
+            Act::Gelu => crate::gelu(h),
+            Act::Relu2 => crate::relu2(h),
+        }
     }
 }
 
@@ -469,23 +481,12 @@ pub(crate) fn check_bias(w: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-fn linear_act(x: &Tensor, w: &Tensor, b: &Tensor, act: Act) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        let y = crate::gemm_ops::linear(x, w, Some(b))?;
-        return match act {
-            Act::Gelu => crate::gelu(&y),
-            Act::Relu2 => crate::relu2(&y),
-        };
-    }
-    linear_then(x, w, b, act)
-}
-
 /// `gelu(x @ w + b)` (GPT-2's `c_fc` and its activation) as one node.
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    linear_act(x, w, b, Act::Gelu)
+    linear_then(x, w, b, Act::Gelu)
 }
 
 /// `relu²(x @ w + b)` as one node.
 pub fn linear_relu2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    linear_act(x, w, b, Act::Relu2)
+    linear_then(x, w, b, Act::Relu2)
 }
