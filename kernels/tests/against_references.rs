@@ -701,6 +701,33 @@ fn linear_is_independent_of_the_thread_count_and_refuses_bad_shapes() {
     assert!(err.to_string().contains("expected f64"), "{err}");
 }
 
+#[test]
+fn the_weight_gradient_over_many_rows_is_summed_in_chunks_to_the_reference() {
+    // 2 full chunks of the split and a short third one.
+    let rows = 2 * 2048 + 37;
+    let x = rand_t(&[rows, 6], 92, 1.0, DType::F32);
+    let w = rand_t(&[6, 5], 93, 1.0, DType::F32);
+    let g = rand_t(&[rows, 5], 94, 1.0, DType::F32);
+    let run = || {
+        let wv = Var::from_tensor(&w).unwrap();
+        let y = k::linear(&x, wv.as_tensor(), None).unwrap();
+        // d(sum(y * g))/dw = xᵀ g.
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        grads.get(wv.as_tensor()).unwrap().to_vec2::<f32>().unwrap()
+    };
+    same_on_1_and_3_threads(&run);
+    let got = run();
+    // The reference in f64, one sum per element in row order.
+    let (xs, gs) = (x.to_vec2::<f32>().unwrap(), g.to_vec2::<f32>().unwrap());
+    for i in 0..6 {
+        for j in 0..5 {
+            let want: f64 = (0..rows).map(|r| xs[r][i] as f64 * gs[r][j] as f64).sum();
+            let err = (got[i][j] as f64 - want).abs() / want.abs().max(1.0);
+            assert!(err < 1e-5, "dw[{i}][{j}] = {} against {want}", got[i][j]);
+        }
+    }
+}
+
 /// Packed attention the long way: narrow q, k, v out of [B, T, 3D], split heads,
 /// masked softmax of the scaled scores, recombine.
 fn ref_attention_packed(qkv: &Tensor, heads: usize) -> Tensor {
