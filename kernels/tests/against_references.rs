@@ -715,7 +715,7 @@ fn the_weight_gradient_over_many_rows_is_summed_in_chunks_to_the_reference() {
         let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
         grads.get(wv.as_tensor()).unwrap().to_vec2::<f32>().unwrap()
     };
-    same_on_1_and_3_threads(&run);
+    same_on_1_and_3_threads(run);
     let got = run();
     // The reference in f64, one sum per element in row order.
     let (xs, gs) = (x.to_vec2::<f32>().unwrap(), g.to_vec2::<f32>().unwrap());
