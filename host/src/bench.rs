@@ -14,55 +14,50 @@ use speedrun_kernels::Precision;
 use std::path::Path;
 use std::time::Instant;
 
-/// Median GFLOP/s of an `n`³ matmul on the device through candle, in the
-/// dtype the track's products run in.
+/// A `[r, c]` f32 matrix of small repeating values.
+fn filled(r: usize, c: usize, dev: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..r * c).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+    Ok(Tensor::from_vec(v, (r, c), dev)?)
+}
+
+/// Median GFLOP/s of `product` (`flops` a call) over `reps` calls after two.
+fn median_gflops(
+    flops: f64,
+    reps: usize,
+    dev: &Device,
+    product: impl Fn() -> candle_core::Result<Tensor>,
+) -> Result<f64> {
+    for _ in 0..2 {
+        product()?;
+    }
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        dev.synchronize()?;
+        let t = Instant::now();
+        let c = product()?;
+        dev.synchronize()?;
+        drop(c);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(flops / median(times) / 1e9)
+}
+
+/// Median GFLOP/s of an `n`³ product through the model's own linear layer (the
+/// path its products take, in the track's precision).
 pub fn matmul_peak_gflops(
     n: usize,
     reps: usize,
     dev: &Device,
     precision: Precision,
 ) -> Result<f64> {
-    matmul_gflops((n, n, n), reps, dev, precision)
+    let (a, b) = (filled(n, n, dev)?, filled(n, n, dev)?);
+    median_gflops(2.0 * (n * n * n) as f64, reps, dev, || {
+        precision.linear(&a, &b, None)
+    })
 }
 
-/// Median GFLOP/s of an `[m, k] @ [k, n]` product on the device through
-/// candle (the gemm path the model's products take).
-pub fn matmul_gflops(
-    (m, n, k): (usize, usize, usize),
-    reps: usize,
-    dev: &Device,
-    precision: Precision,
-) -> Result<f64> {
-    let filled = |r: usize, c: usize| -> Result<Tensor> {
-        let t = Tensor::from_vec(
-            (0..r * c)
-                .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
-                .collect::<Vec<_>>(),
-            (r, c),
-            dev,
-        )?;
-        Ok(match precision {
-            Precision::F32 => t,
-            Precision::Bf16 => t.to_dtype(candle_core::DType::BF16)?,
-        })
-    };
-    let (a, b) = (filled(m, k)?, filled(k, n)?);
-    for _ in 0..2 {
-        a.matmul(&b)?;
-    }
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        dev.synchronize()?;
-        let t = Instant::now();
-        let c = a.matmul(&b)?;
-        dev.synchronize()?;
-        drop(c);
-        times.push(t.elapsed().as_secs_f64());
-    }
-    Ok(2.0 * (m * n * k) as f64 / median(times) / 1e9)
-}
-
-/// One of the model's products at its real size.
+/// One of the model's products at its real size, with the two its backward
+/// runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShapeRate {
     pub name: &'static str,
@@ -70,16 +65,22 @@ pub struct ShapeRate {
     pub m: usize,
     pub n: usize,
     pub k: usize,
+    /// The forward product `x @ w`.
     pub gflops: f64,
+    /// The input gradient `g wᵀ` (`[m, n] @ [n, k]`).
+    pub input_grad_gflops: f64,
+    /// The weight gradient `xᵀ g` (`[k, m] @ [m, n]`): a reduction over all m rows.
+    pub weight_grad_gflops: f64,
 }
 
-/// The forward products of one step (a block's four, and the head), each
-/// timed alone: where the matmul path is fast and where it is not. The
-/// backward's are the same sizes read transposed.
+/// The products of one step (a block's four, and the head), each timed alone
+/// through the kernels the trainer calls: where the matmul path is fast and
+/// where it is not.
 fn model_shapes(track: &crate::track::Track, dev: &Device) -> Result<Vec<ShapeRate>> {
     let m = &track.model;
     let rows = track.train.batch_tokens;
     let (d, v) = (m.width, m.vocab);
+    let p = track.train.precision;
     [
         ("qkv", d, 3 * d),
         ("attention out", d, d),
@@ -89,12 +90,20 @@ fn model_shapes(track: &crate::track::Track, dev: &Device) -> Result<Vec<ShapeRa
     ]
     .into_iter()
     .map(|(name, k, n)| {
+        let (x, w, g) = (
+            filled(rows, k, dev)?,
+            filled(k, n, dev)?,
+            filled(rows, n, dev)?,
+        );
+        let flops = 2.0 * (rows * n * k) as f64;
         Ok(ShapeRate {
             name,
             m: rows,
             n,
             k,
-            gflops: matmul_gflops((rows, n, k), 5, dev, track.train.precision)?,
+            gflops: median_gflops(flops, 5, dev, || p.linear(&x, &w, None))?,
+            input_grad_gflops: median_gflops(flops, 5, dev, || p.linear_input_grad(&g, &w))?,
+            weight_grad_gflops: median_gflops(flops, 5, dev, || p.linear_weight_grad(&x, &g))?,
         })
     })
     .collect()

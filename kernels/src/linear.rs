@@ -244,14 +244,49 @@ pub(crate) fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Te
     let (inner, out) = w.dims2()?;
     let rows = x.elem_count() / inner;
     let g = grad.contiguous()?.reshape((rows, out))?;
-    let op = |which| GradOp { which, inner, out };
-    let dx = g.apply_op2_no_bwd(w, &op(Grad::Input))?;
-    let dw = x
-        .contiguous()?
-        .reshape((rows, inner))?
-        .apply_op2_no_bwd(&g, &op(Grad::Weight))?;
+    let dx = input_grad(&g, w)?;
+    let dw = weight_grad(&x.contiguous()?.reshape((rows, inner))?, &g)?;
     let db = g.apply_op1_no_bwd(&ColumnSum { m: out })?;
     Ok((dx.reshape(x.shape())?, dw, db))
+}
+
+/// `g wᵀ` for `g [rows, out]` and `w [inner, out]`: the input gradient as a
+/// linear's backward computes it (`speedrun bench` times it alone). Off the
+/// CPU, candle's matmul.
+pub fn input_grad(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !g.device().is_cpu() {
+        return g.matmul(&w.t()?);
+    }
+    let (inner, out) = w.dims2()?;
+    let op = GradOp {
+        which: Grad::Input,
+        inner,
+        out,
+    };
+    g.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)
+}
+
+/// `xᵀ g` for `x [rows, inner]` and `g [rows, out]`: the weight gradient as a
+/// linear's backward computes it (in row chunks past `SPLIT_ROWS`). Off the
+/// CPU, candle's matmul.
+pub fn weight_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return x.t()?.matmul(g);
+    }
+    let ((rows, inner), out) = (x.dims2()?, g.dim(1)?);
+    if g.dims2()? != (rows, out) {
+        bail!(
+            "weight gradient: x {:?} and g {:?} differ in rows",
+            x.shape(),
+            g.shape()
+        );
+    }
+    let op = GradOp {
+        which: Grad::Weight,
+        inner,
+        out,
+    };
+    x.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &op)
 }
 
 struct WithBias;

@@ -44,6 +44,22 @@ impl Precision {
         }
     }
 
+    /// `g wᵀ`, the input gradient of `linear`, as its backward computes it.
+    pub fn linear_input_grad(self, g: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self {
+            Precision::F32 => crate::linear::input_grad(g, w),
+            Precision::Bf16 => bf16(g)?.matmul(&bf16(w)?.t()?)?.to_dtype(g.dtype()),
+        }
+    }
+
+    /// `xᵀ g`, the weight gradient of `linear`, as its backward computes it.
+    pub fn linear_weight_grad(self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
+        match self {
+            Precision::F32 => crate::linear::weight_grad(x, g),
+            Precision::Bf16 => bf16(x)?.t()?.matmul(&bf16(g)?)?.to_dtype(x.dtype()),
+        }
+    }
+
     /// `r + x @ w + b`: one fused node in f32, the add after the bf16 product otherwise.
     pub fn linear_residual(self, x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor) -> Result<Tensor> {
         match self {

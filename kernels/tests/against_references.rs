@@ -728,6 +728,27 @@ fn the_weight_gradient_over_many_rows_is_summed_in_chunks_to_the_reference() {
     }
 }
 
+#[test]
+fn the_backward_products_the_bench_times_are_the_transposed_matmuls() {
+    let x = rand_t(&[2 * 2048 + 5, 12], 95, 1.0, DType::F32);
+    let w = rand_t(&[12, 7], 96, 1.0, DType::F32);
+    let g = rand_t(&[2 * 2048 + 5, 7], 97, 1.0, DType::F32);
+    for p in [k::Precision::F32, k::Precision::Bf16] {
+        // bf16 products carry ~3 significant digits.
+        let tol = if p == k::Precision::F32 { 1e-5 } else { 2e-2 };
+        let dx = p.linear_input_grad(&g, &w).unwrap();
+        let err = max_rel_err(&dx, &g.matmul(&w.t().unwrap()).unwrap());
+        assert!(err < tol, "{p:?} g wᵀ: {err}");
+        let dw = p.linear_weight_grad(&x, &g).unwrap();
+        let err = max_rel_err(&dw, &x.t().unwrap().matmul(&g).unwrap());
+        assert!(err < tol, "{p:?} xᵀ g: {err}");
+    }
+    let err = k::Precision::F32
+        .linear_weight_grad(&x, &g.narrow(0, 0, 9).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("differ in rows"), "{err}");
+}
+
 /// Packed attention the long way: narrow q, k, v out of [B, T, 3D], split heads,
 /// masked softmax of the scaled scores, recombine.
 fn ref_attention_packed(qkv: &Tensor, heads: usize) -> Tensor {

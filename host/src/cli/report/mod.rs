@@ -93,8 +93,8 @@ pub fn throughput(r: &ThroughputReport) -> String {
     for s in &r.shapes {
         let _ = writeln!(
             o,
-            "  {:<14} [{}, {}] @ [{}, {}]: {:.1} GFLOP/s",
-            s.name, s.m, s.k, s.k, s.n, s.gflops
+            "  {:<14} [{}, {}] @ [{}, {}]: {:.1} GFLOP/s; backward: g wᵀ {:.1}, xᵀ g {:.1}",
+            s.name, s.m, s.k, s.k, s.n, s.gflops, s.input_grad_gflops, s.weight_grad_gflops
         );
     }
     o
