@@ -397,7 +397,7 @@ pub fn causal_attention_packed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
 /// The attention as the epilogue of the `c_attn` projection: one node whose
 /// kept q | k | v (three times the width of the stream) has no gradient
 /// tensor of its own in candle's graph.
-struct Heads(usize);
+pub(crate) struct Heads(pub(crate) usize);
 
 impl linear::Epilogue for Heads {
     fn name(&self) -> &'static str {

@@ -16,6 +16,7 @@ mod activation;
 mod adamw;
 mod attention;
 mod bias;
+mod block;
 pub mod check;
 mod cross_entropy;
 #[cfg(feature = "cuda")]
@@ -35,6 +36,7 @@ pub use activation::{gelu, relu2};
 pub use adamw::{adamw_update, AdamwStep};
 pub use attention::{causal_attention_packed, projected_causal_attention};
 pub use bias::add_rows;
+pub use block::{reference_block, BlockParams};
 pub use cross_entropy::cross_entropy;
 pub use gemm_call::kernel_name as matmul_kernel;
 pub use linear::{linear, linear_gelu, linear_relu2, linear_residual};

@@ -175,19 +175,7 @@ impl CustomOp3 for Forward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = w.elem_count();
-        let n = x.elem_count();
-        let packed = x.apply_op3_no_bwd(
-            w,
-            &grad.contiguous()?,
-            &Backward {
-                kind: self.kind,
-                eps: self.eps,
-            },
-        )?;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
-        let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
+        let (dx, dw, db) = grads(self.kind, self.eps, x, w, grad)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 
@@ -243,6 +231,33 @@ impl CustomOp3 for Backward {
     ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
         cuda::bwd(self.kind, self.eps, [(s1, l1), (s2, l2), (s3, l3)])
     }
+}
+
+/// The input, gain and bias gradients of a norm from its output's, one pass.
+fn grads(
+    kind: Kind,
+    eps: f64,
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = w.elem_count();
+    let n = x.elem_count();
+    let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward { kind, eps })?;
+    let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+    let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
+    let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
+    Ok((dx, dw, db))
+}
+
+/// LayerNorm's input, gain and bias gradients as its node's backward computes them.
+pub(crate) fn layer_norm_grads(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    grads(Kind::Layer, eps, x, w, grad)
 }
 
 fn norm(

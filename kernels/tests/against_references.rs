@@ -1134,3 +1134,114 @@ fn the_residual_projection_matches_the_add_of_a_linear_with_gradients() {
         k::linear_residual(&x, &w, &b, &rand_t(&[2, 3, 5], 149, 1.0, DType::F64)).unwrap_err();
     assert!(err.to_string().contains("is not the output"), "{err}");
 }
+
+/// A block's input and parameters (`[B, T, D]`, hidden width `h`), in
+/// `BlockParams` order.
+fn block_inputs(b: usize, t: usize, d: usize, h: usize, dtype: DType) -> Vec<Tensor> {
+    let shapes: [&[usize]; 13] = [
+        &[b, t, d],
+        &[d],
+        &[d],
+        &[d, 3 * d],
+        &[3 * d],
+        &[d, d],
+        &[d],
+        &[d],
+        &[d],
+        &[d, h],
+        &[h],
+        &[h, d],
+        &[d],
+    ];
+    shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let t = rand_t(s, 300 + i as u64, 0.5, dtype);
+            // Gains near 1, as trained ones are.
+            if i == 1 || i == 7 {
+                (t + 1.0).unwrap()
+            } else {
+                t
+            }
+        })
+        .collect()
+}
+
+fn fused_block(a: &[Tensor], heads: usize) -> Tensor {
+    let p = k::BlockParams {
+        ln_1: [&a[1], &a[2]],
+        attn: [&a[3], &a[4]],
+        attn_proj: [&a[5], &a[6]],
+        ln_2: [&a[7], &a[8]],
+        fc: [&a[9], &a[10]],
+        mlp_proj: [&a[11], &a[12]],
+    };
+    k::reference_block(&a[0], &p, heads, 1e-5).unwrap()
+}
+
+/// The block as the reference model composes it, node by node.
+fn composed_block(a: &[Tensor], heads: usize) -> Tensor {
+    let h1 = k::layer_norm(&a[0], Some(&a[1]), Some(&a[2]), 1e-5).unwrap();
+    let att = k::projected_causal_attention(&h1, &a[3], &a[4], heads).unwrap();
+    let x2 = k::linear_residual(&att, &a[5], &a[6], &a[0]).unwrap();
+    let h2 = k::layer_norm(&x2, Some(&a[7]), Some(&a[8]), 1e-5).unwrap();
+    let u = k::linear_gelu(&h2, &a[9], &a[10]).unwrap();
+    k::linear_residual(&u, &a[11], &a[12], &x2).unwrap()
+}
+
+/// The output and every input's gradient of `sum(block(a) * r)`.
+fn block_and_grads(a: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) -> Vec<Vec<f32>> {
+    let vars: Vec<Var> = a.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts);
+    let r = rand_t(y.dims(), 399, 1.0, DType::F32);
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    std::iter::once(flat(&y))
+        .chain(
+            vars.iter()
+                .map(|v| flat(grads.get(v.as_tensor()).expect("no gradient"))),
+        )
+        .collect()
+}
+
+#[test]
+fn the_fused_block_equals_the_composed_block_in_value_and_every_gradient() {
+    // Two blocks of the attention's 64 rows, the second partial; hidden 4D.
+    let a = block_inputs(2, 70, 16, 64, DType::F32);
+    let fused = block_and_grads(&a, &|a| fused_block(a, 4));
+    let composed = block_and_grads(&a, &|a| composed_block(a, 4));
+    assert_eq!(fused.len(), 14);
+    for (i, (f, c)) in fused.iter().zip(&composed).enumerate() {
+        // The same kernels in the same order: equal, not merely close.
+        assert!(
+            f == c,
+            "output {i} (0: value, then input, then parameters) differs"
+        );
+        assert!(f.iter().any(|v| *v != 0.0), "output {i} is all zeros");
+    }
+    same_on_1_and_3_threads(|| block_and_grads(&a, &|a| fused_block(a, 4)));
+}
+
+#[test]
+fn the_fused_blocks_gradients_match_finite_differences() {
+    let a = block_inputs(1, 9, 8, 24, DType::F64);
+    check_grad(&a, &|a| fused_block(a, 2));
+}
+
+#[test]
+fn the_fused_block_refuses_parameters_of_the_wrong_shape() {
+    let mut a = block_inputs(1, 4, 8, 16, DType::F32);
+    a[9] = rand_t(&[7, 16], 1, 1.0, DType::F32);
+    let p = k::BlockParams {
+        ln_1: [&a[1], &a[2]],
+        attn: [&a[3], &a[4]],
+        attn_proj: [&a[5], &a[6]],
+        ln_2: [&a[7], &a[8]],
+        fc: [&a[9], &a[10]],
+        mlp_proj: [&a[11], &a[12]],
+    };
+    let err = k::reference_block(&a[0], &p, 2, 1e-5).unwrap_err();
+    assert!(err.to_string().contains("weight's 7 rows"), "{err}");
+}

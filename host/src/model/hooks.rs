@@ -49,6 +49,12 @@ pub trait EmbedHook {
 /// `model.norm`: a normalisation of `[B, T, D]`, shape preserved.
 pub trait NormHook {
     fn norm(&self, cx: &ForwardCtx, site: NormSite, x: &Tensor) -> Result<Tensor>;
+
+    /// Whether this is the reference GPT's own implementation, which the
+    /// reference block may run fused with its neighbours as one node.
+    fn is_reference(&self) -> bool {
+        false
+    }
 }
 
 /// `model.attention`: normalised stream `[B, T, D]` of layer `layer` to the attention
@@ -70,6 +76,12 @@ pub trait AttentionHook {
     ) -> Result<Tensor> {
         Ok((residual + self.attention(cx, model, layer, x)?)?)
     }
+
+    /// Whether this is the reference GPT's own implementation, which the
+    /// reference block may run fused with its neighbours as one node.
+    fn is_reference(&self) -> bool {
+        false
+    }
 }
 
 /// `model.mlp`: normalised stream `[B, T, D]` to the MLP output `[B, T, D]`.
@@ -85,6 +97,12 @@ pub trait MlpHook {
         residual: &Tensor,
     ) -> Result<Tensor> {
         Ok((residual + self.mlp(cx, layer, x)?)?)
+    }
+
+    /// Whether this is the reference GPT's own implementation, which the
+    /// reference block may run fused with its neighbours as one node.
+    fn is_reference(&self) -> bool {
+        false
     }
 }
 

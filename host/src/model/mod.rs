@@ -171,6 +171,16 @@ impl Model {
         self.hooks.qkv.is_some()
     }
 
+    /// Whether a block's norm, attention and MLP are all the reference GPT's,
+    /// with no `model.qkv` hook between: then the reference block runs as one
+    /// fused node.
+    pub fn block_is_reference(&self) -> bool {
+        self.hooks.norm.is_reference()
+            && self.hooks.attention.is_reference()
+            && self.hooks.mlp.is_reference()
+            && self.hooks.qkv.is_none()
+    }
+
     /// Whether a `model.block_input` hook wants the blocks' outputs kept.
     pub fn has_block_input(&self) -> bool {
         self.hooks.block_input.is_some()

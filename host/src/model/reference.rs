@@ -80,6 +80,10 @@ impl NormHook for ReferenceGpt {
         let bias = cx.params.get(&format!("{prefix}.bias"))?;
         Ok(ops::layer_norm(x, gain, bias, LN_EPS)?)
     }
+
+    fn is_reference(&self) -> bool {
+        true
+    }
 }
 
 impl ReferenceGpt {
@@ -151,6 +155,10 @@ impl AttentionHook for ReferenceGpt {
         let y = Self::attend(cx, model, layer, x)?;
         Self::project(cx, layer, "attn", &y, Some(residual))
     }
+
+    fn is_reference(&self) -> bool {
+        true
+    }
 }
 
 impl MlpHook for ReferenceGpt {
@@ -169,12 +177,39 @@ impl MlpHook for ReferenceGpt {
         let h = Self::hidden(cx, layer, x)?;
         Self::project(cx, layer, "mlp", &h, Some(residual))
     }
+
+    fn is_reference(&self) -> bool {
+        true
+    }
 }
 
 impl BlockHook for ReferenceGpt {
     /// Pre-norm residual blocks; each residual add rides inside the attention's
     /// and the MLP's output projection where those hooks can fuse it.
+    /// With every part the reference's (and f32 products), the block is one
+    /// fused node that runs its own backward (`speedrun_kernels::reference_block`:
+    /// the same kernels, equal values and gradients).
     fn block(&self, cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor) -> Result<Tensor> {
+        if model.block_is_reference() && cx.precision == Precision::F32 {
+            let p = |name: &str| layer_param(cx, layer, name);
+            let pair = |part: &str| -> Result<[&Tensor; 2]> {
+                Ok([p(&format!("{part}.weight"))?, p(&format!("{part}.bias"))?])
+            };
+            let params = speedrun_kernels::BlockParams {
+                ln_1: pair("ln_1")?,
+                attn: pair("attn.c_attn")?,
+                attn_proj: pair("attn.c_proj")?,
+                ln_2: pair("ln_2")?,
+                fc: pair("mlp.c_fc")?,
+                mlp_proj: pair("mlp.c_proj")?,
+            };
+            return Ok(speedrun_kernels::reference_block(
+                x,
+                &params,
+                cx.spec.heads,
+                LN_EPS,
+            )?);
+        }
         let h = model.norm(cx, NormSite::Attention(layer), x)?;
         let x = model.attention_residual(cx, layer, &h, x)?;
         let h = model.norm(cx, NormSite::Mlp(layer), &x)?;

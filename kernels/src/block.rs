@@ -1,0 +1,199 @@
+//! The reference GPT block (pre-LayerNorm causal attention and GELU MLP, each
+//! residual add inside its output projection) as one autograd node that runs
+//! its own backward.
+//!
+//! Composed, the block is eight candle nodes, and candle's backward gives each
+//! node input a zero tensor and adds its gradient into it: on the cpu track
+//! ~36 MB of zero-fills and ~44 MB of adds a layer, for gradients that have one
+//! consumer and could simply be handed on. This node runs the same kernels in
+//! the same order and hands each gradient straight to the next kernel; the two
+//! residual-stream gradients that do have two sources are summed once each.
+//! Values and gradients equal the composed block's (the tests compare them).
+
+use crate::activation::Act;
+use crate::attention::Heads;
+use crate::linear::{self, Epilogue};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+
+/// One block's parameters, GPT-2's names in the comments.
+pub struct BlockParams<'a> {
+    /// `ln_1` gain and bias, `[D]`.
+    pub ln_1: [&'a Tensor; 2],
+    /// `attn.c_attn`: `[D, 3D]`, `[3D]`.
+    pub attn: [&'a Tensor; 2],
+    /// `attn.c_proj`: `[D, D]`, `[D]`.
+    pub attn_proj: [&'a Tensor; 2],
+    /// `ln_2` gain and bias, `[D]`.
+    pub ln_2: [&'a Tensor; 2],
+    /// `mlp.c_fc`: `[D, H]`, `[H]`.
+    pub fc: [&'a Tensor; 2],
+    /// `mlp.c_proj`: `[H, D]`, `[D]`.
+    pub mlp_proj: [&'a Tensor; 2],
+}
+
+impl BlockParams<'_> {
+    /// In the order the node packs them.
+    fn all(&self) -> [&Tensor; 12] {
+        let [a, b, c, d, e, f] = [
+            self.ln_1,
+            self.attn,
+            self.attn_proj,
+            self.ln_2,
+            self.fc,
+            self.mlp_proj,
+        ];
+        [
+            a[0], a[1], b[0], b[1], c[0], c[1], d[0], d[1], e[0], e[1], f[0], f[1],
+        ]
+    }
+}
+
+/// The block's forward on untracked tensors, every intermediate the backward
+/// reads kept.
+struct Forward {
+    /// The 12 parameters (detached, contiguous), in `BlockParams::all` order.
+    p: Vec<Tensor>,
+    x: Tensor,
+    h1: Tensor,
+    qkv: Tensor,
+    a: Tensor,
+    x2: Tensor,
+    h2: Tensor,
+    pre: Tensor,
+    u: Tensor,
+    y: Tensor,
+}
+
+impl Forward {
+    fn run(x: &Tensor, p: Vec<Tensor>, heads: usize, eps: f64) -> Result<Forward> {
+        let x = x.detach().contiguous()?;
+        let h1 = crate::layer_norm(&x, Some(&p[0]), Some(&p[1]), eps)?;
+        let qkv = crate::linear(&h1, &p[2], Some(&p[3]))?;
+        let a = crate::causal_attention_packed(&qkv, heads)?;
+        let x2 = crate::linear_residual(&a, &p[4], &p[5], &x)?;
+        let h2 = crate::layer_norm(&x2, Some(&p[6]), Some(&p[7]), eps)?;
+        let pre = crate::linear(&h2, &p[8], Some(&p[9]))?;
+        let u = crate::gelu(&pre)?;
+        let y = crate::linear_residual(&u, &p[10], &p[11], &x2)?;
+        Ok(Forward {
+            p,
+            x,
+            h1,
+            qkv,
+            a,
+            x2,
+            h2,
+            pre,
+            u,
+            y,
+        })
+    }
+
+    /// The input's gradient and the 12 parameters' (in order) from the
+    /// output's: the composed block's backward, kernel for kernel.
+    fn backward(&self, dy: &Tensor, heads: usize, eps: f64) -> Result<(Tensor, Vec<Tensor>)> {
+        let p = &self.p;
+        let dy = dy.contiguous()?;
+        // y = x2 + u @ w + b: dx2 gets dy itself.
+        let (du, dw_q, db_q) = linear::grads(&self.u, &p[10], &dy)?;
+        let dpre = Act::Gelu.backward(&self.pre, &du)?;
+        let (dh2, dw_f, db_f) = linear::grads(&self.h2, &p[8], &dpre)?;
+        let (dx2_norm, dg_2, db_2) = crate::norm::layer_norm_grads(&self.x2, &p[6], &dh2, eps)?;
+        let dx2 = (&dy + &dx2_norm)?;
+        // x2 = x + a @ w + b: dx gets dx2 itself.
+        let (da, dw_p, db_p) = linear::grads(&self.a, &p[4], &dx2)?;
+        let dqkv = Heads(heads).backward(&self.qkv, &da)?;
+        let (dh1, dw_a, db_a) = linear::grads(&self.h1, &p[2], &dqkv)?;
+        let (dx_norm, dg_1, db_1) = crate::norm::layer_norm_grads(&self.x, &p[0], &dh1, eps)?;
+        let dx = (&dx2 + &dx_norm)?;
+        Ok((
+            dx,
+            vec![
+                dg_1, db_1, dw_a, db_a, dw_p, db_p, dg_2, db_2, dw_f, db_f, dw_q, db_q,
+            ],
+        ))
+    }
+}
+
+/// The node: inputs the block's input and its parameters packed flat; the
+/// forward already ran, so `cpu_fwd` hands over its output.
+struct Node {
+    forward: Forward,
+    heads: usize,
+    eps: f64,
+}
+
+impl CustomOp2 for Node {
+    fn name(&self) -> &'static str {
+        "speedrun-reference-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _x: &CpuStorage,
+        _xl: &Layout,
+        _p: &CpuStorage,
+        _pl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (storage, layout) = self.forward.y.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(s), Some((0, end))) if end == layout.shape().elem_count() => {
+                Ok((s.clone(), layout.shape().clone()))
+            }
+            _ => bail!(
+                "{}: the block's output is not a whole CPU buffer",
+                self.name()
+            ),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _packed: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dp) = self.forward.backward(grad, self.heads, self.eps)?;
+        let flat = dp
+            .iter()
+            .map(|g| g.flatten_all())
+            .collect::<Result<Vec<_>>>()?;
+        Ok((Some(dx), Some(Tensor::cat(&flat, 0)?)))
+    }
+}
+
+/// The reference block `x ↦ x2 + mlp(ln_2(x2))`, `x2 = x + attn(ln_1(x))`, for
+/// `x` `[B, T, D]` with `heads` heads and LayerNorm epsilon `eps`: one node on
+/// the CPU, the composed ops elsewhere.
+pub fn reference_block(x: &Tensor, params: &BlockParams, heads: usize, eps: f64) -> Result<Tensor> {
+    let all = params.all();
+    if !x.device().is_cpu() {
+        let h1 = crate::layer_norm(x, Some(all[0]), Some(all[1]), eps)?;
+        let a = crate::projected_causal_attention(&h1, all[2], all[3], heads)?;
+        let x2 = crate::linear_residual(&a, all[4], all[5], x)?;
+        let h2 = crate::layer_norm(&x2, Some(all[6]), Some(all[7]), eps)?;
+        let u = crate::linear_gelu(&h2, all[8], all[9])?;
+        return crate::linear_residual(&u, all[10], all[11], &x2);
+    }
+    let p = all
+        .iter()
+        .map(|t| t.detach().contiguous())
+        .collect::<Result<Vec<_>>>()?;
+    let forward = Forward::run(x, p, heads, eps)?;
+    // The parameters reach the node as one flat tensor (a node takes two
+    // inputs); candle's cat backward hands each its slice of the gradient.
+    let flat = all
+        .iter()
+        .map(|t| t.flatten_all())
+        .collect::<Result<Vec<_>>>()?;
+    let packed = Tensor::cat(&flat, 0)?;
+    x.apply_op2(
+        &packed,
+        Node {
+            forward,
+            heads,
+            eps,
+        },
+    )
+}
