@@ -190,6 +190,45 @@ fn whole_model_gradients_match_finite_differences() {
     }
 }
 
+/// The reference norm, not recognised as the reference's: the blocks compose
+/// their nodes instead of running as one fused node.
+struct ComposedNorm;
+impl NormHook for ComposedNorm {
+    fn norm(&self, cx: &ForwardCtx, site: NormSite, x: &Tensor) -> Result<Tensor> {
+        speedrun::model::reference::ReferenceGpt.norm(cx, site, x)
+    }
+}
+
+/// The fused reference block against the blocks composed node by node: the
+/// same loss and every parameter's gradient, bit for bit.
+#[test]
+fn the_fused_blocks_whole_model_gradient_is_the_composed_blocks() {
+    let run = |hooks: ModelHooks, fused: bool| {
+        let model = Model::build(&tiny_spec(), hooks, 5, &DEV).unwrap();
+        assert_eq!(model.block_is_reference(), fused);
+        let (x, y) = tiny_batch();
+        let loss = model_loss(&model, &x, &y);
+        let grads = Grads::collect(&model.params, &loss.backward().unwrap()).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (
+            loss.to_scalar::<f32>().unwrap(),
+            grads.0.iter().map(flat).collect::<Vec<_>>(),
+        )
+    };
+    let fused = run(ModelHooks::default(), true);
+    let composed = run(
+        ModelHooks {
+            norm: Box::new(ComposedNorm),
+            ..ModelHooks::default()
+        },
+        false,
+    );
+    assert_eq!(fused.0.to_bits(), composed.0.to_bits(), "loss");
+    for (i, (f, c)) in fused.1.iter().zip(&composed.1).enumerate() {
+        assert!(f == c, "parameter {i}'s gradient differs");
+    }
+}
+
 #[test]
 fn every_parameter_receives_a_nonzero_gradient() {
     let model = Model::build(&tiny_spec(), ModelHooks::default(), 0, &DEV).unwrap();
