@@ -98,14 +98,13 @@ impl Forward {
         let (du, dw_q, db_q) = linear::grads(&self.u, &p[10], &dy)?;
         let dpre = Act::Gelu.backward(&self.pre, &du)?;
         let (dh2, dw_f, db_f) = linear::grads(&self.h2, &p[8], &dpre)?;
-        let (dx2_norm, dg_2, db_2) = crate::norm::layer_norm_grads(&self.x2, &p[6], &dh2, eps)?;
-        let dx2 = (&dy + &dx2_norm)?;
+        // dx2 = dy + ln_2's input gradient, summed as the norm writes it.
+        let (dx2, dg_2, db_2) = crate::norm::layer_norm_grads(&self.x2, &p[6], &dh2, &dy, eps)?;
         // x2 = x + a @ w + b: dx gets dx2 itself.
         let (da, dw_p, db_p) = linear::grads(&self.a, &p[4], &dx2)?;
         let dqkv = Heads(heads).backward(&self.qkv, &da)?;
         let (dh1, dw_a, db_a) = linear::grads(&self.h1, &p[2], &dqkv)?;
-        let (dx_norm, dg_1, db_1) = crate::norm::layer_norm_grads(&self.x, &p[0], &dh1, eps)?;
-        let dx = (&dx2 + &dx_norm)?;
+        let (dx, dg_1, db_1) = crate::norm::layer_norm_grads(&self.x, &p[0], &dh1, &dx2, eps)?;
         Ok((
             dx,
             vec![

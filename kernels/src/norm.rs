@@ -6,7 +6,7 @@
 use crate::real::{filled, typed_slice, with_float, Real};
 use crate::wide::{sum_by, sum_by2, wide_fn};
 use crate::ROW_CHUNK;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -41,6 +41,9 @@ struct Forward {
 struct Backward {
     kind: Kind,
     eps: f64,
+    /// A gradient added into dx as it is written: the residual stream's other
+    /// source, summed without a pass of its own.
+    add: Option<Tensor>,
 }
 
 fn fwd<T: Real>(x: &[T], w: &[T], b: &[T], kind: Kind, eps: f64) -> Vec<T> {
@@ -68,8 +71,8 @@ wide_fn! {
     }
 }
 
-/// Packed `[dx (rows*d) | dw (d) | db (d)]`.
-fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], kind: Kind, eps: f64) -> Vec<T> {
+/// Packed `[dx (rows*d) | dw (d) | db (d)]`, with `add` (if any) added into dx.
+fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], add: Option<&[T]>, kind: Kind, eps: f64) -> Vec<T> {
     let d = w.len();
     let n = x.len();
     // SAFETY: `grad_rows` writes every element of dx (the chunks cover it); dw
@@ -77,13 +80,16 @@ fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], kind: Kind, eps: f64) -> Vec<T> {
     unsafe {
         filled(n + 2 * d, |out| {
             let (dx, rest) = out.split_at_mut(n);
+            let chunk = ROW_CHUNK * d;
             let partials: Vec<(Vec<T>, Vec<T>)> = dx
-                .par_chunks_mut(ROW_CHUNK * d)
-                .zip(x.par_chunks(ROW_CHUNK * d).zip(g.par_chunks(ROW_CHUNK * d)))
-                .map(|(dx, (x, g))| {
+                .par_chunks_mut(chunk)
+                .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+                .enumerate()
+                .map(|(i, (dx, (x, g)))| {
                     let (mut dw, mut db) = (vec![T::ZERO; d], vec![T::ZERO; d]);
                     let mut scratch = vec![T::ZERO; 2 * d];
-                    grad_rows(dx, x, g, w, kind, eps, &mut dw, &mut db, &mut scratch);
+                    let add = add.map(|a| &a[i * chunk..][..dx.len()]);
+                    grad_rows(dx, x, g, w, add, kind, eps, &mut dw, &mut db, &mut scratch);
                     (dw, db)
                 })
                 .collect();
@@ -103,14 +109,15 @@ fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], kind: Kind, eps: f64) -> Vec<T> {
 }
 
 wide_fn! {
-    /// The rows' dx, and their gain and bias gradients added into `dw`, `db`
-    /// (`scratch`: 2·d for x̂ and dx̂).
+    /// The rows' dx (plus `add`'s rows), and their gain and bias gradients
+    /// added into `dw`, `db` (`scratch`: 2·d for x̂ and dx̂).
     #[allow(clippy::too_many_arguments)]
     fn grad_rows<T: Real>(
         dx: &mut [MaybeUninit<T>],
         x: &[T],
         g: &[T],
         w: &[T],
+        add: Option<&[T]>,
         kind: Kind,
         eps: f64,
         dw: &mut [T],
@@ -119,7 +126,7 @@ wide_fn! {
     ) {
         let d = w.len();
         let (xhat, dxhat) = scratch.split_at_mut(d);
-        for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+        for (r, ((dx, x), g)) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)).enumerate() {
             let (mean, rstd) = stats(x, kind, eps);
             for j in 0..d {
                 xhat[j] = (x[j] - mean) * rstd;
@@ -132,8 +139,19 @@ wide_fn! {
                 Kind::Rms => T::ZERO,
             };
             let mean_dxhat_xhat = T::of(sum_by2(dxhat, xhat, |a, b| (a * b).f64()) / d as f64);
-            for j in 0..d {
-                dx[j].write(rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat));
+            match add {
+                Some(a) => {
+                    let a = &a[r * d..][..d];
+                    for j in 0..d {
+                        let v = rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat);
+                        dx[j].write(v + a[j]);
+                    }
+                }
+                None => {
+                    for j in 0..d {
+                        dx[j].write(rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat));
+                    }
+                }
             }
         }
     }
@@ -175,7 +193,7 @@ impl CustomOp3 for Forward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = grads(self.kind, self.eps, x, w, grad)?;
+        let (dx, dw, db) = grads(self.kind, self.eps, x, w, grad, None)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 
@@ -212,8 +230,20 @@ impl CustomOp3 for Backward {
             let w = typed_slice(s2, l2, name)?;
             let g = typed_slice(s3, l3, name)?;
             let d = w.len();
+            let added = self.add.as_ref().map(|a| a.storage_and_layout());
+            let add = match &added {
+                Some((storage, layout)) => match &**storage {
+                    Storage::Cpu(s) if layout.shape().elem_count() == x.len() => {
+                        Some(typed_slice(s, layout, name)?)
+                    }
+                    _ => candle_core::bail!(
+                        "{name}: the added gradient is not the input's size on the CPU"
+                    ),
+                },
+                None => None,
+            };
             Ok((
-                Real::storage(bwd(x, w, g, self.kind, self.eps)),
+                Real::storage(bwd(x, w, g, add, self.kind, self.eps)),
                 Shape::from(x.len() + 2 * d),
             ))
         })
@@ -229,35 +259,43 @@ impl CustomOp3 for Backward {
         s3: &candle_core::cuda_backend::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        if self.add.is_some() {
+            candle_core::bail!("{}: an added gradient is CPU-only", self.name());
+        }
         cuda::bwd(self.kind, self.eps, [(s1, l1), (s2, l2), (s3, l3)])
     }
 }
 
-/// The input, gain and bias gradients of a norm from its output's, one pass.
+/// The input, gain and bias gradients of a norm from its output's, one pass;
+/// `add` (input-shaped) is added into the input's.
 fn grads(
     kind: Kind,
     eps: f64,
     x: &Tensor,
     w: &Tensor,
     grad: &Tensor,
+    add: Option<Tensor>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let d = w.elem_count();
     let n = x.elem_count();
-    let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward { kind, eps })?;
+    let add = add.map(|a| a.contiguous()).transpose()?;
+    let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward { kind, eps, add })?;
     let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
     let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
     let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
     Ok((dx, dw, db))
 }
 
-/// LayerNorm's input, gain and bias gradients as its node's backward computes them.
+/// LayerNorm's input (plus `add`), gain and bias gradients as its node's
+/// backward computes them.
 pub(crate) fn layer_norm_grads(
     x: &Tensor,
     w: &Tensor,
     grad: &Tensor,
+    add: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    grads(Kind::Layer, eps, x, w, grad)
+    grads(Kind::Layer, eps, x, w, grad, Some(add.clone()))
 }
 
 fn norm(
