@@ -122,13 +122,17 @@ crate::wide::wide_fn! {
 /// Each row's causal softmax over its live entries, zeros to its block's end.
 fn softmax_rows<T: Real>(p: &mut [T], t: usize) {
     for (i, r) in p.chunks_exact_mut(t).enumerate() {
-        let (live, masked) = r[..block_end(i, t)].split_at_mut(i + 1);
-        let max = row_max(live);
-        // The exponentials first, then their sum in lanes: both loops vectorise.
-        live.iter_mut().for_each(|v| *v = (*v - max).exp());
-        let inv = T::ONE / crate::wide::sum(live);
-        live.iter_mut().for_each(|v| *v = *v * inv);
-        masked.iter_mut().for_each(|v| *v = T::ZERO);
+        let end = block_end(i, t);
+        // The exponentials and the scaling run on whole 16-wide vectors past
+        // the live entries (the block's computed, masked scores), then the
+        // masked ones are zeroed: a row's scalar remainder loop cost as much
+        // as its vector body. The live values are the same either way.
+        let padded = (i + 1).next_multiple_of(16).min(end);
+        let max = row_max(&r[..=i]);
+        r[..padded].iter_mut().for_each(|v| *v = (*v - max).exp());
+        let inv = T::ONE / crate::wide::sum(&r[..=i]);
+        r[..padded].iter_mut().for_each(|v| *v = *v * inv);
+        r[i + 1..end].iter_mut().for_each(|v| *v = T::ZERO);
     }
 }
 }

@@ -1245,3 +1245,40 @@ fn the_fused_block_refuses_parameters_of_the_wrong_shape() {
     let err = k::reference_block(&a[0], &p, 2, 1e-5).unwrap_err();
     assert!(err.to_string().contains("weight's 7 rows"), "{err}");
 }
+
+#[test]
+fn no_attention_output_or_gradient_reads_a_later_position_even_a_huge_one() {
+    let (t, cut) = (70, 40);
+    let clean = rand_t(&[1, t, 3 * 8], 400, 1.0, DType::F32);
+    // Every later position's q, k and v poisoned with huge values (their
+    // scores still finite in f32). A NaN or an overflow there does reach the
+    // early rows, as in any masked matmul (0 · NaN is NaN); it also makes the
+    // loss non-finite, which ends the run.
+    let poisoned = |v: f32| {
+        let early = clean.narrow(1, 0, cut).unwrap();
+        let late = Tensor::full(v, (1, t - cut, 3 * 8), &DEV).unwrap();
+        Tensor::cat(&[&early, &late], 1).unwrap()
+    };
+    let early_rows = |qkv: &Tensor| {
+        let v = Var::from_tensor(qkv).unwrap();
+        let y = k::causal_attention_packed(v.as_tensor(), 2).unwrap();
+        // Only the early outputs feed the loss.
+        let loss = y.narrow(1, 0, cut).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let g = g.get(v.as_tensor()).unwrap().narrow(1, 0, cut).unwrap();
+        let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (flat(&y.narrow(1, 0, cut).unwrap()), flat(&g))
+    };
+    let want = early_rows(&clean);
+    for v in [1e15, -1e15, 1e18] {
+        let got = early_rows(&poisoned(v));
+        assert!(
+            got.0 == want.0,
+            "an early output read a later position ({v})"
+        );
+        assert!(
+            got.1 == want.1,
+            "an early gradient read a later position ({v})"
+        );
+    }
+}
