@@ -14,6 +14,7 @@ use crate::activation::Act;
 use crate::attention::Heads;
 use crate::linear::{self, Epilogue};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use std::sync::Mutex;
 
 /// One block's parameters, GPT-2's names in the comments.
 pub struct BlockParams<'a> {
@@ -61,7 +62,9 @@ struct Forward {
     h2: Tensor,
     pre: Tensor,
     u: Tensor,
-    y: Tensor,
+    /// The output, until the node's `cpu_fwd` hands it over (then dropped,
+    /// so the graph does not hold it twice).
+    y: Mutex<Option<Tensor>>,
 }
 
 impl Forward {
@@ -85,7 +88,7 @@ impl Forward {
             h2,
             pre,
             u,
-            y,
+            y: Mutex::new(Some(y)),
         })
     }
 
@@ -134,7 +137,14 @@ impl CustomOp2 for Node {
         _p: &CpuStorage,
         _pl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (storage, layout) = self.forward.y.storage_and_layout();
+        let taken = self.forward.y.lock().map(|mut y| y.take());
+        let Ok(Some(y)) = taken else {
+            bail!(
+                "{}: the block's output was already handed over",
+                self.name()
+            )
+        };
+        let (storage, layout) = y.storage_and_layout();
         match (&*storage, layout.contiguous_offsets()) {
             (Storage::Cpu(s), Some((0, end))) if end == layout.shape().elem_count() => {
                 Ok((s.clone(), layout.shape().clone()))
