@@ -45,6 +45,19 @@ crate::wide::wide_fn! {
     }
 }
 
+crate::wide::wide_fn! {
+    /// Rows of `h` (rows `b.len()` wide) get the bias added in place, and `y`
+    /// the activation of the sum.
+    pub(crate) fn bias_act_rows<T: Real>(y: &mut [MaybeUninit<T>], h: &mut [T], b: &[T], act: Act) {
+        for (y, h) in y.chunks_mut(b.len()).zip(h.chunks_mut(b.len())) {
+            for ((y, h), &b) in y.iter_mut().zip(h.iter_mut()).zip(b) {
+                *h = *h + b;
+                y.write(act.fwd(*h));
+            }
+        }
+    }
+}
+
 const SQRT_2_OVER_PI: f64 = 0.7978845608028654;
 const GELU_K: f64 = 0.044715;
 

@@ -75,8 +75,7 @@ impl Forward {
         let a = crate::causal_attention_packed(&qkv, heads)?;
         let x2 = crate::linear_residual(&a, &p[4], &p[5], &x)?;
         let h2 = crate::layer_norm(&x2, Some(&p[6]), Some(&p[7]), eps)?;
-        let pre = crate::linear(&h2, &p[8], Some(&p[9]))?;
-        let u = crate::gelu(&pre)?;
+        let (pre, u) = linear::linear_act_parts(&h2, &p[8], &p[9], Act::Gelu)?;
         let y = crate::linear_residual(&u, &p[10], &p[11], &x2)?;
         Ok(Forward {
             p,

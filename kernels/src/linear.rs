@@ -10,7 +10,9 @@ use crate::activation::{self, map1, Act};
 use crate::bias::ColumnSum;
 use crate::gemm_call::{matmul, parallel, View};
 use crate::real::{filled, typed_slice, with_float, with_float2, AsSlice, Real};
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
+};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -377,6 +379,22 @@ pub(crate) trait Epilogue: Send + Sync + 'static {
     fn backward(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor>;
     /// The epilogue as its own op, off the CPU (where `linear` is candle's ops).
     fn apart(&self, h: &Tensor) -> Result<Tensor>;
+    /// The linear's output `h` (kept for the backward) and the node's output
+    /// with its shape. By default the bias rows go in before the product.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_linear<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        inner: usize,
+        out: usize,
+        shape: &Shape,
+    ) -> Result<(Vec<T>, Vec<T>, Shape)> {
+        let h = fwd(x, w, Some(b), inner, out);
+        let (y, y_shape) = self.forward(&h, shape)?;
+        Ok((h, y, y_shape))
+    }
 }
 
 struct Fused<E> {
@@ -403,8 +421,7 @@ impl<E: Epilogue> CustomOp3 for Fused<E> {
         with_float!(name, s1, l1, |x| {
             let w = typed_slice(s2, l2, name)?;
             let b = typed_slice(s3, l3, name)?;
-            let h = fwd(x, w, Some(b), inner, out);
-            let (y, y_shape) = self.epilogue.forward(&h, &shape)?;
+            let (h, y, y_shape) = self.epilogue.forward_linear(x, w, b, inner, out, &shape)?;
             // A second forward through one op instance never happens: each call
             // of `linear_then` makes its own.
             let _ = self.hidden.set(Tensor::from_vec(h, shape, &Device::Cpu)?);
@@ -474,6 +491,67 @@ impl Epilogue for Act {
             Act::Relu2 => crate::relu2(h),
         }
     }
+
+    /// The product alone, then one pass that adds the bias into `h` and
+    /// writes the activation: the bias rows are not written first for gemm to
+    /// read back (two passes over the layer's widest tensor).
+    fn forward_linear<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        inner: usize,
+        out: usize,
+        shape: &Shape,
+    ) -> Result<(Vec<T>, Vec<T>, Shape)> {
+        let mut h = fwd(x, w, None, inner, out);
+        assert_eq!(b.len(), out);
+        let act = *self;
+        // SAFETY: the row chunks cover the output, each element written once.
+        let y = unsafe {
+            filled(h.len(), |y| {
+                y.par_chunks_mut(ROW_BLOCK * out)
+                    .zip(h.par_chunks_mut(ROW_BLOCK * out))
+                    .for_each(|(y, h)| activation::bias_act_rows(y, h, b, act))
+            })
+        };
+        Ok((h, y, shape.clone()))
+    }
+}
+
+/// Rows per task of the bias-and-activation pass.
+const ROW_BLOCK: usize = 16;
+
+/// `(x @ w + b, act(x @ w + b))` untracked on the CPU, by the same kernels as
+/// the fused node (`linear_gelu`): the pre-activation a backward keeps, and
+/// the output.
+pub(crate) fn linear_act_parts(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    act: Act,
+) -> Result<(Tensor, Tensor)> {
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    check_bias(&w, &b)?;
+    let (inner, out, shape) = out_shape(x.layout(), w.layout())?;
+    let (xs, ws, bs) = (
+        x.storage_and_layout(),
+        w.storage_and_layout(),
+        b.storage_and_layout(),
+    );
+    let (Storage::Cpu(xc), Storage::Cpu(wc), Storage::Cpu(bc)) = (&*xs.0, &*ws.0, &*bs.0) else {
+        bail!("linear_act_parts: CPU tensors only")
+    };
+    let name = "linear_act_parts";
+    with_float!(name, xc, xs.1, |xv| {
+        let wv = typed_slice(wc, ws.1, name)?;
+        let bv = typed_slice(bc, bs.1, name)?;
+        let (h, y, _) = act.forward_linear(xv, wv, bv, inner, out, &shape)?;
+        Ok((
+            Tensor::from_vec(h, shape.clone(), &Device::Cpu)?,
+            Tensor::from_vec(y, shape.clone(), &Device::Cpu)?,
+        ))
+    })
 }
 
 /// `r + x @ w + b` as one node: the residual add rides in gemm's `alpha·dst`
