@@ -51,7 +51,7 @@ crate::wide::wide_fn! {
     pub(crate) fn bias_act_rows<T: Real>(y: &mut [MaybeUninit<T>], h: &mut [T], b: &[T], act: Act) {
         for (y, h) in y.chunks_mut(b.len()).zip(h.chunks_mut(b.len())) {
             for ((y, h), &b) in y.iter_mut().zip(h.iter_mut()).zip(b) {
-                *h = *h + b;
+                *h += b;
                 y.write(act.fwd(*h));
             }
         }
