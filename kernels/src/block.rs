@@ -7,8 +7,9 @@
 //! ~36 MB of zero-fills and ~44 MB of adds a layer, for gradients that have one
 //! consumer and could simply be handed on. This node runs the same kernels in
 //! the same order and hands each gradient straight to the next kernel; the two
-//! residual-stream gradients that do have two sources are summed once each.
-//! Values and gradients equal the composed block's (the tests compare them).
+//! residual-stream gradients that do have two sources are summed by the
+//! LayerNorm backward as it writes its input's gradient. Values and gradients
+//! equal the composed block's, bit for bit (the tests compare them).
 
 use crate::activation::Act;
 use crate::attention::Heads;
