@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Instant;
 
 /// A `[r, c]` f32 matrix of small repeating values.
-fn filled(r: usize, c: usize, dev: &Device) -> Result<Tensor> {
+fn sample_matrix(r: usize, c: usize, dev: &Device) -> Result<Tensor> {
     let v: Vec<f32> = (0..r * c).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
     Ok(Tensor::from_vec(v, (r, c), dev)?)
 }
@@ -50,7 +50,7 @@ pub fn matmul_peak_gflops(
     dev: &Device,
     precision: Precision,
 ) -> Result<f64> {
-    let (a, b) = (filled(n, n, dev)?, filled(n, n, dev)?);
+    let (a, b) = (sample_matrix(n, n, dev)?, sample_matrix(n, n, dev)?);
     median_gflops(2.0 * (n * n * n) as f64, reps, dev, || {
         precision.linear(&a, &b, None)
     })
@@ -91,9 +91,9 @@ fn model_shapes(track: &crate::track::Track, dev: &Device) -> Result<Vec<ShapeRa
     .into_iter()
     .map(|(name, k, n)| {
         let (x, w, g) = (
-            filled(rows, k, dev)?,
-            filled(k, n, dev)?,
-            filled(rows, n, dev)?,
+            sample_matrix(rows, k, dev)?,
+            sample_matrix(k, n, dev)?,
+            sample_matrix(rows, n, dev)?,
         );
         let flops = 2.0 * (rows * n * k) as f64;
         Ok(ShapeRate {

@@ -14,7 +14,7 @@
 use crate::activation::Act;
 use crate::attention::Heads;
 use crate::linear::{self, Epilogue};
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
 /// One block's parameters, GPT-2's names in the comments.
@@ -144,16 +144,14 @@ impl CustomOp2 for Node {
                 self.name()
             )
         };
-        let (storage, layout) = y.storage_and_layout();
-        match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(s), Some((0, end))) if end == layout.shape().elem_count() => {
-                Ok((s.clone(), layout.shape().clone()))
+        crate::real::with_cpu(&y, self.name(), |s, layout| {
+            match layout.contiguous_offsets() {
+                Some((0, end)) if end == layout.shape().elem_count() => {
+                    Ok((s.clone(), layout.shape().clone()))
+                }
+                _ => bail!("{}: the block's output is not a whole buffer", self.name()),
             }
-            _ => bail!(
-                "{}: the block's output is not a whole CPU buffer",
-                self.name()
-            ),
-        }
+        })
     }
 
     fn bwd(
@@ -173,17 +171,12 @@ impl CustomOp2 for Node {
 }
 
 /// The reference block `x ↦ x2 + mlp(ln_2(x2))`, `x2 = x + attn(ln_1(x))`, for
-/// `x` `[B, T, D]` with `heads` heads and LayerNorm epsilon `eps`: one node on
-/// the CPU, the composed ops elsewhere.
+/// `x` `[B, T, D]` with `heads` heads and LayerNorm epsilon `eps`, as one node.
+/// CPU only: elsewhere the caller composes the block's ops.
 pub fn reference_block(x: &Tensor, params: &BlockParams, heads: usize, eps: f64) -> Result<Tensor> {
     let all = params.all();
     if !x.device().is_cpu() {
-        let h1 = crate::layer_norm(x, Some(all[0]), Some(all[1]), eps)?;
-        let a = crate::projected_causal_attention(&h1, all[2], all[3], heads)?;
-        let x2 = crate::linear_residual(&a, all[4], all[5], x)?;
-        let h2 = crate::layer_norm(&x2, Some(all[6]), Some(all[7]), eps)?;
-        let u = crate::linear_gelu(&h2, all[8], all[9])?;
-        return crate::linear_residual(&u, all[10], all[11], &x2);
+        bail!("reference_block: CPU only (elsewhere the block is its composed ops)")
     }
     let p = all
         .iter()

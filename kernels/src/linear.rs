@@ -9,10 +9,9 @@
 use crate::activation::{self, map1, Act};
 use crate::bias::ColumnSum;
 use crate::gemm_call::{matmul, parallel, View};
-use crate::real::{filled, typed_slice, with_float, with_float2, AsSlice, Real};
-use candle_core::{
-    bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
-};
+use crate::real::{filled, typed_slice, with_cpu, with_float, with_float2, AsSlice, Real};
+use crate::{ELEM_CHUNK, ROW_CHUNK};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -97,15 +96,16 @@ fn weight_grad_split<T: Real>(x: &[T], g: &[T], inner: usize, out: usize) -> Vec
         },
     );
     // The chunks' sum in chunk order, element by element.
-    const BLOCK: usize = 4096;
-    dw.par_chunks_mut(BLOCK).enumerate().for_each(|(b, d)| {
-        for c in 0..chunks - 1 {
-            let part = &rest[c * size + b * BLOCK..][..d.len()];
-            for (o, &p) in d.iter_mut().zip(part) {
-                *o += p;
+    dw.par_chunks_mut(ELEM_CHUNK)
+        .enumerate()
+        .for_each(|(b, d)| {
+            for c in 0..chunks - 1 {
+                let part = &rest[c * size + b * ELEM_CHUNK..][..d.len()];
+                for (o, &p) in d.iter_mut().zip(part) {
+                    *o += p;
+                }
             }
-        }
-    });
+        });
     dw
 }
 
@@ -510,17 +510,14 @@ impl Epilogue for Act {
         // SAFETY: the row chunks cover the output, each element written once.
         let y = unsafe {
             filled(h.len(), |y| {
-                y.par_chunks_mut(ROW_BLOCK * out)
-                    .zip(h.par_chunks_mut(ROW_BLOCK * out))
+                y.par_chunks_mut(ROW_CHUNK * out)
+                    .zip(h.par_chunks_mut(ROW_CHUNK * out))
                     .for_each(|(y, h)| activation::bias_act_rows(y, h, b, act))
             })
         };
         Ok((h, y, shape.clone()))
     }
 }
-
-/// Rows per task of the bias-and-activation pass.
-const ROW_BLOCK: usize = 16;
 
 /// `(x @ w + b, act(x @ w + b))` untracked on the CPU, by the same kernels as
 /// the fused node (`linear_gelu`): the pre-activation a backward keeps, and
@@ -534,23 +531,22 @@ pub(crate) fn linear_act_parts(
     let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
     check_bias(&w, &b)?;
     let (inner, out, shape) = out_shape(x.layout(), w.layout())?;
-    let (xs, ws, bs) = (
-        x.storage_and_layout(),
-        w.storage_and_layout(),
-        b.storage_and_layout(),
-    );
-    let (Storage::Cpu(xc), Storage::Cpu(wc), Storage::Cpu(bc)) = (&*xs.0, &*ws.0, &*bs.0) else {
-        bail!("linear_act_parts: CPU tensors only")
-    };
     let name = "linear_act_parts";
-    with_float!(name, xc, xs.1, |xv| {
-        let wv = typed_slice(wc, ws.1, name)?;
-        let bv = typed_slice(bc, bs.1, name)?;
-        let (h, y, _) = act.forward_linear(xv, wv, bv, inner, out, &shape)?;
-        Ok((
-            Tensor::from_vec(h, shape.clone(), &Device::Cpu)?,
-            Tensor::from_vec(y, shape.clone(), &Device::Cpu)?,
-        ))
+    // Both outputs become tensors without a copy (an op returns one storage).
+    with_cpu(&x, name, |xs, xl| {
+        with_cpu(&w, name, |ws, wl| {
+            with_cpu(&b, name, |bs, bl| {
+                with_float!(name, xs, xl, |xv| {
+                    let wv = typed_slice(ws, wl, name)?;
+                    let bv = typed_slice(bs, bl, name)?;
+                    let (h, y, _) = act.forward_linear(xv, wv, bv, inner, out, &shape)?;
+                    Ok((
+                        Tensor::from_vec(h, shape.clone(), &Device::Cpu)?,
+                        Tensor::from_vec(y, shape.clone(), &Device::Cpu)?,
+                    ))
+                })
+            })
+        })
     })
 }
 

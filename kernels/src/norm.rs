@@ -3,10 +3,10 @@
 //! gain/bias gradients are summed per fixed chunk of rows, then over chunks in
 //! order, so the result does not depend on the thread count.
 
-use crate::real::{filled, typed_slice, with_float, Real};
+use crate::real::{filled, typed_slice, with_cpu, with_float, Real};
 use crate::wide::{sum_by, sum_by2, wide_fn};
 use crate::ROW_CHUNK;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -230,22 +230,23 @@ impl CustomOp3 for Backward {
             let w = typed_slice(s2, l2, name)?;
             let g = typed_slice(s3, l3, name)?;
             let d = w.len();
-            let added = self.add.as_ref().map(|a| a.storage_and_layout());
-            let add = match &added {
-                Some((storage, layout)) => match &**storage {
-                    Storage::Cpu(s) if layout.shape().elem_count() == x.len() => {
-                        Some(typed_slice(s, layout, name)?)
+            let packed = match &self.add {
+                None => bwd(x, w, g, None, self.kind, self.eps),
+                Some(a) => with_cpu(a, name, |s, l| {
+                    if l.shape().elem_count() != x.len() {
+                        candle_core::bail!("{name}: the added gradient is not the input's size")
                     }
-                    _ => candle_core::bail!(
-                        "{name}: the added gradient is not the input's size on the CPU"
-                    ),
-                },
-                None => None,
+                    Ok(bwd(
+                        x,
+                        w,
+                        g,
+                        Some(typed_slice(s, l, name)?),
+                        self.kind,
+                        self.eps,
+                    ))
+                })?,
             };
-            Ok((
-                Real::storage(bwd(x, w, g, add, self.kind, self.eps)),
-                Shape::from(x.len() + 2 * d),
-            ))
+            Ok((Real::storage(packed), Shape::from(x.len() + 2 * d)))
         })
     }
 

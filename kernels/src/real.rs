@@ -138,6 +138,20 @@ pub unsafe fn filled<T: Copy>(
     v
 }
 
+/// `f` on the CPU storage and layout of a tensor an op holds beside its
+/// arguments (a saved output, an added gradient), or an error naming the op.
+pub fn with_cpu<R>(
+    t: &candle_core::Tensor,
+    op: &str,
+    f: impl FnOnce(&CpuStorage, &Layout) -> Result<R>,
+) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => f(s, layout),
+        _ => candle_core::bail!("{op}: a tensor it holds is not on the CPU"),
+    }
+}
+
 /// The contiguous slice a layout views, or an error naming the op.
 pub fn slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {

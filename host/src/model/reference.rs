@@ -186,11 +186,11 @@ impl MlpHook for ReferenceGpt {
 impl BlockHook for ReferenceGpt {
     /// Pre-norm residual blocks; each residual add rides inside the attention's
     /// and the MLP's output projection where those hooks can fuse it.
-    /// With every part the reference's (and f32 products), the block is one
+    /// With every part the reference's (f32 products, on the CPU), the block is one
     /// fused node that runs its own backward (`speedrun_kernels::reference_block`:
     /// the same kernels, equal values and gradients).
     fn block(&self, cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor) -> Result<Tensor> {
-        if model.block_is_reference() && cx.precision == Precision::F32 {
+        if model.block_is_reference() && cx.precision == Precision::F32 && x.device().is_cpu() {
             let p = |name: &str| layer_param(cx, layer, name);
             let pair = |part: &str| -> Result<[&Tensor; 2]> {
                 Ok([p(&format!("{part}.weight"))?, p(&format!("{part}.bias"))?])
