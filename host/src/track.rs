@@ -215,7 +215,7 @@ impl Track {
                 bail!("{key} must be positive, got 0");
             }
         }
-        if m.width % m.heads != 0 {
+        if !m.width.is_multiple_of(m.heads) {
             bail!(
                 "model.heads = {} does not divide model.width = {}",
                 m.heads,
@@ -236,7 +236,7 @@ impl Track {
                 m.vocab
             );
         }
-        if self.train.batch_tokens % m.seq_len != 0 {
+        if !self.train.batch_tokens.is_multiple_of(m.seq_len) {
             bail!(
                 "train.batch_tokens = {} is not a multiple of model.seq_len = {}",
                 self.train.batch_tokens,
@@ -250,7 +250,7 @@ impl Track {
                 self.train.batch_tokens
             );
         }
-        if self.validation.tokens % m.seq_len != 0 {
+        if !self.validation.tokens.is_multiple_of(m.seq_len) {
             bail!(
                 "validation.tokens = {} is not a multiple of model.seq_len = {}",
                 self.validation.tokens,

@@ -6,17 +6,18 @@
 //! head transposes and their copies, two batched matmuls, the softmax), each of
 //! whose backwards candle accumulates into a fresh zero tensor, and it keeps two
 //! `[B, H, T, T]` tensors alive for the backward. Here every (batch, head) pair is
-//! one task: its q, k, v are read in place through strides, the scores live in a
-//! T x T scratch buffer, and the backward recomputes them (flash attention's
-//! trade: a cheap matmul instead of storing probabilities). Each task runs gemm
-//! single-threaded and writes a disjoint slice, so the result does not depend on
-//! the thread count.
+//! one task: its q, k, v are read in place through strides, the scores of a
+//! tile of rows live in a small scratch buffer, and the backward recomputes them
+//! (flash attention's trade: a cheap product instead of storing probabilities).
+//! The products are [`tile`]'s register tiles, not gemm calls: at a head's
+//! sizes gemm's packing cost as much as its arithmetic. Each task writes a
+//! disjoint slice, so the result does not depend on the thread count.
 
-use crate::gemm_call::{matmul, View};
+use crate::gemm_call::View;
 use crate::linear;
 use crate::real::{filled, typed_slice, AsSlice, Real};
+use crate::tile;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy)]
@@ -75,80 +76,122 @@ impl<T> Shared<T> {
     }
 }
 
-/// Rows per causal block. Row block `[r0, r1)` attends to columns `[0, r1)`
-/// only, so the products skip the masked blocks above the diagonal (at T = 256,
-/// 5/8 of the full square's work). Fixed, so the summation order never depends
-/// on the machine or the thread count.
-const BLOCK: usize = 64;
-
-/// The row blocks `(r0, r1)` of a sequence of `t`.
-fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+/// The row tiles `(r0, r1)` of a sequence of `t`, one tile of the products'
+/// rows each. Row tile `[r0, r1)` attends to columns `[0, r1)` only, so the
+/// products skip nearly all of the masked square above the diagonal. Fixed by
+/// the shape alone, so the work never depends on the thread count.
+fn tiles(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t)
-        .step_by(BLOCK)
-        .map(move |r0| (r0, (r0 + BLOCK).min(t)))
+        .step_by(tile::MR)
+        .map(move |r0| (r0, (r0 + tile::MR).min(t)))
 }
 
-/// The end of the block that row `i` lies in: columns past it are never computed.
-#[inline(always)]
-fn block_end(i: usize, t: usize) -> usize {
-    ((i / BLOCK + 1) * BLOCK).min(t)
+/// The row stride of the scratch matrices with `t` columns: whole vectors, and
+/// an odd number of 64-byte lines, so that the rows a product reads down a
+/// column fall in different cache sets (at t = 256 a 1 KiB stride put every
+/// fourth row in the same set and the reads went to L2).
+fn padded(t: usize) -> usize {
+    t.next_multiple_of(16) | 16
 }
 
-/// P = causal softmax(Q Kᵀ · scale) of one task into `p` ([T, T], rows `t` apart).
-/// Only each row block's columns `[0, r1)` are written (zero above the
-/// diagonal); the rest of `p` is left as it was and must never be read.
+/// `t` rows of `hd` (one head's q, k, v or dy, read in place, rows `row`
+/// apart) as a contiguous `[t, hd]`: the layout the tiled products read a B
+/// of rows in. Whole rows at a time, so the reads from memory stream.
 ///
 /// # Safety
-/// `qkv` must hold the packed input of `dims`.
-unsafe fn probabilities<T: Real>(qkv: &[T], dims: Dims, task: usize, p: &mut [T]) {
-    let (t, hd, row) = (dims.t, dims.hd, 3 * dims.d());
-    let [q, k, _] = dims.qkv(task);
-    for (r0, r1) in blocks(t) {
-        matmul(
-            (r1 - r0, r1, hd),
-            p.as_mut_ptr().add(r0 * t),
-            t,
-            None,
-            View::rows(qkv.as_ptr().add(q + r0 * row), row),
-            View::rows(qkv.as_ptr().add(k), row).t(),
-            T::of(dims.scale()),
-            Parallelism::None,
-        );
+/// `src` must address `t` rows `row` apart of at least `hd` elements.
+#[inline(always)]
+unsafe fn gather<T: Real>(src: *const T, row: usize, (t, hd): (usize, usize), dst: &mut [T]) {
+    for (j, d) in dst[..t * hd].chunks_exact_mut(hd).enumerate() {
+        d.copy_from_slice(std::slice::from_raw_parts(src.add(j * row), hd));
     }
-    softmax_rows(p, t);
+}
+
+/// A gathered `[t, hd]` as `hd` rows of `t`, `padded(t)` apart: Kᵀ or Vᵀ as
+/// the B of `Q Kᵀ` and `dY Vᵀ`. Read from the contiguous copy, in cache.
+#[inline(always)]
+fn transpose<T: Real>(src: &[T], (t, hd): (usize, usize), dst: &mut [T]) {
+    let tp = padded(t);
+    for (kk, d) in dst.chunks_exact_mut(tp).take(hd).enumerate() {
+        for (j, x) in d[..t].iter_mut().enumerate() {
+            *x = src[j * hd + kk];
+        }
+    }
+}
+
+/// `P[r0..r1, 0..r1] = causal softmax(Q[r0..r1] Kᵀ · scale)` into `p` (rows
+/// `padded(t)` apart, its first row being row `r0`), from `q`, the view of
+/// Q's rows, and Kᵀ (`kt`, `[hd, t]` as [`gather`] lays it out); zeros from
+/// each row's diagonal to `r1`.
+///
+/// # Safety
+/// `q` must address `r1` rows of `hd`; `p` must hold `r1 - r0` rows.
+#[inline(always)]
+unsafe fn probabilities<T: Real>(
+    q: View<T>,
+    kt: &[T],
+    dims: Dims,
+    (r0, r1): (usize, usize),
+    p: &mut [T],
+) {
+    let (hd, tp) = (dims.hd, padded(dims.t));
+    // Scores to whole vectors past r1 (masked, and zero columns of Kᵀ's
+    // padding past t), so that every row's softmax runs on whole vectors.
+    tile::product(
+        (r1 - r0, r1.next_multiple_of(16), hd),
+        q.skip_rows(r0),
+        kt.as_ptr(),
+        tp,
+        p.as_mut_ptr(),
+        tp,
+        T::of(dims.scale()),
+    );
+    softmax_rows(&mut p[..(r1 - r0) * tp], (r0, r1), tp);
 }
 
 crate::wide::wide_fn! {
-/// Each row's causal softmax over its live entries, zeros to its block's end.
-fn softmax_rows<T: Real>(p: &mut [T], t: usize) {
-    for (i, r) in p.chunks_exact_mut(t).enumerate() {
-        let end = block_end(i, t);
-        // The exponentials and the scaling run on whole 16-wide vectors past
-        // the live entries (the block's computed, masked scores), then the
-        // masked ones are zeroed: a row's scalar remainder loop cost as much
-        // as its vector body. The live values are the same either way.
-        let padded = (i + 1).next_multiple_of(16).min(end);
-        let max = row_max(&r[..=i]);
-        r[..padded].iter_mut().for_each(|v| *v = (*v - max).exp());
-        let inv = T::ONE / crate::wide::sum(&r[..=i]);
-        r[..padded].iter_mut().for_each(|v| *v = *v * inv);
-        r[i + 1..end].iter_mut().for_each(|v| *v = T::ZERO);
+/// Each row's causal softmax over its live entries, zeros to the tile's end
+/// `r1` (rows `t` apart, the first being row `r0`; at most a tile of rows).
+///
+/// Phase by phase over the tile's rows (maxima, exponentials, sums, scaling),
+/// not row by row: one row's phases depend on each other, and a row is short,
+/// so row by row the exponentials' latency was exposed; the rows of one phase
+/// are independent and overlap.
+fn softmax_rows<T: Real>(p: &mut [T], tile: (usize, usize), t: usize) {
+    let (r0, r1) = tile;
+    // The exponentials and the scaling run on whole 16-wide vectors past the
+    // live entries (the computed, masked scores), then the masked ones up to
+    // r1 are zeroed: a row's scalar remainder loop cost as much as its vector
+    // body. The live values are the same either way; what lies past r1 is
+    // never read.
+    let mut scale = [T::ZERO; tile::MR];
+    for ((i, r), m) in (r0..r1).zip(p.chunks_exact(t)).zip(&mut scale) {
+        *m = row_max(&r[..=i]);
+    }
+    for ((i, r), &m) in (r0..r1).zip(p.chunks_exact_mut(t)).zip(&scale) {
+        r[..(i + 1).next_multiple_of(16)].iter_mut().for_each(|v| *v = (*v - m).exp());
+    }
+    for ((i, r), inv) in (r0..r1).zip(p.chunks_exact(t)).zip(&mut scale) {
+        *inv = T::ONE / crate::wide::sum(&r[..=i]);
+    }
+    for ((i, r), &inv) in (r0..r1).zip(p.chunks_exact_mut(t)).zip(&scale) {
+        r[..(i + 1).next_multiple_of(16)].iter_mut().for_each(|v| *v = *v * inv);
+        r[i + 1..r1].iter_mut().for_each(|v| *v = T::ZERO);
     }
 }
 }
 
 crate::wide::wide_fn! {
 /// dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale in place of dP, row by row over the
-/// live entries, zeros to each row's block end.
-fn score_grads<T: Real>(p: &[T], dp: &mut [T], t: usize, scale: T) {
-    for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
+/// live entries, zeros to the tile's end `r1`.
+fn score_grads<T: Real>(p: &[T], dp: &mut [T], tile: (usize, usize), t: usize, scale: T) {
+    let (r0, r1) = tile;
+    for (i, (pr, dr)) in (r0..).zip(p.chunks_exact(t).zip(dp.chunks_exact_mut(t))) {
         let dot = crate::wide::dot(&pr[..=i], &dr[..=i]);
         for (d, &p) in dr[..=i].iter_mut().zip(&pr[..=i]) {
             *d = p * (*d - dot) * scale;
         }
-        dr[i + 1..block_end(i, t)]
-            .iter_mut()
-            .for_each(|x| *x = T::ZERO);
+        dr[i + 1..r1].iter_mut().for_each(|x| *x = T::ZERO);
     }
 }
 }
@@ -175,7 +218,7 @@ fn row_max<T: Real>(row: &[T]) -> T {
 
 fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
     let (t, d) = (dims.t, dims.d());
-    // SAFETY: every task writes its head's columns of every row (the blocks
+    // SAFETY: every task writes its head's columns of every row (the tiles
     // cover all rows), and the tasks cover every (batch, head).
     unsafe {
         filled(dims.b * t * d, |y| {
@@ -186,31 +229,60 @@ fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
 
 /// Y of every (batch, head) task into `out` (`[B, T, D]`).
 fn attend_all<T: Real>(qkv: &[T], dims: Dims, out: Shared<T>) {
-    let (t, hd, d) = (dims.t, dims.hd, dims.d());
+    let (t, hd, tp) = (dims.t, dims.hd, padded(dims.t));
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
-        || vec![T::ZERO; t * t],
-        |p, task| {
-            let [_, _, v] = dims.qkv(task);
-            // SAFETY: offsets and strides stay inside the [B, T, 3D] input and the
-            // [B, T, D] output; each task writes only its own head's columns.
-            unsafe {
-                probabilities(qkv, dims, task, p);
-                // Y[r0..r1] = P[r0..r1, 0..r1] V[0..r1]
-                for (r0, r1) in blocks(t) {
-                    matmul(
-                        (r1 - r0, hd, r1),
-                        out.at(dims.out(task) + r0 * d),
-                        d,
-                        None,
-                        View::rows(p.as_ptr().add(r0 * t), t),
-                        View::rows(qkv.as_ptr().add(v), 3 * d),
-                        T::ONE,
-                        Parallelism::None,
-                    );
-                }
-            }
+        || AttendScratch {
+            k: vec![T::ZERO; t * hd],
+            kt: vec![T::ZERO; hd * tp],
+            v: vec![T::ZERO; t * hd],
+            p: vec![T::ZERO; tile::MR * tp],
         },
+        // SAFETY: the tasks cover every (batch, head) once.
+        |s, task| attend(qkv, dims, task, s, out),
     );
+}
+
+/// Scratch of one forward task, laid out by [`gather`] and [`transpose`]:
+/// K, Kᵀ, V, and one row tile's P (rows `padded(T)` apart).
+struct AttendScratch<T> {
+    k: Vec<T>,
+    kt: Vec<T>,
+    v: Vec<T>,
+    p: Vec<T>,
+}
+
+crate::wide::wide_fn! {
+/// One task's Y: each row tile's probabilities, then at once its rows of
+/// `P V`. The whole task is one wide function, so that no baseline code runs
+/// between its vector kernels.
+///
+/// `qkv` must hold the packed input of `dims` and `out` a `[B, T, D]` output;
+/// the task writes only its own head's columns of it, so tasks may share it.
+fn attend<T: Real>(qkv: &[T], dims: Dims, task: usize, s: &mut AttendScratch<T>, out: Shared<T>) {
+    // SAFETY: the caller's promise above.
+    unsafe {
+        let (t, hd, d, tp) = (dims.t, dims.hd, dims.d(), padded(dims.t));
+        let row = 3 * d;
+        let [q, k, v] = dims.qkv(task);
+        let at = |off: usize| qkv.as_ptr().add(off);
+        gather(at(k), row, (t, hd), &mut s.k);
+        transpose(&s.k, (t, hd), &mut s.kt);
+        gather(at(v), row, (t, hd), &mut s.v);
+        for (r0, r1) in tiles(t) {
+            probabilities(View::rows(at(q), row), &s.kt, dims, (r0, r1), &mut s.p);
+            // Y[r0..r1] = P[r0..r1, 0..r1] V[0..r1]
+            tile::product(
+                (r1 - r0, hd, r1),
+                View::rows(s.p.as_ptr(), tp),
+                s.v.as_ptr(),
+                hd,
+                out.at(dims.out(task) + r0 * d),
+                d,
+                T::ONE,
+            );
+        }
+    }
+}
 }
 
 /// d(qkv) from the packed input and dY ([B, T, D]).
@@ -224,80 +296,113 @@ fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
     }
 }
 
+/// Scratch of one backward task, laid out by [`gather`] and [`transpose`]:
+/// Kᵀ and Vᵀ; Q, K, V and dY; P and dS (`[T, T]`, rows `padded(T)` apart).
+struct Scratch<T> {
+    kt: Vec<T>,
+    vt: Vec<T>,
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    dy: Vec<T>,
+    p: Vec<T>,
+    ds: Vec<T>,
+}
+
 /// dq, dk, dv of every (batch, head) task into `out` (`[B, T, 3D]`).
 fn grads_all<T: Real>(qkv: &[T], dy: &[T], dims: Dims, out: Shared<T>) {
-    let (t, hd, d) = (dims.t, dims.hd, dims.d());
-    let row = 3 * d;
+    let (t, hd, tp) = (dims.t, dims.hd, padded(dims.t));
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
-        || (vec![T::ZERO; t * t], vec![T::ZERO; t * t]),
-        |(p, dp), task| {
-            let [q, k, v] = dims.qkv(task);
-            let dy_view = View::rows(unsafe { dy.as_ptr().add(dims.out(task)) }, d);
-            let at = |off: usize| View::rows(unsafe { qkv.as_ptr().add(off) }, row);
-            // SAFETY: as in the forward; this task writes only its own head's q, k and
-            // v columns of dqkv.
-            unsafe {
-                probabilities(qkv, dims, task, p);
-                let (one, s) = (T::ONE, Parallelism::None);
-                let (p, dp) = (p.as_mut_ptr(), dp.as_mut_ptr());
-                for (r0, r1) in blocks(t) {
-                    // dV[r0..r1] = P[r0.., r0..r1]ᵀ dY[r0..]: the rows before r0 are masked.
-                    matmul(
-                        (r1 - r0, hd, t - r0),
-                        out.at(v + r0 * row),
-                        row,
-                        None,
-                        View::rows(p.add(r0 * t + r0), t).t(),
-                        dy_view.skip_rows(r0),
-                        one,
-                        s,
-                    );
-                    // dP[r0..r1, 0..r1] = dY[r0..r1] V[0..r1]ᵀ
-                    matmul(
-                        (r1 - r0, r1, hd),
-                        dp.add(r0 * t),
-                        t,
-                        None,
-                        dy_view.skip_rows(r0),
-                        at(v).t(),
-                        one,
-                        s,
-                    );
-                }
-                // dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale (zero where P is masked)
-                score_grads(
-                    std::slice::from_raw_parts(p, t * t),
-                    std::slice::from_raw_parts_mut(dp, t * t),
-                    t,
-                    T::of(dims.scale()),
-                );
-                for (r0, r1) in blocks(t) {
-                    // dQ[r0..r1] = dS[r0..r1, 0..r1] K[0..r1]
-                    matmul(
-                        (r1 - r0, hd, r1),
-                        out.at(q + r0 * row),
-                        row,
-                        None,
-                        View::rows(dp.add(r0 * t), t),
-                        at(k),
-                        one,
-                        s,
-                    );
-                    // dK[r0..r1] = dS[r0.., r0..r1]ᵀ Q[r0..]
-                    matmul(
-                        (r1 - r0, hd, t - r0),
-                        out.at(k + r0 * row),
-                        row,
-                        None,
-                        View::rows(dp.add(r0 * t + r0), t).t(),
-                        at(q + r0 * row),
-                        one,
-                        s,
-                    );
-                }
-            }
+        || Scratch {
+            kt: vec![T::ZERO; hd * tp],
+            vt: vec![T::ZERO; hd * tp],
+            q: vec![T::ZERO; t * hd],
+            k: vec![T::ZERO; t * hd],
+            v: vec![T::ZERO; t * hd],
+            dy: vec![T::ZERO; t * hd],
+            p: vec![T::ZERO; t * tp],
+            ds: vec![T::ZERO; t * tp],
         },
+        // SAFETY: the tasks cover every (batch, head) once.
+        |s, task| grads(qkv, dy, dims, task, s, out),
     );
+}
+
+crate::wide::wide_fn! {
+/// One task's dq, dk, dv. A first pass over the row tiles recomputes P, makes
+/// dS and dQ; a second, over the same tiles as columns, makes dV = Pᵀ dY and
+/// dK = dSᵀ Q, whose A operand is a column of P or dS: a tile's zeros past
+/// the diagonal mask both.
+///
+/// As [`attend`], with `dy` and `out` of the shapes [`grads_all`] states.
+fn grads<T: Real>(qkv: &[T], dy: &[T], dims: Dims, task: usize, s: &mut Scratch<T>, out: Shared<T>) {
+    // SAFETY: the caller's promise above.
+    unsafe {
+        let (t, hd, d, tp) = (dims.t, dims.hd, dims.d(), padded(dims.t));
+        let row = 3 * d;
+        let [q, k, v] = dims.qkv(task);
+        let at = |off: usize| qkv.as_ptr().add(off);
+        gather(at(q), row, (t, hd), &mut s.q);
+        gather(at(k), row, (t, hd), &mut s.k);
+        gather(at(v), row, (t, hd), &mut s.v);
+        gather(dy.as_ptr().add(dims.out(task)), d, (t, hd), &mut s.dy);
+        transpose(&s.k, (t, hd), &mut s.kt);
+        transpose(&s.v, (t, hd), &mut s.vt);
+        for (r0, r1) in tiles(t) {
+            let (p, ds) = (&mut s.p[r0 * tp..r1 * tp], &mut s.ds[r0 * tp..r1 * tp]);
+            probabilities(View::rows(s.q.as_ptr(), hd), &s.kt, dims, (r0, r1), p);
+            // dP[r0..r1, 0..r1] = dY[r0..r1] V[0..r1]ᵀ
+            tile::product(
+                (r1 - r0, r1, hd),
+                View::rows(s.dy.as_ptr().add(r0 * hd), hd),
+                s.vt.as_ptr(),
+                tp,
+                ds.as_mut_ptr(),
+                tp,
+                T::ONE,
+            );
+            score_grads(p, ds, (r0, r1), tp, T::of(dims.scale()));
+            // dQ[r0..r1] = dS[r0..r1, 0..r1] K[0..r1]
+            tile::product(
+                (r1 - r0, hd, r1),
+                View::rows(ds.as_ptr(), tp),
+                s.k.as_ptr(),
+                hd,
+                out.at(q + r0 * row),
+                row,
+                T::ONE,
+            );
+        }
+        // Column j of P (or dS) read down its rows i ≥ r0.
+        let column = |m: &[T], r0: usize| View {
+            ptr: m.as_ptr().add(r0 * tp + r0),
+            rs: 1,
+            cs: tp as isize,
+        };
+        for (r0, r1) in tiles(t) {
+            // dV[r0..r1] = P[r0.., r0..r1]ᵀ dY[r0..]: the rows before r0 are masked.
+            tile::product(
+                (r1 - r0, hd, t - r0),
+                column(&s.p, r0),
+                s.dy.as_ptr().add(r0 * hd),
+                hd,
+                out.at(v + r0 * row),
+                row,
+                T::ONE,
+            );
+            // dK[r0..r1] = dS[r0.., r0..r1]ᵀ Q[r0..]
+            tile::product(
+                (r1 - r0, hd, t - r0),
+                column(&s.ds, r0),
+                s.q.as_ptr().add(r0 * hd),
+                hd,
+                out.at(k + r0 * row),
+                row,
+                T::ONE,
+            );
+        }
+    }
+}
 }
 
 struct Forward {

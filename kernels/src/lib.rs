@@ -30,6 +30,7 @@ mod precision;
 mod real;
 mod rotary;
 mod softmax;
+mod tile;
 mod wide;
 
 pub use activation::{gelu, relu2};

@@ -89,7 +89,7 @@ pub fn rotary(x: &Tensor, base: f64) -> Result<Tensor> {
         bail!("rotary expects [..., T, hd], got {dims:?}")
     }
     let hd = dims[dims.len() - 1];
-    if hd % 2 != 0 {
+    if !hd.is_multiple_of(2) {
         bail!("rotary needs an even head dimension, got {hd}")
     }
     if !(base > 1.0 && base.is_finite()) {

@@ -16,6 +16,13 @@ thread_local! {
     static FORCE_BASELINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Makes this thread's [`wide_fn!`] functions (and the tiled products) run
+/// their baseline copy on any CPU, or stops it.
+#[cfg(test)]
+pub(crate) fn force_baseline(on: bool) {
+    FORCE_BASELINE.with(|f| f.set(on));
+}
+
 /// Which copy [`wide_fn!`] functions run on this CPU.
 pub fn width() -> &'static str {
     match level() {

@@ -797,6 +797,26 @@ fn packed_attention_matches_the_composed_ops() {
         let err = max_rel_err(&got, &ref_attention_packed(&qkv, heads));
         assert!(err < 1e-5, "{b}x{t}, {heads} heads of {hd}: {err}");
     }
+    // The f32 backward (the vector kernels where the CPU has them; the
+    // finite-difference checks run in f64) against candle's autograd through
+    // the composed ops, at the model's head size and past whole row tiles.
+    for (i, &(b, t, heads, hd)) in [(2, 70, 2, 64), (1, 13, 3, 8), (1, 256, 1, 64)]
+        .iter()
+        .enumerate()
+    {
+        let qkv = rand_t(&[b, t, 3 * heads * hd], 150 + i as u64, 1.0, DType::F32);
+        let r = rand_t(&[b, t, heads * hd], 160 + i as u64, 1.0, DType::F32);
+        let fused = with_grads(&[&qkv], &r, &|x| {
+            k::causal_attention_packed(x[0], heads).unwrap()
+        });
+        let composed = with_grads(&[&qkv], &r, &|x| ref_attention_packed(x[0], heads));
+        assert_same_with_grads(
+            fused,
+            composed,
+            2e-5,
+            &format!("{b}x{t}, {heads} heads of {hd}"),
+        );
+    }
     // A non-contiguous input gives the same result.
     let qkv = rand_t(&[2, 9, 12], 110, 1.0, DType::F32);
     let view = qkv

@@ -390,7 +390,7 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
         Op::NewtonSchulz => {
             let (s, eps) = (float(0)?, float(1)?);
             let rest = &f.floats[2..];
-            if rest.len() % 3 != 0 {
+            if !rest.len().is_multiple_of(3) {
                 bail!(
                     "newton_schulz: coefficients come in (a, b, c) triples; got {} numbers",
                     rest.len()

@@ -18,7 +18,7 @@ pub(super) fn steps_of(opts: &RunOptions) -> Result<usize> {
         None => track.steps(),
     };
     if let Some(g) = &opts.parallel {
-        if track.batch_size() % g.world() != 0 {
+        if !track.batch_size().is_multiple_of(g.world()) {
             bail!(
                 "{} ranks cannot split the track's batch of {} sequences evenly",
                 g.world(),

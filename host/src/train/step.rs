@@ -188,7 +188,7 @@ impl Stack {
         }
         let mut batch = stream.next_batch_of(batch_tokens / seq);
         if let Some(g) = group {
-            if batch.batch % g.world() != 0 {
+            if !batch.batch.is_multiple_of(g.world()) {
                 bail!(
                     "the schedule's batch of {} sequences at step {step} does not split over {} ranks",
                     batch.batch,

@@ -46,7 +46,7 @@ impl Progress {
                 b.set_message(format!("loss {loss:.4}{val} {tok_s:.0} tok/s"));
             }
             None if self.every != usize::MAX
-                && ((step + 1) % self.every == 0 || step + 1 == steps) =>
+                && ((step + 1).is_multiple_of(self.every) || step + 1 == steps) =>
             {
                 tracing::info!(
                     "step {}/{steps} loss {loss:.4}{val} {tok_s:.0} tok/s",
