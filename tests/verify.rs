@@ -678,11 +678,15 @@ fn the_null_data_control_passes_an_honest_stack_and_fails_a_look_ahead() {
     let track = opts.track.track.clone();
     let c = train::null_control(&opts, &mut || Ok(Components::reference(&track))).unwrap();
     assert_eq!(c.outcome, Outcome::Passed, "{}", c.detail);
-    // The honest model is confidently wrong under the other labels: above ln V.
+    // The honest model learns nothing of use under the other labels: about
+    // ln V or worse. Where in that range depends on the permutations, which
+    // come from the machine's host key: over 25 random keys the score ran
+    // 5.43-6.92 against ln 256 = 5.55 (a fifth of them just under it), so the
+    // bound is 0.95 ln V, still far above the floor's 0.8.
     let score: f64 = c.detail.split("scored ").nth(1).unwrap()[..6]
         .parse()
         .unwrap();
-    assert!(score > (256f64).ln(), "{}", c.detail);
+    assert!(score > 0.95 * (256f64).ln(), "{}", c.detail);
     assert!(tmp
         .path()
         .join("reference/null-control/summary.json")
