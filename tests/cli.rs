@@ -634,3 +634,42 @@ fn set_changes_a_track_setting_for_the_run_which_says_so_and_never_scores() {
         );
     }
 }
+
+#[test]
+fn bench_throughput_reports_the_step_each_product_and_the_attention_alone() {
+    let o = speedrun(&[
+        "bench",
+        "throughput",
+        "--track",
+        "smoke",
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["shapes"].as_array().unwrap().len(), 5, "{r}");
+    // The smoke track's attention: 16 sequences of 32, 2 heads of 16.
+    let a = &r["attention"];
+    let dims: Vec<u64> = ["batch", "seq_len", "heads", "head_dim"]
+        .iter()
+        .map(|k| a[k].as_u64().unwrap())
+        .collect();
+    assert_eq!(dims, [16, 32, 2, 16], "{a}");
+    for k in [
+        "forward_ms",
+        "backward_ms",
+        "forward_gflops",
+        "backward_gflops",
+    ] {
+        let v = a[k].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{k}: {a}");
+    }
+    // The times and the rates are the same measurement: 2 causal products forward.
+    let product = 2.0 * (16 * 2 * 16 * 32 * 33 / 2) as f64;
+    let ms = 2.0 * product / a["forward_gflops"].as_f64().unwrap() / 1e6;
+    assert!(
+        (ms - a["forward_ms"].as_f64().unwrap()).abs() < 1e-9 * ms.max(1.0),
+        "{a}"
+    );
+}

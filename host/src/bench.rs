@@ -109,6 +109,52 @@ fn model_shapes(track: &crate::track::Track, dev: &Device) -> Result<Vec<ShapeRa
     .collect()
 }
 
+/// The causal attention at the track's size, timed alone on the packed
+/// `[B, T, 3D]` projection: what the model's products leave of the step.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttentionRate {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub forward_ms: f64,
+    /// The backward from an output gradient (`causal_attention_packed_grad`),
+    /// the scores' recompute included.
+    pub backward_ms: f64,
+    /// The causal products' useful work (the T(T+1)/2 query-key pairs of each
+    /// head, not the masked square) a second: 2 products forward, 5 backward
+    /// (the scores again, dP, dQ, dK, dV).
+    pub forward_gflops: f64,
+    pub backward_gflops: f64,
+}
+
+fn attention_rate(track: &crate::track::Track, dev: &Device) -> Result<AttentionRate> {
+    let m = &track.model;
+    let (t, d, heads) = (m.seq_len, m.width, m.heads);
+    let b = track.train.batch_tokens / t;
+    let hd = d / heads;
+    let qkv = sample_matrix(b * t, 3 * d, dev)?.reshape((b, t, 3 * d))?;
+    let dy = sample_matrix(b * t, d, dev)?.reshape((b, t, d))?;
+    // One causal product of a head: its T(T+1)/2 pairs, hd multiply-adds each.
+    let product = 2.0 * (b * heads * hd * t * (t + 1) / 2) as f64;
+    let forward_gflops = median_gflops(2.0 * product, 5, dev, || {
+        speedrun_kernels::causal_attention_packed(&qkv, heads)
+    })?;
+    let backward_gflops = median_gflops(5.0 * product, 5, dev, || {
+        speedrun_kernels::causal_attention_packed_grad(&qkv, &dy, heads)
+    })?;
+    Ok(AttentionRate {
+        batch: b,
+        seq_len: t,
+        heads,
+        head_dim: hd,
+        forward_ms: 2.0 * product / forward_gflops / 1e6,
+        backward_ms: 5.0 * product / backward_gflops / 1e6,
+        forward_gflops,
+        backward_gflops,
+    })
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ThroughputReport {
     pub track: String,
@@ -129,6 +175,8 @@ pub struct ThroughputReport {
     pub matmul_kernel: String,
     /// The model's products at their real sizes, on that path.
     pub shapes: Vec<ShapeRate>,
+    /// One layer's attention at its real size.
+    pub attention: AttentionRate,
     pub fraction_of_peak: f64,
     /// The track's `train.precision`: the dtype of the model's products.
     pub precision: Precision,
@@ -232,6 +280,7 @@ pub fn throughput(
             _ => "cuBLAS".into(),
         },
         shapes: model_shapes(track, device)?,
+        attention: attention_rate(track, device)?,
         fraction_of_peak: gflops / peak,
         precision: track.train.precision,
         threads: candle_core::utils::get_num_threads(),

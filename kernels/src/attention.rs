@@ -503,6 +503,26 @@ pub fn causal_attention_packed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     qkv.contiguous()?.apply_op1(Forward { heads })
 }
 
+/// The gradient of [`causal_attention_packed`] with respect to `qkv`, given
+/// the output's gradient `dy` (`[B, T, D]`): the backward alone, for
+/// benchmarks. On the CPU it is the op's own backward; elsewhere candle's
+/// autograd through the forward.
+pub fn causal_attention_packed_grad(qkv: &Tensor, dy: &Tensor, heads: usize) -> Result<Tensor> {
+    Dims::of(qkv.shape(), heads)?;
+    if qkv.device().is_cpu() {
+        return qkv
+            .contiguous()?
+            .apply_op2_no_bwd(&dy.contiguous()?, &Backward { heads });
+    }
+    let x = candle_core::Var::from_tensor(qkv)?;
+    let y = causal_attention_packed(x.as_tensor(), heads)?;
+    let grads = (y * dy)?.sum_all()?.backward()?;
+    match grads.get(x.as_tensor()) {
+        Some(g) => Ok(g.clone()),
+        None => bail!("causal_attention_packed_grad: no gradient reached qkv"),
+    }
+}
+
 /// The attention as the epilogue of the `c_attn` projection: one node whose
 /// kept q | k | v (three times the width of the stream) has no gradient
 /// tensor of its own in candle's graph.

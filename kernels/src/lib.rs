@@ -35,7 +35,9 @@ mod wide;
 
 pub use activation::{gelu, relu2};
 pub use adamw::{adamw_update, AdamwStep};
-pub use attention::{causal_attention_packed, projected_causal_attention};
+pub use attention::{
+    causal_attention_packed, causal_attention_packed_grad, projected_causal_attention,
+};
 pub use bias::add_rows;
 pub use block::{reference_block, BlockParams};
 pub use cross_entropy::cross_entropy;

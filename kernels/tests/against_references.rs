@@ -843,6 +843,26 @@ fn packed_attention_matches_the_composed_ops() {
 }
 
 #[test]
+fn the_attention_backward_alone_is_the_autograd_gradient() {
+    for dtype in [DType::F32, DType::F64] {
+        let qkv = rand_t(&[2, 37, 24], 170, 1.0, dtype);
+        let r = rand_t(&[2, 37, 8], 171, 1.0, dtype);
+        let (_, g) = with_grads(&[&qkv], &r, &|x| {
+            k::causal_attention_packed(x[0], 2).unwrap()
+        });
+        let alone = k::causal_attention_packed_grad(&qkv, &r, 2).unwrap();
+        assert_eq!(max_rel_err(&alone, &g[0]), 0.0, "{dtype:?}");
+    }
+    let err = k::causal_attention_packed_grad(
+        &rand_t(&[1, 4, 10], 172, 1.0, DType::F32),
+        &rand_t(&[1, 4, 3], 173, 1.0, DType::F32),
+        2,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not 3 x heads (2)"), "{err}");
+}
+
+#[test]
 fn packed_attention_backward_matches_finite_differences() {
     let qkv = rand_t(&[2, 6, 12], 111, 1.0, DType::F64);
     check_grad(&[qkv], &|a| k::causal_attention_packed(&a[0], 2).unwrap());

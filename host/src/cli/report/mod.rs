@@ -97,6 +97,21 @@ pub fn throughput(r: &ThroughputReport) -> String {
             s.name, s.m, s.k, s.k, s.n, s.gflops, s.input_grad_gflops, s.weight_grad_gflops
         );
     }
+    let a = &r.attention;
+    let _ = writeln!(
+        o,
+        "  {:<14} [{}, {}, {}], {} heads of {}: forward {:.2} ms ({:.1} GFLOP/s), backward {:.2} ms ({:.1} GFLOP/s, the scores recomputed)",
+        "attention",
+        a.batch,
+        a.seq_len,
+        3 * a.heads * a.head_dim,
+        a.heads,
+        a.head_dim,
+        a.forward_ms,
+        a.forward_gflops,
+        a.backward_ms,
+        a.backward_gflops
+    );
     o
 }
 
