@@ -121,7 +121,7 @@ fn transpose<T: Real>(src: &[T], (t, hd): (usize, usize), dst: &mut [T]) {
 
 /// `P[r0..r1, 0..r1] = causal softmax(Q[r0..r1] Kᵀ · scale)` into `p` (rows
 /// `padded(t)` apart, its first row being row `r0`), from `q`, the view of
-/// Q's rows, and Kᵀ (`kt`, `[hd, t]` as [`gather`] lays it out); zeros from
+/// Q's rows, and Kᵀ (`kt`, `[hd, t]` as [`transpose`] lays it out); zeros from
 /// each row's diagonal to `r1`.
 ///
 /// # Safety
@@ -380,26 +380,19 @@ fn grads<T: Real>(qkv: &[T], dy: &[T], dims: Dims, task: usize, s: &mut Scratch<
             cs: tp as isize,
         };
         for (r0, r1) in tiles(t) {
-            // dV[r0..r1] = P[r0.., r0..r1]ᵀ dY[r0..]: the rows before r0 are masked.
-            tile::product(
-                (r1 - r0, hd, t - r0),
-                column(&s.p, r0),
-                s.dy.as_ptr().add(r0 * hd),
-                hd,
-                out.at(v + r0 * row),
-                row,
-                T::ONE,
-            );
-            // dK[r0..r1] = dS[r0.., r0..r1]ᵀ Q[r0..]
-            tile::product(
-                (r1 - r0, hd, t - r0),
-                column(&s.ds, r0),
-                s.q.as_ptr().add(r0 * hd),
-                hd,
-                out.at(k + r0 * row),
-                row,
-                T::ONE,
-            );
+            // dV[r0..r1] = P[r0.., r0..r1]ᵀ dY[r0..] and dK[r0..r1] = dS[r0.., r0..r1]ᵀ Q[r0..]:
+            // the rows before r0 are masked.
+            for (m, rows, o) in [(&s.p, &s.dy, v), (&s.ds, &s.q, k)] {
+                tile::product(
+                    (r1 - r0, hd, t - r0),
+                    column(m, r0),
+                    rows.as_ptr().add(r0 * hd),
+                    hd,
+                    out.at(o + r0 * row),
+                    row,
+                    T::ONE,
+                );
+            }
         }
     }
 }

@@ -785,7 +785,7 @@ fn packed_attention_matches_the_composed_ops() {
         (1, 17, 3, 8),
         (3, 1, 1, 4),
         (2, 33, 4, 16),
-        // Past one causal block of 64 rows, the last one partial.
+        // Row tiles of 6, whole and partial (64 = 10 x 6 + 4), and 150 = 25 x 6.
         (1, 64, 2, 4),
         (2, 150, 2, 8),
     ]
@@ -868,7 +868,7 @@ fn packed_attention_backward_matches_finite_differences() {
     check_grad(&[qkv], &|a| k::causal_attention_packed(&a[0], 2).unwrap());
     let qkv = rand_t(&[1, 9, 9], 112, 1.5, DType::F64);
     check_grad(&[qkv], &|a| k::causal_attention_packed(&a[0], 1).unwrap());
-    // Three causal blocks of 64 rows, the last one partial.
+    // 25 row tiles of 6, each row's scores past whole 16-wide vectors.
     let qkv = rand_t(&[1, 150, 12], 115, 1.0, DType::F64);
     check_grad(&[qkv], &|a| k::causal_attention_packed(&a[0], 2).unwrap());
 }
@@ -1119,7 +1119,7 @@ fn fused_linear_activations_match_linear_then_the_activation_with_their_gradient
 #[test]
 fn projected_attention_matches_the_projection_then_the_attention_with_gradients() {
     for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
-        // Past one causal block of 64 rows.
+        // Past 64 rows, the last row tile partial.
         let x = rand_t(&[2, 70, 16], 130, 1.0, dtype);
         let w = rand_t(&[16, 48], 131, 0.3, dtype);
         let b = rand_t(&[48], 132, 0.3, dtype);
