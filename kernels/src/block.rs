@@ -10,12 +10,56 @@
 //! residual-stream gradients that do have two sources are summed by the
 //! LayerNorm backward as it writes its input's gradient. Values and gradients
 //! equal the composed block's, bit for bit (the tests compare them).
+//!
+//! The parameters do not enter candle's graph at all: the node's only input
+//! is the block's input, and its backward puts the 12 parameter gradients
+//! into a [`ParamGrads`] the trainer takes them from. Packed as one input
+//! (a node takes at most three), each had gone through three of candle's
+//! accumulations (the packed tensor, each flat view, the parameter), a zero
+//! tensor and an add apiece: ~38 MB of memory traffic a block, for
+//! gradients that have one consumer.
 
 use crate::activation::Act;
 use crate::attention::Heads;
 use crate::linear::{self, Epilogue};
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use std::sync::Mutex;
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, TensorId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Gradients of parameters that fused nodes computed outside candle's graph,
+/// by the parameter tensor's id: a node's backward moves each in (or adds it
+/// to what the parameter already has), the trainer takes them out after the
+/// backward. One per model; cleared at each forward, so that a backward whose
+/// gradients were never taken (a probe's) leaves nothing for the next.
+#[derive(Default)]
+pub struct ParamGrads(Mutex<HashMap<TensorId, Tensor>>);
+
+impl ParamGrads {
+    /// Forgets every gradient held.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Takes out the gradient `param` received, if any.
+    pub fn take(&self, param: &Tensor) -> Option<Tensor> {
+        self.lock().remove(&param.id())
+    }
+
+    fn add(&self, param: &Tensor, grad: Tensor) -> Result<()> {
+        let mut held = self.lock();
+        let sum = match held.remove(&param.id()) {
+            Some(g) => (g + grad)?,
+            None => grad,
+        };
+        held.insert(param.id(), sum);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TensorId, Tensor>> {
+        // A panic while holding it left a map that is still whole.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// One block's parameters, GPT-2's names in the comments.
 pub struct BlockParams<'a> {
@@ -117,26 +161,25 @@ impl Forward {
     }
 }
 
-/// The node: inputs the block's input and its parameters packed flat; the
-/// forward already ran, so `cpu_fwd` hands over its output.
+/// The node: its one input the block's input; the forward already ran, so
+/// `cpu_fwd` hands over its output, and the backward sends the parameters'
+/// gradients to `grads`.
 struct Node {
     forward: Forward,
+    /// The caller's parameter tensors, in `BlockParams::all` order: the
+    /// gradients go out under their ids.
+    params: Vec<Tensor>,
+    grads: Arc<ParamGrads>,
     heads: usize,
     eps: f64,
 }
 
-impl CustomOp2 for Node {
+impl CustomOp1 for Node {
     fn name(&self) -> &'static str {
         "speedrun-reference-block"
     }
 
-    fn cpu_fwd(
-        &self,
-        _x: &CpuStorage,
-        _xl: &Layout,
-        _p: &CpuStorage,
-        _pl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _x: &CpuStorage, _xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let taken = self.forward.y.lock().map(|mut y| y.take());
         let Ok(Some(y)) = taken else {
             bail!(
@@ -154,26 +197,27 @@ impl CustomOp2 for Node {
         })
     }
 
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _packed: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (dx, dp) = self.forward.backward(grad, self.heads, self.eps)?;
-        let flat = dp
-            .iter()
-            .map(|g| g.flatten_all())
-            .collect::<Result<Vec<_>>>()?;
-        Ok((Some(dx), Some(Tensor::cat(&flat, 0)?)))
+        for (p, g) in self.params.iter().zip(dp) {
+            self.grads.add(p, g)?;
+        }
+        Ok(Some(dx))
     }
 }
 
 /// The reference block `x ↦ x2 + mlp(ln_2(x2))`, `x2 = x + attn(ln_1(x))`, for
 /// `x` `[B, T, D]` with `heads` heads and LayerNorm epsilon `eps`, as one node.
+/// Its backward gives `x` its gradient through candle's graph and puts the
+/// parameters' into `grads` (see [`ParamGrads`]).
 /// CPU only: elsewhere the caller composes the block's ops.
-pub fn reference_block(x: &Tensor, params: &BlockParams, heads: usize, eps: f64) -> Result<Tensor> {
+pub fn reference_block(
+    x: &Tensor,
+    params: &BlockParams,
+    heads: usize,
+    eps: f64,
+    grads: &Arc<ParamGrads>,
+) -> Result<Tensor> {
     let all = params.all();
     if !x.device().is_cpu() {
         bail!("reference_block: CPU only (elsewhere the block is its composed ops)")
@@ -183,19 +227,11 @@ pub fn reference_block(x: &Tensor, params: &BlockParams, heads: usize, eps: f64)
         .map(|t| t.detach().contiguous())
         .collect::<Result<Vec<_>>>()?;
     let forward = Forward::run(x, p, heads, eps)?;
-    // The parameters reach the node as one flat tensor (a node takes two
-    // inputs); candle's cat backward hands each its slice of the gradient.
-    let flat = all
-        .iter()
-        .map(|t| t.flatten_all())
-        .collect::<Result<Vec<_>>>()?;
-    let packed = Tensor::cat(&flat, 0)?;
-    x.apply_op2(
-        &packed,
-        Node {
-            forward,
-            heads,
-            eps,
-        },
-    )
+    x.apply_op1(Node {
+        forward,
+        params: all.iter().map(|t| (*t).clone()).collect(),
+        grads: grads.clone(),
+        heads,
+        eps,
+    })
 }

@@ -39,7 +39,7 @@ pub use attention::{
     causal_attention_packed, causal_attention_packed_grad, projected_causal_attention,
 };
 pub use bias::add_rows;
-pub use block::{reference_block, BlockParams};
+pub use block::{reference_block, BlockParams, ParamGrads};
 pub use cross_entropy::cross_entropy;
 pub use gemm_call::kernel_name as matmul_kernel;
 pub use linear::{linear, linear_gelu, linear_relu2, linear_residual};

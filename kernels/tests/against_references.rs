@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use speedrun_kernels as k;
+use std::sync::Arc;
 
 const DEV: Device = Device::Cpu;
 
@@ -252,6 +253,12 @@ fn non_contiguous_inputs_give_the_same_results() {
 
 /// d(sum(f(inputs) * R)) / d inputs by autograd against central differences, in f64.
 fn check_grad(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) {
+    check_grad_with(inputs, f, &k::ParamGrads::default());
+}
+
+/// As `check_grad`, an input's gradient taken from `fused` where a fused node
+/// put it there instead of candle's store.
+fn check_grad_with(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor, fused: &k::ParamGrads) {
     let vars: Vec<Var> = inputs
         .iter()
         .map(|t| Var::from_tensor(t).unwrap())
@@ -262,8 +269,11 @@ fn check_grad(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) {
     let scalar = |o: &Tensor| (o * &r).unwrap().sum_all().unwrap();
     let grads = scalar(&out).backward().unwrap();
     for (i, input) in inputs.iter().enumerate() {
+        let t = vars[i].as_tensor();
         let g = grads
-            .get(vars[i].as_tensor())
+            .get(t)
+            .cloned()
+            .or_else(|| fused.take(t))
             .expect("no gradient")
             .flatten_all()
             .unwrap()
@@ -1208,7 +1218,11 @@ fn block_inputs(b: usize, t: usize, d: usize, h: usize, dtype: DType) -> Vec<Ten
         .collect()
 }
 
-fn try_fused_block(a: &[Tensor], heads: usize) -> candle_core::Result<Tensor> {
+fn try_fused_block(
+    a: &[Tensor],
+    heads: usize,
+    fused: &Arc<k::ParamGrads>,
+) -> candle_core::Result<Tensor> {
     let p = k::BlockParams {
         ln_1: [&a[1], &a[2]],
         attn: [&a[3], &a[4]],
@@ -1217,11 +1231,11 @@ fn try_fused_block(a: &[Tensor], heads: usize) -> candle_core::Result<Tensor> {
         fc: [&a[9], &a[10]],
         mlp_proj: [&a[11], &a[12]],
     };
-    k::reference_block(&a[0], &p, heads, 1e-5)
+    k::reference_block(&a[0], &p, heads, 1e-5, fused)
 }
 
-fn fused_block(a: &[Tensor], heads: usize) -> Tensor {
-    try_fused_block(a, heads).unwrap()
+fn fused_block(a: &[Tensor], heads: usize, fused: &Arc<k::ParamGrads>) -> Tensor {
+    try_fused_block(a, heads, fused).unwrap()
 }
 
 /// The block as the reference model composes it, node by node.
@@ -1234,19 +1248,28 @@ fn composed_block(a: &[Tensor], heads: usize) -> Tensor {
     k::linear_residual(&u, &a[11], &a[12], &x2).unwrap()
 }
 
-/// The output and every input's gradient of `sum(block(a) * r)`.
-fn block_and_grads(a: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) -> Vec<Vec<f32>> {
+/// The output and every input's gradient of `sum(block(a) * r)`, each from
+/// candle's store or, where a fused node put it, from the `ParamGrads` `f` is
+/// given; an input with both is an error.
+fn block_and_grads(
+    a: &[Tensor],
+    f: &dyn Fn(&[Tensor], &Arc<k::ParamGrads>) -> Tensor,
+) -> Vec<Vec<f32>> {
+    let fused = Arc::new(k::ParamGrads::default());
     let vars: Vec<Var> = a.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let y = f(&ts);
+    let y = f(&ts, &fused);
     let r = rand_t(y.dims(), 399, 1.0, DType::F32);
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     std::iter::once(flat(&y))
-        .chain(
-            vars.iter()
-                .map(|v| flat(grads.get(v.as_tensor()).expect("no gradient"))),
-        )
+        .chain(vars.iter().map(
+            |v| match (grads.get(v.as_tensor()), fused.take(v.as_tensor())) {
+                (Some(g), None) => flat(g),
+                (None, Some(g)) => flat(&g),
+                (g, f) => panic!("store {}, fused {}", g.is_some(), f.is_some()),
+            },
+        ))
         .collect()
 }
 
@@ -1254,8 +1277,8 @@ fn block_and_grads(a: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) -> Vec<Vec<f32
 fn the_fused_block_equals_the_composed_block_in_value_and_every_gradient() {
     // Two blocks of the attention's 64 rows, the second partial; hidden 4D.
     let a = block_inputs(2, 70, 16, 64, DType::F32);
-    let fused = block_and_grads(&a, &|a| fused_block(a, 4));
-    let composed = block_and_grads(&a, &|a| composed_block(a, 4));
+    let fused = block_and_grads(&a, &|a, g| fused_block(a, 4, g));
+    let composed = block_and_grads(&a, &|a, _| composed_block(a, 4));
     assert_eq!(fused.len(), 14);
     for (i, (f, c)) in fused.iter().zip(&composed).enumerate() {
         // The same kernels in the same order: equal, not merely close.
@@ -1265,20 +1288,34 @@ fn the_fused_block_equals_the_composed_block_in_value_and_every_gradient() {
         );
         assert!(f.iter().any(|v| *v != 0.0), "output {i} is all zeros");
     }
-    same_on_1_and_3_threads(|| block_and_grads(&a, &|a| fused_block(a, 4)));
+    same_on_1_and_3_threads(|| block_and_grads(&a, &|a, g| fused_block(a, 4, g)));
+    // The same parameters in two blocks: the second backward adds its
+    // gradients to the first's, as candle's accumulation does.
+    let twice = |block: &dyn Fn(&[Tensor]) -> Tensor, a: &[Tensor]| {
+        let mut b = a.to_vec();
+        b[0] = block(a);
+        block(&b)
+    };
+    let fused = block_and_grads(&a, &|a, g| twice(&|a| fused_block(a, 4, g), a));
+    let composed = block_and_grads(&a, &|a, _| twice(&|a| composed_block(a, 4), a));
+    assert!(
+        fused == composed,
+        "two blocks sharing their parameters differ"
+    );
 }
 
 #[test]
 fn the_fused_blocks_gradients_match_finite_differences() {
     let a = block_inputs(1, 9, 8, 24, DType::F64);
-    check_grad(&a, &|a| fused_block(a, 2));
+    let fused = Arc::new(k::ParamGrads::default());
+    check_grad_with(&a, &|a| fused_block(a, 2, &fused), &fused);
 }
 
 #[test]
 fn the_fused_block_refuses_parameters_of_the_wrong_shape() {
     let mut a = block_inputs(1, 4, 8, 16, DType::F32);
     a[9] = rand_t(&[7, 16], 1, 1.0, DType::F32);
-    let err = try_fused_block(&a, 2).unwrap_err();
+    let err = try_fused_block(&a, 2, &Default::default()).unwrap_err();
     assert!(err.to_string().contains("weight's 7 rows"), "{err}");
 }
 

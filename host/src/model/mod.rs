@@ -119,6 +119,9 @@ impl Model {
 
     /// Token ids `[B, T]` to logits `[B, T, V]`.
     pub fn forward(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
+        // What an earlier backward's fused nodes left and nobody took (a
+        // probe's) must not reach this forward's gradients.
+        self.params.fused_grads().clear();
         let cx = ForwardCtx {
             params: &self.params,
             spec: &self.spec,

@@ -23,6 +23,9 @@ pub struct Param {
 pub struct ParamStore {
     params: Vec<Param>,
     index: HashMap<String, usize>,
+    /// Gradients the host's fused nodes computed outside candle's graph
+    /// (`speedrun_kernels::reference_block`); `Grads::collect` takes them.
+    fused_grads: std::sync::Arc<speedrun_kernels::ParamGrads>,
 }
 
 /// A per-parameter random stream: the run's seed and the parameter's name decide
@@ -71,10 +74,19 @@ impl ParamStore {
                 spec,
             });
         }
-        Ok(ParamStore { params, index })
+        Ok(ParamStore {
+            params,
+            index,
+            fused_grads: Default::default(),
+        })
     }
 
     /// The value of a parameter by name (an error names a missing one).
+    /// Where the fused nodes put parameter gradients (see the field).
+    pub fn fused_grads(&self) -> &std::sync::Arc<speedrun_kernels::ParamGrads> {
+        &self.fused_grads
+    }
+
     pub fn get(&self, name: &str) -> Result<&Tensor> {
         self.index
             .get(name)

@@ -208,6 +208,7 @@ impl BlockHook for ReferenceGpt {
                 &params,
                 cx.spec.heads,
                 LN_EPS,
+                cx.params.fused_grads(),
             )?);
         }
         let h = model.norm(cx, NormSite::Attention(layer), x)?;

@@ -13,18 +13,25 @@ use candle_core::Tensor;
 pub struct Grads(pub Vec<Tensor>);
 
 impl Grads {
-    /// Takes every parameter's gradient out of a backward pass; a parameter that
-    /// received none is an error (a non-differentiable op cut the graph).
+    /// Takes every parameter's gradient out of a backward pass: from candle's
+    /// store and from what the host's fused nodes computed themselves
+    /// (`ParamStore::fused_grads`), summed where a parameter has both. A
+    /// parameter that received none is an error (a non-differentiable op cut
+    /// the graph).
     pub fn collect(params: &ParamStore, store: &GradStore) -> Result<Grads> {
+        let fused = params.fused_grads();
         let mut out = Vec::with_capacity(params.len());
         for p in params.iter() {
-            match store.get(p.var.as_tensor()) {
-                Some(g) => out.push(g.clone()),
-                None => bail!(
+            let t = p.var.as_tensor();
+            out.push(match (store.get(t), fused.take(t)) {
+                (Some(g), Some(f)) => (g + f)?,
+                (Some(g), None) => g.clone(),
+                (None, Some(f)) => f,
+                (None, None) => bail!(
                     "parameter {} received no gradient: some op between it and the loss records no backward",
                     p.spec.name
                 ),
-            }
+            });
         }
         Ok(Grads(out))
     }
