@@ -193,9 +193,9 @@ mod tests {
             (y, s)
         };
         let wide = run();
-        FORCE_BASELINE.with(|f| f.set(true));
+        force_baseline(true);
         let base = run();
-        FORCE_BASELINE.with(|f| f.set(false));
+        force_baseline(false);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&wide.0), bits(&base.0), "on {}", width());
         assert_eq!(wide.1.to_bits(), base.1.to_bits(), "on {}", width());
