@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use speedrun::loss::cross_entropy;
-use speedrun::model::hooks::{ForwardCtx, NormHook, NormSite};
+use speedrun::model::hooks::{ForwardCtx, LogitsHook, NormHook, NormSite};
 use speedrun::model::ops;
 use speedrun::model::params::ParamStore;
 use speedrun::model::{Model, ModelHooks};
@@ -227,6 +227,59 @@ fn the_fused_blocks_whole_model_gradient_is_the_composed_blocks() {
     for (i, (f, c)) in fused.1.iter().zip(&composed.1).enumerate() {
         assert!(f == c, "parameter {i}'s gradient differs");
     }
+}
+
+/// Logits shifted by a block parameter's sum: that parameter gets a gradient
+/// from candle's graph as well as from the fused block's own backward.
+struct ShiftByBlockBias;
+impl LogitsHook for ShiftByBlockBias {
+    fn logits(&self, cx: &ForwardCtx, logits: &Tensor) -> Result<Tensor> {
+        let b = cx.params.get("transformer.h.0.ln_1.bias")?;
+        Ok(logits.broadcast_add(&(b.sum_all()? * 0.1)?)?)
+    }
+}
+
+/// A parameter with gradients from both: `Grads::collect` sums what the fused
+/// node put aside with candle's, to the composed blocks' bits.
+#[test]
+fn a_block_parameter_used_outside_its_block_gets_both_gradients() {
+    let run = |norm: Box<dyn NormHook>| {
+        let hooks = ModelHooks {
+            norm,
+            logits: Some(Box::new(ShiftByBlockBias)),
+            ..ModelHooks::default()
+        };
+        let model = Model::build(&tiny_spec(), hooks, 5, &DEV).unwrap();
+        let (x, y) = tiny_batch();
+        let loss = model_loss(&model, &x, &y);
+        let grads = Grads::collect(&model.params, &loss.backward().unwrap()).unwrap();
+        let i = model
+            .params
+            .iter()
+            .position(|p| p.spec.name == "transformer.h.0.ln_1.bias")
+            .unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (
+            model.block_is_reference(),
+            grads.0.iter().map(flat).collect::<Vec<_>>(),
+            i,
+        )
+    };
+    let (fused_path, fused, i) = run(Box::new(speedrun::model::reference::ReferenceGpt));
+    let (composed_path, composed, _) = run(Box::new(ComposedNorm));
+    assert!(fused_path && !composed_path);
+    for (j, (f, c)) in fused.iter().zip(&composed).enumerate() {
+        assert!(f == c, "parameter {j}'s gradient differs");
+    }
+    // Without the logits' share the bias's gradient is not the same.
+    let plain = Model::build(&tiny_spec(), ModelHooks::default(), 5, &DEV).unwrap();
+    let (x, y) = tiny_batch();
+    let g = Grads::collect(
+        &plain.params,
+        &model_loss(&plain, &x, &y).backward().unwrap(),
+    )
+    .unwrap();
+    assert!(g.0[i].flatten_all().unwrap().to_vec1::<f32>().unwrap() != fused[i]);
 }
 
 #[test]
