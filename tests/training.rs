@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use speedrun::loss::cross_entropy;
-use speedrun::model::hooks::{ForwardCtx, LogitsHook, NormHook, NormSite};
+use speedrun::model::hooks::{EmbedHook, ForwardCtx, LogitsHook, NormHook, NormSite};
 use speedrun::model::ops;
 use speedrun::model::params::ParamStore;
 use speedrun::model::{Model, ModelHooks};
@@ -199,15 +199,25 @@ impl NormHook for ComposedNorm {
     }
 }
 
-/// The fused reference block against the blocks composed node by node: the
-/// same loss and every parameter's gradient, bit for bit.
+/// The reference embedding, not recognised as the reference's: the forward
+/// runs the fused blocks under candle's graph instead of on the host's tape.
+struct UntapedEmbed;
+impl EmbedHook for UntapedEmbed {
+    fn embed(&self, cx: &ForwardCtx, tokens: &Tensor) -> Result<Tensor> {
+        speedrun::model::reference::ReferenceGpt.embed(cx, tokens)
+    }
+}
+
+/// The whole model on the host's tape, its fused blocks under candle's graph,
+/// and its blocks composed node by node: the same loss and every parameter's
+/// gradient, bit for bit. Once with sequences as long as the positions, once
+/// shorter (the tape pads the positions' gradient).
 #[test]
-fn the_fused_blocks_whole_model_gradient_is_the_composed_blocks() {
-    let run = |hooks: ModelHooks, fused: bool| {
+fn the_tapes_and_the_fused_blocks_whole_model_gradients_are_the_composed_blocks() {
+    let run = |hooks: ModelHooks, path: (bool, bool), (x, y): &(Tensor, Tensor)| {
         let model = Model::build(&tiny_spec(), hooks, 5, &DEV).unwrap();
-        assert_eq!(model.block_is_reference(), fused);
-        let (x, y) = tiny_batch();
-        let loss = model_loss(&model, &x, &y);
+        assert_eq!((model.is_reference(), model.block_is_reference()), path);
+        let loss = model_loss(&model, x, y);
         let grads = Grads::collect(&model.params, &loss.backward().unwrap()).unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         (
@@ -215,17 +225,34 @@ fn the_fused_blocks_whole_model_gradient_is_the_composed_blocks() {
             grads.0.iter().map(flat).collect::<Vec<_>>(),
         )
     };
-    let fused = run(ModelHooks::default(), true);
-    let composed = run(
-        ModelHooks {
-            norm: Box::new(ComposedNorm),
-            ..ModelHooks::default()
-        },
-        false,
+    let short = (
+        Tensor::new(&[[3u32, 5, 5, 9], [4, 4, 7, 3]], &DEV).unwrap(),
+        Tensor::new(&[5u32, 5, 9, 0, 4, 7, 3, 1], &DEV).unwrap(),
     );
-    assert_eq!(fused.0.to_bits(), composed.0.to_bits(), "loss");
-    for (i, (f, c)) in fused.1.iter().zip(&composed.1).enumerate() {
-        assert!(f == c, "parameter {i}'s gradient differs");
+    for batch in [tiny_batch(), short] {
+        let taped = run(ModelHooks::default(), (true, true), &batch);
+        let fused = run(
+            ModelHooks {
+                embed: Box::new(UntapedEmbed),
+                ..ModelHooks::default()
+            },
+            (false, true),
+            &batch,
+        );
+        let composed = run(
+            ModelHooks {
+                norm: Box::new(ComposedNorm),
+                ..ModelHooks::default()
+            },
+            (false, false),
+            &batch,
+        );
+        for (name, other) in [("fused", &fused), ("composed", &composed)] {
+            assert_eq!(taped.0.to_bits(), other.0.to_bits(), "{name}: loss");
+            for (i, (t, o)) in taped.1.iter().zip(&other.1).enumerate() {
+                assert!(t == o, "{name}: parameter {i}'s gradient differs");
+            }
+        }
     }
 }
 

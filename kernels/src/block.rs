@@ -45,7 +45,7 @@ impl ParamGrads {
         self.lock().remove(&param.id())
     }
 
-    fn add(&self, param: &Tensor, grad: Tensor) -> Result<()> {
+    pub(crate) fn add(&self, param: &Tensor, grad: Tensor) -> Result<()> {
         let mut held = self.lock();
         let sum = match held.remove(&param.id()) {
             Some(g) => (g + grad)?,
@@ -79,7 +79,7 @@ pub struct BlockParams<'a> {
 
 impl BlockParams<'_> {
     /// In the order the node packs them.
-    fn all(&self) -> [&Tensor; 12] {
+    pub(crate) fn all(&self) -> [&Tensor; 12] {
         let [a, b, c, d, e, f] = [
             self.ln_1,
             self.attn,
@@ -96,7 +96,7 @@ impl BlockParams<'_> {
 
 /// The block's forward on untracked tensors, every intermediate the backward
 /// reads kept.
-struct Forward {
+pub(crate) struct Forward {
     /// The 12 parameters (detached, contiguous), in `BlockParams::all` order.
     p: Vec<Tensor>,
     x: Tensor,
@@ -113,7 +113,8 @@ struct Forward {
 }
 
 impl Forward {
-    fn run(x: &Tensor, p: Vec<Tensor>, heads: usize, eps: f64) -> Result<Forward> {
+    /// `p`: the 12 parameters, detached and contiguous, in `BlockParams::all` order.
+    pub(crate) fn run(x: &Tensor, p: Vec<Tensor>, heads: usize, eps: f64) -> Result<Forward> {
         let x = x.detach().contiguous()?;
         let h1 = crate::layer_norm(&x, Some(&p[0]), Some(&p[1]), eps)?;
         let qkv = crate::linear(&h1, &p[2], Some(&p[3]))?;
@@ -136,9 +137,23 @@ impl Forward {
         })
     }
 
+    /// The output, once: whoever takes it owns it (the graph must not hold it twice).
+    pub(crate) fn take_output(&self, name: &str) -> Result<Tensor> {
+        let taken = self.y.lock().map(|mut y| y.take());
+        let Ok(Some(y)) = taken else {
+            bail!("{name}: the block's output was already handed over")
+        };
+        Ok(y)
+    }
+
     /// The input's gradient and the 12 parameters' (in order) from the
     /// output's: the composed block's backward, kernel for kernel.
-    fn backward(&self, dy: &Tensor, heads: usize, eps: f64) -> Result<(Tensor, Vec<Tensor>)> {
+    pub(crate) fn backward(
+        &self,
+        dy: &Tensor,
+        heads: usize,
+        eps: f64,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let p = &self.p;
         let dy = dy.contiguous()?;
         // y = x2 + u @ w + b: dx2 gets dy itself.
@@ -146,12 +161,14 @@ impl Forward {
         let dpre = Act::Gelu.backward(&self.pre, &du)?;
         let (dh2, dw_f, db_f) = linear::grads(&self.h2, &p[8], &dpre)?;
         // dx2 = dy + ln_2's input gradient, summed as the norm writes it.
-        let (dx2, dg_2, db_2) = crate::norm::layer_norm_grads(&self.x2, &p[6], &dh2, &dy, eps)?;
+        let (dx2, dg_2, db_2) =
+            crate::norm::layer_norm_grads(&self.x2, &p[6], &dh2, Some(&dy), eps)?;
         // x2 = x + a @ w + b: dx gets dx2 itself.
         let (da, dw_p, db_p) = linear::grads(&self.a, &p[4], &dx2)?;
         let dqkv = Heads(heads).backward(&self.qkv, &da)?;
         let (dh1, dw_a, db_a) = linear::grads(&self.h1, &p[2], &dqkv)?;
-        let (dx, dg_1, db_1) = crate::norm::layer_norm_grads(&self.x, &p[0], &dh1, &dx2, eps)?;
+        let (dx, dg_1, db_1) =
+            crate::norm::layer_norm_grads(&self.x, &p[0], &dh1, Some(&dx2), eps)?;
         Ok((
             dx,
             vec![
@@ -180,21 +197,7 @@ impl CustomOp1 for Node {
     }
 
     fn cpu_fwd(&self, _x: &CpuStorage, _xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let taken = self.forward.y.lock().map(|mut y| y.take());
-        let Ok(Some(y)) = taken else {
-            bail!(
-                "{}: the block's output was already handed over",
-                self.name()
-            )
-        };
-        crate::real::with_cpu(&y, self.name(), |s, layout| {
-            match layout.contiguous_offsets() {
-                Some((0, end)) if end == layout.shape().elem_count() => {
-                    Ok((s.clone(), layout.shape().clone()))
-                }
-                _ => bail!("{}: the block's output is not a whole buffer", self.name()),
-            }
-        })
+        hand_over(&self.forward.take_output(self.name())?, self.name())
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -204,6 +207,18 @@ impl CustomOp1 for Node {
         }
         Ok(Some(dx))
     }
+}
+
+/// A node's output computed before the node: the storage of `y`, which must
+/// be a whole contiguous buffer (its data is cloned once, as candle's op
+/// output must be owned).
+pub(crate) fn hand_over(y: &Tensor, name: &str) -> Result<(CpuStorage, Shape)> {
+    crate::real::with_cpu(y, name, |s, layout| match layout.contiguous_offsets() {
+        Some((0, end)) if end == layout.shape().elem_count() => {
+            Ok((s.clone(), layout.shape().clone()))
+        }
+        _ => bail!("{name}: the output is not a whole buffer"),
+    })
 }
 
 /// The reference block `x ↦ x2 + mlp(ln_2(x2))`, `x2 = x + attn(ln_1(x))`, for

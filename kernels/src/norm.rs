@@ -287,16 +287,16 @@ fn grads(
     Ok((dx, dw, db))
 }
 
-/// LayerNorm's input (plus `add`), gain and bias gradients as its node's
-/// backward computes them.
+/// LayerNorm's input (plus `add`, if any), gain and bias gradients as its
+/// node's backward computes them.
 pub(crate) fn layer_norm_grads(
     x: &Tensor,
     w: &Tensor,
     grad: &Tensor,
-    add: &Tensor,
+    add: Option<&Tensor>,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    grads(Kind::Layer, eps, x, w, grad, Some(add.clone()))
+    grads(Kind::Layer, eps, x, w, grad, add.cloned())
 }
 
 fn norm(

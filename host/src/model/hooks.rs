@@ -44,6 +44,12 @@ pub trait InitHook {
 /// `model.embed`: token ids `[B, T]` (u32) to the residual stream `[B, T, D]`.
 pub trait EmbedHook {
     fn embed(&self, cx: &ForwardCtx, tokens: &Tensor) -> Result<Tensor>;
+
+    /// Whether this is the reference GPT's own implementation, which the
+    /// reference forward may run with its neighbours on the host's tape.
+    fn is_reference(&self) -> bool {
+        false
+    }
 }
 
 /// `model.norm`: a normalisation of `[B, T, D]`, shape preserved.
@@ -110,11 +116,23 @@ pub trait MlpHook {
 /// the model's norm, attention and MLP hooks through `model`.
 pub trait BlockHook {
     fn block(&self, cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor) -> Result<Tensor>;
+
+    /// Whether this is the reference GPT's own implementation, which the
+    /// reference forward may run with its neighbours on the host's tape.
+    fn is_reference(&self) -> bool {
+        false
+    }
 }
 
 /// `model.head`: final normalised stream `[B, T, D]` to logits `[B, T, V]`.
 pub trait HeadHook {
     fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor>;
+
+    /// Whether this is the reference GPT's own implementation, which the
+    /// reference forward may run with its neighbours on the host's tape.
+    fn is_reference(&self) -> bool {
+        false
+    }
 }
 
 /// `model.forward`: token ids `[B, T]` to logits `[B, T, V]`; the reference calls the

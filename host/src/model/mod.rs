@@ -184,6 +184,18 @@ impl Model {
             && self.hooks.qkv.is_none()
     }
 
+    /// Whether the whole forward between the token ids and the logits is the
+    /// reference GPT's (embedding, blocks, final norm, head; no optional hook
+    /// between): then it runs on the host's tape (`speedrun_kernels::reference_gpt`).
+    pub fn is_reference(&self) -> bool {
+        self.block_is_reference()
+            && self.hooks.embed.is_reference()
+            && self.hooks.block.is_reference()
+            && self.hooks.head.is_reference()
+            && self.hooks.block_input.is_none()
+            && self.hooks.logits.is_none()
+    }
+
     /// Whether a `model.block_input` hook wants the blocks' outputs kept.
     pub fn has_block_input(&self) -> bool {
         self.hooks.block_input.is_some()

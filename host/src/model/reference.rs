@@ -67,6 +67,10 @@ impl EmbedHook for ReferenceGpt {
             .reshape((b, t, cx.spec.width))?;
         Ok(speedrun_kernels::add_rows(&tok, &wpe.narrow(0, 0, t)?)?)
     }
+
+    fn is_reference(&self) -> bool {
+        true
+    }
 }
 
 impl NormHook for ReferenceGpt {
@@ -191,21 +195,9 @@ impl BlockHook for ReferenceGpt {
     /// the same kernels, equal values and gradients).
     fn block(&self, cx: &ForwardCtx, model: &Model, layer: usize, x: &Tensor) -> Result<Tensor> {
         if model.block_is_reference() && cx.precision == Precision::F32 && x.device().is_cpu() {
-            let p = |name: &str| layer_param(cx, layer, name);
-            let pair = |part: &str| -> Result<[&Tensor; 2]> {
-                Ok([p(&format!("{part}.weight"))?, p(&format!("{part}.bias"))?])
-            };
-            let params = speedrun_kernels::BlockParams {
-                ln_1: pair("ln_1")?,
-                attn: pair("attn.c_attn")?,
-                attn_proj: pair("attn.c_proj")?,
-                ln_2: pair("ln_2")?,
-                fc: pair("mlp.c_fc")?,
-                mlp_proj: pair("mlp.c_proj")?,
-            };
             return Ok(speedrun_kernels::reference_block(
                 x,
-                &params,
+                &block_params(cx, layer)?,
                 cx.spec.heads,
                 LN_EPS,
                 cx.params.fused_grads(),
@@ -216,6 +208,26 @@ impl BlockHook for ReferenceGpt {
         let h = model.norm(cx, NormSite::Mlp(layer), &x)?;
         model.mlp_residual(cx, layer, &h, &x)
     }
+
+    fn is_reference(&self) -> bool {
+        true
+    }
+}
+
+/// Layer `layer`'s parameters as the fused block takes them.
+fn block_params<'a>(cx: &'a ForwardCtx, layer: usize) -> Result<speedrun_kernels::BlockParams<'a>> {
+    let p = |name: &str| layer_param(cx, layer, name);
+    let pair = |part: &str| -> Result<[&Tensor; 2]> {
+        Ok([p(&format!("{part}.weight"))?, p(&format!("{part}.bias"))?])
+    };
+    Ok(speedrun_kernels::BlockParams {
+        ln_1: pair("ln_1")?,
+        attn: pair("attn.c_attn")?,
+        attn_proj: pair("attn.c_proj")?,
+        ln_2: pair("ln_2")?,
+        fc: pair("mlp.c_fc")?,
+        mlp_proj: pair("mlp.c_proj")?,
+    })
 }
 
 impl HeadHook for ReferenceGpt {
@@ -224,12 +236,41 @@ impl HeadHook for ReferenceGpt {
         let w = cx.params.get("transformer.wte.weight")?;
         Ok(cx.precision.linear(x, &w.t()?, None)?)
     }
+
+    fn is_reference(&self) -> bool {
+        true
+    }
 }
 
 impl ForwardHook for ReferenceGpt {
     /// Embedding, blocks, final norm, head. With a `model.block_input` hook the
     /// blocks' outputs are kept and each block's input passes through it.
+    /// With every part the reference's (f32 products, on the CPU), the whole
+    /// forward is recorded on the host's tape, which runs its own backward
+    /// (`speedrun_kernels::reference_gpt`: the same kernels, equal values and
+    /// gradients).
     fn forward(&self, cx: &ForwardCtx, model: &Model, tokens: &Tensor) -> Result<Tensor> {
+        let wte = cx.params.get("transformer.wte.weight")?;
+        if model.is_reference() && cx.precision == Precision::F32 && wte.device().is_cpu() {
+            let params = speedrun_kernels::GptParams {
+                wte,
+                wpe: cx.params.get("transformer.wpe.weight")?,
+                blocks: (0..cx.spec.layers)
+                    .map(|l| block_params(cx, l))
+                    .collect::<Result<_>>()?,
+                ln_f: [
+                    cx.params.get("transformer.ln_f.weight")?,
+                    cx.params.get("transformer.ln_f.bias")?,
+                ],
+            };
+            return Ok(speedrun_kernels::reference_gpt(
+                tokens,
+                &params,
+                cx.spec.heads,
+                LN_EPS,
+                cx.params.fused_grads(),
+            )?);
+        }
         let keep = model.has_block_input();
         let mut outputs: Vec<Tensor> = Vec::new();
         let mut x = model.embed(cx, tokens)?;
