@@ -24,7 +24,8 @@ pub struct ParamStore {
     params: Vec<Param>,
     index: HashMap<String, usize>,
     /// Gradients the host's fused nodes computed outside candle's graph
-    /// (`speedrun_kernels::reference_block`); `Grads::collect` takes them.
+    /// (`speedrun_kernels::reference_block`, and `reference_gpt`, the whole
+    /// model on the host's tape); `Grads::collect` takes them.
     fused_grads: std::sync::Arc<speedrun_kernels::ParamGrads>,
 }
 
