@@ -266,13 +266,15 @@ impl LogitsHook for ShiftByBlockBias {
     }
 }
 
-/// A parameter with gradients from both: `Grads::collect` sums what the fused
-/// node put aside with candle's, to the composed blocks' bits.
+/// A parameter with gradients from both: `Grads::collect` sums what the tape
+/// or the fused node put aside with candle's (the logits hook's, in candle's
+/// graph after the tape's node), to the composed blocks' bits.
 #[test]
 fn a_block_parameter_used_outside_its_block_gets_both_gradients() {
-    let run = |norm: Box<dyn NormHook>| {
+    let run = |norm: Box<dyn NormHook>, embed: Box<dyn EmbedHook>| {
         let hooks = ModelHooks {
             norm,
+            embed,
             logits: Some(Box::new(ShiftByBlockBias)),
             ..ModelHooks::default()
         };
@@ -287,16 +289,23 @@ fn a_block_parameter_used_outside_its_block_gets_both_gradients() {
             .unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         (
-            model.block_is_reference(),
+            (model.is_reference(), model.block_is_reference()),
             grads.0.iter().map(flat).collect::<Vec<_>>(),
             i,
         )
     };
-    let (fused_path, fused, i) = run(Box::new(speedrun::model::reference::ReferenceGpt));
-    let (composed_path, composed, _) = run(Box::new(ComposedNorm));
-    assert!(fused_path && !composed_path);
-    for (j, (f, c)) in fused.iter().zip(&composed).enumerate() {
-        assert!(f == c, "parameter {j}'s gradient differs");
+    let reference = || Box::new(speedrun::model::reference::ReferenceGpt);
+    let (taped_path, taped, i) = run(reference(), reference());
+    let (fused_path, fused, _) = run(reference(), Box::new(UntapedEmbed));
+    let (composed_path, composed, _) = run(Box::new(ComposedNorm), reference());
+    assert_eq!(
+        [taped_path, fused_path, composed_path],
+        [(true, true), (false, true), (false, false)]
+    );
+    for (name, other) in [("fused", &fused), ("composed", &composed)] {
+        for (j, (t, o)) in taped.iter().zip(other).enumerate() {
+            assert!(t == o, "{name}: parameter {j}'s gradient differs");
+        }
     }
     // Without the logits' share the bias's gradient is not the same.
     let plain = Model::build(&tiny_spec(), ModelHooks::default(), 5, &DEV).unwrap();
@@ -306,7 +315,7 @@ fn a_block_parameter_used_outside_its_block_gets_both_gradients() {
         &model_loss(&plain, &x, &y).backward().unwrap(),
     )
     .unwrap();
-    assert!(g.0[i].flatten_all().unwrap().to_vec1::<f32>().unwrap() != fused[i]);
+    assert!(g.0[i].flatten_all().unwrap().to_vec1::<f32>().unwrap() != taped[i]);
 }
 
 #[test]

@@ -184,16 +184,17 @@ impl Model {
             && self.hooks.qkv.is_none()
     }
 
-    /// Whether the whole forward between the token ids and the logits is the
-    /// reference GPT's (embedding, blocks, final norm, head; no optional hook
-    /// between): then it runs on the host's tape (`speedrun_kernels::reference_gpt`).
+    /// Whether the whole forward from the token ids to the head's logits is
+    /// the reference GPT's (embedding, blocks, final norm, head; no
+    /// `model.block_input` or `model.qkv` hook between): then it runs on the
+    /// host's tape (`speedrun_kernels::reference_gpt`). A `model.logits` hook
+    /// comes after the head, so it takes the tape's logits in candle's graph.
     pub fn is_reference(&self) -> bool {
         self.block_is_reference()
             && self.hooks.embed.is_reference()
             && self.hooks.block.is_reference()
             && self.hooks.head.is_reference()
             && self.hooks.block_input.is_none()
-            && self.hooks.logits.is_none()
     }
 
     /// Whether a `model.block_input` hook wants the blocks' outputs kept.
@@ -237,6 +238,11 @@ impl Model {
     /// The head's logits, through `model.logits` if any.
     pub fn head(&self, cx: &ForwardCtx, x: &Tensor) -> Result<Tensor> {
         let logits = self.hooks.head.head(cx, x)?;
+        self.logits(cx, logits)
+    }
+
+    /// The head's logits through `model.logits`, if any.
+    pub fn logits(&self, cx: &ForwardCtx, logits: Tensor) -> Result<Tensor> {
         match &self.hooks.logits {
             Some(h) => h.logits(cx, &logits),
             None => Ok(logits),

@@ -263,13 +263,14 @@ impl ForwardHook for ReferenceGpt {
                     cx.params.get("transformer.ln_f.bias")?,
                 ],
             };
-            return Ok(speedrun_kernels::reference_gpt(
+            let logits = speedrun_kernels::reference_gpt(
                 tokens,
                 &params,
                 cx.spec.heads,
                 LN_EPS,
                 cx.params.fused_grads(),
-            )?);
+            )?;
+            return model.logits(cx, logits);
         }
         let keep = model.has_block_input();
         let mut outputs: Vec<Tensor> = Vec::new();
