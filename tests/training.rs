@@ -208,6 +208,17 @@ impl EmbedHook for UntapedEmbed {
     }
 }
 
+/// The loss on (x, y), and every parameter's gradient flattened, in order.
+fn loss_and_grads(model: &Model, x: &Tensor, y: &Tensor) -> (f32, Vec<Vec<f32>>) {
+    let loss = model_loss(model, x, y);
+    let grads = Grads::collect(&model.params, &loss.backward().unwrap()).unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (
+        loss.to_scalar::<f32>().unwrap(),
+        grads.0.iter().map(flat).collect(),
+    )
+}
+
 /// The whole model on the host's tape, its fused blocks under candle's graph,
 /// and its blocks composed node by node: the same loss and every parameter's
 /// gradient, bit for bit. Once with sequences as long as the positions, once
@@ -217,13 +228,7 @@ fn the_tapes_and_the_fused_blocks_whole_model_gradients_are_the_composed_blocks(
     let run = |hooks: ModelHooks, path: (bool, bool), (x, y): &(Tensor, Tensor)| {
         let model = Model::build(&tiny_spec(), hooks, 5, &DEV).unwrap();
         assert_eq!((model.is_reference(), model.block_is_reference()), path);
-        let loss = model_loss(&model, x, y);
-        let grads = Grads::collect(&model.params, &loss.backward().unwrap()).unwrap();
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        (
-            loss.to_scalar::<f32>().unwrap(),
-            grads.0.iter().map(flat).collect::<Vec<_>>(),
-        )
+        loss_and_grads(&model, x, y)
     };
     let short = (
         Tensor::new(&[[3u32, 5, 5, 9], [4, 4, 7, 3]], &DEV).unwrap(),
@@ -280,17 +285,14 @@ fn a_block_parameter_used_outside_its_block_gets_both_gradients() {
         };
         let model = Model::build(&tiny_spec(), hooks, 5, &DEV).unwrap();
         let (x, y) = tiny_batch();
-        let loss = model_loss(&model, &x, &y);
-        let grads = Grads::collect(&model.params, &loss.backward().unwrap()).unwrap();
         let i = model
             .params
             .iter()
             .position(|p| p.spec.name == "transformer.h.0.ln_1.bias")
             .unwrap();
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         (
             (model.is_reference(), model.block_is_reference()),
-            grads.0.iter().map(flat).collect::<Vec<_>>(),
+            loss_and_grads(&model, &x, &y).1,
             i,
         )
     };
@@ -310,12 +312,7 @@ fn a_block_parameter_used_outside_its_block_gets_both_gradients() {
     // Without the logits' share the bias's gradient is not the same.
     let plain = Model::build(&tiny_spec(), ModelHooks::default(), 5, &DEV).unwrap();
     let (x, y) = tiny_batch();
-    let g = Grads::collect(
-        &plain.params,
-        &model_loss(&plain, &x, &y).backward().unwrap(),
-    )
-    .unwrap();
-    assert!(g.0[i].flatten_all().unwrap().to_vec1::<f32>().unwrap() != taped[i]);
+    assert!(loss_and_grads(&plain, &x, &y).1[i] != taped[i]);
 }
 
 #[test]

@@ -107,9 +107,8 @@ pub(crate) struct Forward {
     h2: Tensor,
     pre: Tensor,
     u: Tensor,
-    /// The output, until the node's `cpu_fwd` hands it over (then dropped,
-    /// so the graph does not hold it twice).
-    y: Mutex<Option<Tensor>>,
+    /// The output, until the node's `cpu_fwd` (or the tape) takes it.
+    pub(crate) y: Pending,
 }
 
 impl Forward {
@@ -133,17 +132,8 @@ impl Forward {
             h2,
             pre,
             u,
-            y: Mutex::new(Some(y)),
+            y: Pending::new(y),
         })
-    }
-
-    /// The output, once: whoever takes it owns it (the graph must not hold it twice).
-    pub(crate) fn take_output(&self, name: &str) -> Result<Tensor> {
-        let taken = self.y.lock().map(|mut y| y.take());
-        let Ok(Some(y)) = taken else {
-            bail!("{name}: the block's output was already handed over")
-        };
-        Ok(y)
     }
 
     /// The input's gradient and the 12 parameters' (in order) from the
@@ -197,7 +187,7 @@ impl CustomOp1 for Node {
     }
 
     fn cpu_fwd(&self, _x: &CpuStorage, _xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        hand_over(&self.forward.take_output(self.name())?, self.name())
+        self.forward.y.hand_over(self.name())
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -209,16 +199,35 @@ impl CustomOp1 for Node {
     }
 }
 
-/// A node's output computed before the node: the storage of `y`, which must
-/// be a whole contiguous buffer (its data is cloned once, as candle's op
-/// output must be owned).
-pub(crate) fn hand_over(y: &Tensor, name: &str) -> Result<(CpuStorage, Shape)> {
-    crate::real::with_cpu(y, name, |s, layout| match layout.contiguous_offsets() {
-        Some((0, end)) if end == layout.shape().elem_count() => {
-            Ok((s.clone(), layout.shape().clone()))
-        }
-        _ => bail!("{name}: the output is not a whole buffer"),
-    })
+/// A node's output computed before the node, until it is handed over: once,
+/// so that the graph does not hold it twice.
+pub(crate) struct Pending(Mutex<Option<Tensor>>);
+
+impl Pending {
+    pub(crate) fn new(y: Tensor) -> Pending {
+        Pending(Mutex::new(Some(y)))
+    }
+
+    /// The output; `name` says whose, in the error on a second take.
+    pub(crate) fn take(&self, name: &str) -> Result<Tensor> {
+        let taken = self.0.lock().map(|mut y| y.take());
+        let Ok(Some(y)) = taken else {
+            bail!("{name}: the output was already handed over")
+        };
+        Ok(y)
+    }
+
+    /// The output as a node's `cpu_fwd` returns it: its storage, which must
+    /// be a whole contiguous buffer (cloned once: candle's op output is owned).
+    pub(crate) fn hand_over(&self, name: &str) -> Result<(CpuStorage, Shape)> {
+        let y = self.take(name)?;
+        crate::real::with_cpu(&y, name, |s, layout| match layout.contiguous_offsets() {
+            Some((0, end)) if end == layout.shape().elem_count() => {
+                Ok((s.clone(), layout.shape().clone()))
+            }
+            _ => bail!("{name}: the output is not a whole buffer"),
+        })
+    }
 }
 
 /// The reference block `x ↦ x2 + mlp(ln_2(x2))`, `x2 = x + attn(ln_1(x))`, for

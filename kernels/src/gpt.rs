@@ -5,21 +5,20 @@
 //! its backward reads. The backward walks the tape in reverse itself: the
 //! residual stream's gradient is handed from step to step (candle's backward
 //! would give each block's input a zero tensor and an add), and each
-//! parameter's first gradient is moved into its slot, a later one added
-//! (the tied `wte` gets the head's and the embedding's). candle's autograd
-//! sees one node, from `wte` to the logits, whose backward puts every
-//! parameter's gradient into the model's [`ParamGrads`]; the loss before it
-//! stays the host's own node.
+//! parameter's gradient goes into the model's [`ParamGrads`] (the first
+//! moved in, a later one added: the tied `wte` gets the head's and the
+//! embedding's). candle's autograd sees one node, from `wte` to the logits;
+//! the loss before it stays the host's own node.
 //!
 //! Values and gradients equal the composed model's (candle's graph over the
 //! same kernels) bit for bit: the steps call the kernels the composed ops
 //! call, in the order candle's backward calls them (the tests compare them).
 
 use crate::bias::ColumnSum;
-use crate::block::{self, BlockParams, ParamGrads};
+use crate::block::{self, BlockParams, ParamGrads, Pending};
 use crate::linear;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The reference GPT's parameters, GPT-2's names in the comments.
 pub struct GptParams<'a> {
@@ -33,61 +32,36 @@ pub struct GptParams<'a> {
     pub ln_f: [&'a Tensor; 2],
 }
 
-impl GptParams<'_> {
-    /// Every parameter in slot order: wte, wpe, each block's 12, ln_f's 2.
-    fn all(&self) -> Vec<&Tensor> {
-        let mut all = vec![self.wte, self.wpe];
-        for b in &self.blocks {
-            all.extend(b.all());
-        }
-        all.extend(self.ln_f);
-        all
-    }
-}
-
-/// Where a parameter's gradient goes: its index in [`GptParams::all`].
-const WTE: usize = 0;
-const WPE: usize = 1;
-fn block_slot(layer: usize, j: usize) -> usize {
-    2 + 12 * layer + j
-}
-
-/// One recorded step and what its backward reads.
+/// One recorded step, what its backward reads, and the caller's parameter
+/// tensors its gradients go out under.
 enum Step {
     /// `x = wte[ids] + wpe[..t]`, `x` `[B, T, D]`.
-    Embed { ids: Tensor, positions: usize },
+    Embed {
+        ids: Tensor,
+        wte: Tensor,
+        wpe: Tensor,
+    },
     /// One block: its forward keeps its own intermediates.
     Block {
-        layer: usize,
         forward: block::Forward,
+        params: Vec<Tensor>,
     },
     /// `h = ln_f(x)`.
-    FinalNorm { x: Tensor, gain: Tensor },
+    FinalNorm {
+        x: Tensor,
+        gain: Tensor,
+        params: [Tensor; 2],
+    },
     /// `logits = h wteᵀ`; `w` is `wteᵀ` as the head's product read it.
-    Head { h: Tensor, w: Tensor },
+    Head { h: Tensor, w: Tensor, wte: Tensor },
 }
 
-/// The forward's steps in order, and the slots of the parameters' gradients.
+/// The forward's steps in order.
 struct Tape {
     steps: Vec<Step>,
     heads: usize,
     eps: f64,
-    /// The output, until the node hands it over.
-    logits: Mutex<Option<Tensor>>,
-}
-
-/// Per-parameter gradient slots: the first moved in, later ones added.
-struct Slots(Vec<Option<Tensor>>);
-
-impl Slots {
-    fn give(&mut self, slot: usize, g: Tensor) -> Result<()> {
-        let sum = match self.0[slot].take() {
-            Some(held) => (held + g)?,
-            None => g,
-        };
-        self.0[slot] = Some(sum);
-        Ok(())
-    }
+    logits: Pending,
 }
 
 impl Tape {
@@ -102,41 +76,47 @@ impl Tape {
         let mut x = crate::add_rows(&tok, &wpe.narrow(0, 0, t)?)?;
         let mut steps = vec![Step::Embed {
             ids,
-            positions: wpe.dim(0)?,
+            wte: params.wte.clone(),
+            wpe: params.wpe.clone(),
         }];
-        for (layer, bp) in params.blocks.iter().enumerate() {
-            let p = bp
-                .all()
+        for bp in &params.blocks {
+            let all = bp.all();
+            let p = all
                 .iter()
                 .map(|t| detached(t))
                 .collect::<Result<Vec<_>>>()?;
             let forward = block::Forward::run(&x, p, heads, eps)?;
-            x = forward.take_output("reference_gpt")?;
-            steps.push(Step::Block { layer, forward });
+            x = forward.y.take("reference_gpt")?;
+            let params = all.into_iter().cloned().collect();
+            steps.push(Step::Block { forward, params });
         }
         let (gain, bias) = (detached(params.ln_f[0])?, detached(params.ln_f[1])?);
         let h = crate::layer_norm(&x, Some(&gain), Some(&bias), eps)?;
-        steps.push(Step::FinalNorm { x, gain });
+        let ln_f = params.ln_f.map(|t| t.clone());
+        steps.push(Step::FinalNorm {
+            x,
+            gain,
+            params: ln_f,
+        });
         // HeadHook's product: `linear(h, wteᵀ)`, which makes wteᵀ contiguous.
         let w = wte.t()?.contiguous()?;
         let logits = crate::linear(&h, &w, None)?;
-        steps.push(Step::Head { h, w });
+        let wte = params.wte.clone();
+        steps.push(Step::Head { h, w, wte });
         Ok(Tape {
             steps,
             heads,
             eps,
-            logits: Mutex::new(Some(logits)),
+            logits: Pending::new(logits),
         })
     }
 
-    /// Every parameter's gradient (by slot) from the logits'.
-    fn backward(&self, dlogits: &Tensor, slots: usize) -> Result<Vec<Option<Tensor>>> {
-        let mut grads = Slots(vec![None; slots]);
-        let ln_f = slots - 2;
+    /// Every parameter's gradient into `grads`, from the logits'.
+    fn backward(&self, dlogits: &Tensor, grads: &ParamGrads) -> Result<()> {
         let mut dy = dlogits.contiguous()?;
         for step in self.steps.iter().rev() {
             dy = match step {
-                Step::Head { h, w } => {
+                Step::Head { h, w, wte } => {
                     // The head's node: g wᵀ and hᵀ g; candle's transpose hands
                     // wte the second one's transpose.
                     let (inner, out) = w.dims2()?;
@@ -144,23 +124,23 @@ impl Tape {
                     let g = dy.reshape((rows, out))?;
                     let dh = linear::input_grad(&g, w)?;
                     let dw = linear::weight_grad(&h.reshape((rows, inner))?, &g)?;
-                    grads.give(WTE, dw.t()?.contiguous()?)?;
+                    grads.add(wte, dw.t()?.contiguous()?)?;
                     dh.reshape(h.shape())?
                 }
-                Step::FinalNorm { x, gain } => {
+                Step::FinalNorm { x, gain, params } => {
                     let (dx, dg, db) = crate::norm::layer_norm_grads(x, gain, &dy, None, self.eps)?;
-                    grads.give(ln_f, dg)?;
-                    grads.give(ln_f + 1, db)?;
+                    grads.add(&params[0], dg)?;
+                    grads.add(&params[1], db)?;
                     dx
                 }
-                Step::Block { layer, forward } => {
+                Step::Block { forward, params } => {
                     let (dx, dp) = forward.backward(&dy, self.heads, self.eps)?;
-                    for (j, g) in dp.into_iter().enumerate() {
-                        grads.give(block_slot(*layer, j), g)?;
+                    for (p, g) in params.iter().zip(dp) {
+                        grads.add(p, g)?;
                     }
                     dx
                 }
-                Step::Embed { ids, positions } => {
+                Step::Embed { ids, wte, wpe } => {
                     let (b, t, d) = dy.dims3()?;
                     // add_rows' node: the positions' gradient is dy's column
                     // sums over the batch; narrow's pads the unused rows.
@@ -168,34 +148,27 @@ impl Tape {
                         .reshape((b, t * d))?
                         .apply_op1_no_bwd(&ColumnSum { m: t * d })?
                         .reshape((t, d))?;
-                    let dpos = if *positions > t {
+                    let positions = wpe.dim(0)?;
+                    let dpos = if positions > t {
                         let rest = Tensor::zeros((positions - t, d), dy.dtype(), dy.device())?;
                         Tensor::cat(&[&dpos, &rest], 0)?
                     } else {
                         dpos
                     };
-                    grads.give(WPE, dpos)?;
+                    grads.add(wpe, dpos)?;
                     // index_select's: dy's rows added into wte's gradient so
                     // far (the head's), position by position, as candle's
                     // backward adds them.
-                    let rows = dy.reshape((b * t, d))?;
-                    let held = match grads.0[WTE].take() {
+                    let held = match grads.take(wte) {
                         Some(g) => g,
-                        None => Tensor::zeros((self.vocab()?, d), dy.dtype(), dy.device())?,
+                        None => wte.zeros_like()?,
                     };
-                    grads.0[WTE] = Some(held.index_add(ids, &rows, 0)?);
+                    grads.add(wte, held.index_add(ids, &dy.reshape((b * t, d))?, 0)?)?;
                     dy
                 }
             };
         }
-        Ok(grads.0)
-    }
-
-    fn vocab(&self) -> Result<usize> {
-        match self.steps.last() {
-            Some(Step::Head { w, .. }) => w.dim(1),
-            _ => bail!("reference_gpt: the tape ends without its head"),
-        }
+        Ok(())
     }
 }
 
@@ -204,8 +177,6 @@ impl Tape {
 /// gradient to `grads`.
 struct Node {
     tape: Tape,
-    /// The caller's parameter tensors, in slot order.
-    params: Vec<Tensor>,
     grads: Arc<ParamGrads>,
 }
 
@@ -215,20 +186,11 @@ impl CustomOp1 for Node {
     }
 
     fn cpu_fwd(&self, _w: &CpuStorage, _wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let taken = self.tape.logits.lock().map(|mut y| y.take());
-        let Ok(Some(logits)) = taken else {
-            bail!("{}: the logits were already handed over", self.name())
-        };
-        block::hand_over(&logits, self.name())
+        self.tape.logits.hand_over(self.name())
     }
 
     fn bwd(&self, _w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grads = self.tape.backward(grad, self.params.len())?;
-        for (p, g) in self.params.iter().zip(grads) {
-            if let Some(g) = g {
-                self.grads.add(p, g)?;
-            }
-        }
+        self.tape.backward(grad, &self.grads)?;
         // wte's gradient went to `grads` with the others.
         Ok(None)
     }
@@ -252,7 +214,6 @@ pub fn reference_gpt(
     let tape = Tape::record(tokens, params, heads, eps)?;
     params.wte.apply_op1(Node {
         tape,
-        params: params.all().into_iter().cloned().collect(),
         grads: grads.clone(),
     })
 }

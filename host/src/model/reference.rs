@@ -250,10 +250,9 @@ impl ForwardHook for ReferenceGpt {
     /// (`speedrun_kernels::reference_gpt`: the same kernels, equal values and
     /// gradients).
     fn forward(&self, cx: &ForwardCtx, model: &Model, tokens: &Tensor) -> Result<Tensor> {
-        let wte = cx.params.get("transformer.wte.weight")?;
-        if model.is_reference() && cx.precision == Precision::F32 && wte.device().is_cpu() {
+        if model.is_reference() && cx.precision == Precision::F32 && tokens.device().is_cpu() {
             let params = speedrun_kernels::GptParams {
-                wte,
+                wte: cx.params.get("transformer.wte.weight")?,
                 wpe: cx.params.get("transformer.wpe.weight")?,
                 blocks: (0..cx.spec.layers)
                     .map(|l| block_params(cx, l))
