@@ -127,7 +127,7 @@ pub fn optimizer_step_args(
 }
 
 pub fn read_optimizer_step_args(f: &Frame) -> Result<StepArgs> {
-    if !f.tensors.len().is_multiple_of(2) {
+    if f.tensors.len() % 2 != 0 {
         bail!(
             "optimizer.step: an odd number of tensors ({})",
             f.tensors.len()
