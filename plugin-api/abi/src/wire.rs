@@ -293,5 +293,10 @@ mod tests {
             (7, 0.01, 0.9, 2.5)
         );
         assert_eq!(s.params_and_grads, vec![(1, 2), (3, 4)]);
+        // A parameter without its gradient is refused, not paired off wrongly.
+        let mut odd = f.clone();
+        odd.tensors.pop();
+        let e = read_optimizer_step_args(&odd).unwrap_err().to_string();
+        assert!(e.contains("odd number of tensors (3)"), "{e}");
     }
 }
