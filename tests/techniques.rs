@@ -950,3 +950,77 @@ fn unet_skips_hand_early_outputs_to_late_inputs_with_their_weights() {
         "{e}"
     );
 }
+
+/// The shipped model plugins with their forward hooks on the host's tape
+/// (`plugins::call_tape`) against the same hooks on candle's graph: the same
+/// loss bit for bit, every parameter's gradient within f32 rounding, and
+/// every training call of a forward hook on the tape (the telemetry says so).
+#[test]
+fn model_plugins_on_the_hosts_tape_give_candles_gradients() {
+    use speedrun::loss::cross_entropy;
+    use speedrun::model::Model;
+    use speedrun::plugins::call_tape;
+    let track = smoke_track();
+    let stacks: [(&[&str], &[&str]); 3] = [
+        (&["plugins/relu2"], &[]),
+        (
+            &["plugins/rmsnorm", "plugins/softcap", "plugins/rotary"],
+            &[r#"rotary={"qk_norm": true}"#],
+        ),
+        (
+            &[
+                "plugins/value-embeddings",
+                "plugins/unet-skips",
+                "plugins/untied-head",
+            ],
+            &[],
+        ),
+    ];
+    let dev = Device::Cpu;
+    let t = track.model.seq_len;
+    let ids: Vec<u32> = seeded(2 * (t + 1), 3, 1.0)
+        .iter()
+        .map(|v| (v.abs() * 1e4) as u32 % track.model.vocab as u32)
+        .collect();
+    let x = Tensor::from_vec(ids[..2 * t].to_vec(), (2, t), &dev).unwrap();
+    let y = Tensor::from_vec(ids[2..].to_vec(), 2 * t, &dev).unwrap();
+    for (dirs, configs) in stacks {
+        let comps = stack_of(dirs, configs, false);
+        let model = Model::build(&track.model, comps.hooks, 0, &dev).unwrap();
+        speedrun::plugins::take_stats(&comps.plugins);
+        let loss_and_grads = || {
+            let logits = model.forward(&x, true).unwrap();
+            let (b, t, v) = logits.dims3().unwrap();
+            let loss = cross_entropy(&logits.reshape((b * t, v)).unwrap(), &y).unwrap();
+            let grads = Grads::collect(&model.params, &loss.backward().unwrap()).unwrap();
+            let lines = speedrun::plugins::take_stats(&comps.plugins);
+            let taped: Vec<(String, u64, u64)> = lines
+                .into_iter()
+                .map(|l| (l.hook, l.calls, l.taped))
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), grads, taped)
+        };
+        let (taped_loss, taped, on_tape) = loss_and_grads();
+        let (graph_loss, graph, off_tape) = call_tape::without(loss_and_grads);
+        assert!(!on_tape.is_empty(), "{dirs:?}: no hook was called");
+        for ((hook, calls, taped), (_, _, untaped)) in on_tape.iter().zip(&off_tape) {
+            assert!(*calls > 0, "{dirs:?}: {hook}");
+            assert_eq!(taped, calls, "{dirs:?}: {hook}'s calls were not all taped");
+            assert_eq!(*untaped, 0, "{dirs:?}: {hook} was taped with the tape off");
+        }
+        assert_eq!(taped_loss, graph_loss, "{dirs:?}: the losses differ");
+        for ((p, a), b) in model.params.iter().zip(&taped.0).zip(&graph.0) {
+            let (a, b) = (values(a), values(b));
+            let largest = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let off = a
+                .iter()
+                .zip(&b)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                off <= 1e-5 * largest.max(1e-3),
+                "{dirs:?}: {}'s gradient is off by {off} (largest {largest})",
+                p.spec.name
+            );
+        }
+    }
+}

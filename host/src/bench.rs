@@ -310,11 +310,18 @@ pub struct PluginOverheadReport {
     /// The step ratio with the untouched part's noise taken out, from medians:
     /// (built-in fwd+bwd + plugin optimizer) / (built-in fwd+bwd + built-in optimizer).
     pub isolated_step_ratio: f64,
+    /// The plugin stack again, its forward hooks on candle's graph instead of
+    /// the host's tape (`plugins::call_tape`): a third step in each round.
+    pub graph_step_ms: f64,
+    /// Median over rounds of (plugin step on the tape / on candle's graph).
+    pub tape_ratio: f64,
 }
 
 /// The built-in stack and the stack with `plugins`, each on its own model built
 /// from the same seed, stepping in one process: `pairs` pairs of one step each,
-/// the order flipping every pair, after one warm-up step each.
+/// the order flipping every pair, after one warm-up step each. A third copy of
+/// the plugin stack steps with its forward hooks on candle's graph, after each
+/// pair, for the tape's own ratio.
 pub fn plugin_overhead(
     lt: &LoadedTrack,
     data_dir: Option<&Path>,
@@ -327,6 +334,7 @@ pub fn plugin_overhead(
     let data = TrackData::open(lt, data_dir)?;
     let total = 1 + pairs;
     let with = crate::plugins::stack(track, 0, plugins, &[], wasm, policy)?;
+    let graph = crate::plugins::stack(track, 0, plugins, &[], wasm, policy)?;
     let names = with.plugins.iter().map(|p| p.record.name.clone()).collect();
     let mut stacks = [
         Stepper::new(
@@ -337,15 +345,20 @@ pub fn plugin_overhead(
             &Device::Cpu,
         )?,
         Stepper::new(track, &data, with, total, &Device::Cpu)?,
+        Stepper::new(track, &data, graph, total, &Device::Cpu)?,
     ];
-    for s in stacks.iter_mut() {
-        s.step()?;
+    let step = |s: &mut Stepper, i: usize| match i {
+        2 => crate::plugins::call_tape::without(|| s.step()),
+        _ => s.step(),
+    };
+    for (i, s) in stacks.iter_mut().enumerate() {
+        step(s, i)?;
     }
-    let mut times: [Vec<SplitTimes>; 2] = [vec![], vec![]];
+    let mut times: [Vec<SplitTimes>; 3] = [vec![], vec![], vec![]];
     for pair in 0..pairs {
-        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = if pair % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for i in order {
-            times[i].push(stacks[i].step()?);
+            times[i].push(step(&mut stacks[i], i)?);
         }
     }
     let total_ms = |t: &SplitTimes| (t.forward + t.backward + t.optimizer) * 1e3;
@@ -375,6 +388,14 @@ pub fn plugin_overhead(
         builtin_fwd_bwd_ms: fb_b,
         plugin_fwd_bwd_ms: med(1, &fb),
         isolated_step_ratio: (fb_b + opt_p) / (fb_b + opt_b),
+        graph_step_ms: med(2, &total_ms),
+        tape_ratio: median(
+            times[1]
+                .iter()
+                .zip(&times[2])
+                .map(|(t, g)| total_ms(t) / total_ms(g))
+                .collect(),
+        ),
     })
 }
 

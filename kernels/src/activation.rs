@@ -182,6 +182,17 @@ pub fn relu2(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Forward(Act::Relu2))
 }
 
+/// The input gradient of [`gelu`] at `x` for the output gradient `grad`, as its
+/// node's backward computes it (for the host's tape).
+pub fn gelu_input_grad(x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    Forward(Act::Gelu).bwd(x, x, grad).map(Option::unwrap)
+}
+
+/// The input gradient of [`relu2`], as [`gelu_input_grad`] is [`gelu`]'s.
+pub fn relu2_input_grad(x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    Forward(Act::Relu2).bwd(x, x, grad).map(Option::unwrap)
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::{Backward, Forward};

@@ -45,7 +45,8 @@ impl ParamGrads {
         self.lock().remove(&param.id())
     }
 
-    pub(crate) fn add(&self, param: &Tensor, grad: Tensor) -> Result<()> {
+    /// Adds `grad` to what `param` received so far (the first is moved in).
+    pub fn add(&self, param: &Tensor, grad: Tensor) -> Result<()> {
         let mut held = self.lock();
         let sum = match held.remove(&param.id()) {
             Some(g) => (g + grad)?,
@@ -201,15 +202,15 @@ impl CustomOp1 for Node {
 
 /// A node's output computed before the node, until it is handed over: once,
 /// so that the graph does not hold it twice.
-pub(crate) struct Pending(Mutex<Option<Tensor>>);
+pub struct Pending(Mutex<Option<Tensor>>);
 
 impl Pending {
-    pub(crate) fn new(y: Tensor) -> Pending {
+    pub fn new(y: Tensor) -> Pending {
         Pending(Mutex::new(Some(y)))
     }
 
     /// The output; `name` says whose, in the error on a second take.
-    pub(crate) fn take(&self, name: &str) -> Result<Tensor> {
+    pub fn take(&self, name: &str) -> Result<Tensor> {
         let taken = self.0.lock().map(|mut y| y.take());
         let Ok(Some(y)) = taken else {
             bail!("{name}: the output was already handed over")
@@ -219,13 +220,20 @@ impl Pending {
 
     /// The output as a node's `cpu_fwd` returns it: its storage, which must
     /// be a whole contiguous buffer (cloned once: candle's op output is owned).
-    pub(crate) fn hand_over(&self, name: &str) -> Result<(CpuStorage, Shape)> {
+    /// A view (a plugin's transposed or narrowed output) is copied out first.
+    pub fn hand_over(&self, name: &str) -> Result<(CpuStorage, Shape)> {
         let y = self.take(name)?;
-        crate::real::with_cpu(&y, name, |s, layout| match layout.contiguous_offsets() {
-            Some((0, end)) if end == layout.shape().elem_count() => {
-                Ok((s.clone(), layout.shape().clone()))
+        let whole = |l: &Layout| matches!(l.contiguous_offsets(), Some((0, end)) if end == l.shape().elem_count());
+        let y = if whole(y.layout()) {
+            y
+        } else {
+            y.force_contiguous()?
+        };
+        crate::real::with_cpu(&y, name, |s, layout| {
+            if !whole(layout) {
+                bail!("{name}: the output is not a whole buffer")
             }
-            _ => bail!("{name}: the output is not a whole buffer"),
+            Ok((s.clone(), layout.shape().clone()))
         })
     }
 }

@@ -34,22 +34,22 @@ mod softmax;
 mod tile;
 mod wide;
 
-pub use activation::{gelu, relu2};
+pub use activation::{gelu, gelu_input_grad, relu2, relu2_input_grad};
 pub use adamw::{adamw_update, AdamwStep};
 pub use attention::{
     causal_attention_packed, causal_attention_packed_grad, projected_causal_attention,
 };
 pub use bias::add_rows;
-pub use block::{reference_block, BlockParams, ParamGrads};
+pub use block::{reference_block, BlockParams, ParamGrads, Pending};
 pub use cross_entropy::cross_entropy;
 pub use gemm_call::kernel_name as matmul_kernel;
 pub use gpt::{reference_gpt, GptParams};
-pub use linear::{linear, linear_gelu, linear_relu2, linear_residual};
+pub use linear::{grads as linear_grads, linear, linear_gelu, linear_relu2, linear_residual};
 pub use newton_schulz::{newton_schulz, NsCoefficients};
-pub use norm::{layer_norm, rms_norm};
+pub use norm::{layer_norm, norm_grads, rms_norm};
 pub use precision::Precision;
 pub use real::{exp_f32, tanh_f32};
-pub use rotary::rotary;
+pub use rotary::{rotary, rotary_grad};
 pub use softmax::causal_softmax;
 pub use wide::width as vector_width;
 

@@ -242,7 +242,7 @@ fn cpu_fwd(
 /// The input and weight gradients, `g wᵀ` and `xᵀ g`, on gemm into fresh
 /// buffers (candle's matmul would zero-fill them first); the bias's a
 /// fixed-order column sum. CPU only: on a GPU `linear` is candle's ops.
-pub(crate) fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let (inner, out) = w.dims2()?;
     let rows = x.elem_count() / inner;
     let g = grad.contiguous()?.reshape((rows, out))?;

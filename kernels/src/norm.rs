@@ -299,6 +299,20 @@ pub(crate) fn layer_norm_grads(
     grads(Kind::Layer, eps, x, w, grad, add.cloned())
 }
 
+/// The input, gain and bias gradients of [`layer_norm`] (`rms: false`) or
+/// [`rms_norm`] (`rms: true`, the bias's is zero) with gain `w` (ones when the
+/// norm has none), as their node's backward computes them.
+pub fn norm_grads(
+    rms: bool,
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let kind = if rms { Kind::Rms } else { Kind::Layer };
+    grads(kind, eps, &x.contiguous()?, &w.contiguous()?, grad, None)
+}
+
 fn norm(
     kind: Kind,
     x: &Tensor,

@@ -98,6 +98,14 @@ pub fn rotary(x: &Tensor, base: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Rotate { base, sign: 1.0 })
 }
 
+/// The input gradient of [`rotary`] for the output gradient `grad`: the
+/// inverse rotation, as its node's backward computes it.
+pub fn rotary_grad(grad: &Tensor, base: f64) -> Result<Tensor> {
+    Rotate { base, sign: 1.0 }
+        .bwd(grad, grad, grad)
+        .map(Option::unwrap)
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use crate::cuda::{elementwise, input, output, wrap};

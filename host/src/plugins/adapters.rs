@@ -3,6 +3,7 @@
 //! `PluginSession::call`, so the training loop cannot tell a plugin from the
 //! reference.
 
+use super::call_tape;
 use super::handles::Held;
 use super::session::PluginSession;
 use crate::model::hooks::*;
@@ -172,6 +173,8 @@ fn forward_call(
 }
 
 /// Calls one forward hook on several tensors (the input first), one tensor out.
+/// In training on the CPU the call goes on the host's tape (`call_tape`): the
+/// plugin gets its inputs detached and the output comes back as one node.
 fn forward_call_on(
     s: &Shared,
     hook: HookPoint,
@@ -182,19 +185,35 @@ fn forward_call_on(
     let mut session = session(s)?;
     session.set_eval(!cx.train);
     session.set_tokens(cx.tokens.cloned());
-    session.call(
+    let floats = inputs.iter().filter(|t| t.dtype().is_float()).count();
+    let taped = cx.train
+        && call_tape::enabled()
+        && floats <= call_tape::MAX_INPUTS
+        && inputs.iter().all(|t| t.device().is_cpu());
+    let given: Vec<Tensor> = if taped {
+        let tape = session.start_tape();
+        inputs.iter().map(|t| tape.input(t)).collect()
+    } else {
+        inputs.iter().map(|&t| t.clone()).collect()
+    };
+    let out = session.call(
         hook,
         Some(cx.params),
         None,
         |table| {
-            let handles = inputs
+            let handles = given
                 .iter()
-                .map(|t| table.scoped((*t).clone()))
+                .map(|t| table.scoped(t.clone()))
                 .collect::<Result<Vec<_>>>()?;
             Ok(wire::forward_args(cx.train, cx.spec, &handles, extra))
         },
         |reply, table| Ok(table.tensor(wire::read_tensor_reply(reply)?)?.clone()),
-    )
+    );
+    let tape = session.take_tape();
+    match tape {
+        Some(tape) => call_tape::finish(tape, inputs, &given, out?, cx.params.fused_grads()),
+        None => out,
+    }
 }
 
 /// Checks a hook's output shape, naming the hook.

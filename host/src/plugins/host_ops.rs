@@ -8,6 +8,7 @@
 //! checks sit beside its kernel call and a reviewer reads the whole contract
 //! in one place; the shared checks are the helpers below it.
 
+use super::call_tape::CallTape;
 use super::handles::{HandleTable, Held};
 use crate::model::ops as model_ops;
 use crate::model::params::ParamStore;
@@ -38,6 +39,8 @@ pub struct OpEnv<'a> {
     pub precision: speedrun_kernels::Precision,
     /// The host is validating: no writes, no kept handles.
     pub eval: bool,
+    /// The hook call's own tape, when the host runs its backward (training on the CPU).
+    pub tape: Option<&'a mut CallTape>,
     /// Refusals recorded for the verdict, whether or not the plugin passes the error on.
     pub violations: &'a mut Vec<Violation>,
     /// The document separator's id as this forward's tokens spell it.
@@ -244,174 +247,6 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
             }
             Tensor::arange(0u32, n as u32, dev)?.to_dtype(dtype)?
         }
-        Op::Neg => t(0)?.neg()?,
-        Op::Abs => t(0)?.abs()?,
-        Op::Sign => t(0)?.sign()?,
-        Op::Exp => t(0)?.exp()?,
-        Op::Log => t(0)?.log()?,
-        Op::Sqrt => t(0)?.sqrt()?,
-        Op::Sqr => t(0)?.sqr()?,
-        Op::Recip => t(0)?.recip()?,
-        Op::Tanh => t(0)?.tanh()?,
-        Op::Sigmoid => (t(0)?.neg()?.exp()? + 1.0)?.recip()?,
-        Op::Relu => t(0)?.relu()?,
-        Op::Gelu => speedrun_kernels::gelu(t(0)?)?,
-        Op::Relu2 => speedrun_kernels::relu2(t(0)?)?,
-        Op::Silu => t(0)?.silu()?,
-        Op::Sin => t(0)?.sin()?,
-        Op::Cos => t(0)?.cos()?,
-        Op::Detach => t(0)?.detach(),
-        Op::Contiguous => t(0)?.contiguous()?,
-        Op::Add => t(0)?.broadcast_add(t(1)?)?,
-        Op::Sub => t(0)?.broadcast_sub(t(1)?)?,
-        Op::Mul => t(0)?.broadcast_mul(t(1)?)?,
-        Op::Div => t(0)?.broadcast_div(t(1)?)?,
-        Op::Maximum => t(0)?.broadcast_maximum(t(1)?)?,
-        Op::Minimum => t(0)?.broadcast_minimum(t(1)?)?,
-        Op::Affine => t(0)?.affine(float(0)?, float(1)?)?,
-        Op::DivScalar => {
-            let x = t(0)?;
-            let s = Tensor::new(float(0)?, dev)?.to_dtype(x.dtype())?;
-            x.broadcast_div(&s)?
-        }
-        Op::PowScalar => t(0)?.powf(float(0)?)?,
-        Op::Clamp => t(0)?.clamp(float(0)?, float(1)?)?,
-        Op::Sum | Op::Mean | Op::Norm => {
-            let x = t(0)?;
-            let keep = f.int(0)? != 0;
-            let mut ds = dims(&f.ints[1..])?;
-            if ds.is_empty() {
-                ds = (0..x.rank()).collect();
-            }
-            let x2;
-            let src = if op == Op::Norm {
-                x2 = x.sqr()?;
-                &x2
-            } else {
-                x
-            };
-            let r = match (op, keep) {
-                (Op::Mean, true) => src.mean_keepdim(ds)?,
-                (Op::Mean, false) => src.mean(ds)?,
-                (_, true) => src.sum_keepdim(ds)?,
-                (_, false) => src.sum(ds)?,
-            };
-            if op == Op::Norm {
-                r.sqrt()?
-            } else {
-                r
-            }
-        }
-        Op::Max | Op::Min => {
-            let x = t(0)?;
-            let keep = f.int(0)? != 0;
-            let d = int(1)?;
-            match (op, keep) {
-                (Op::Max, true) => x.max_keepdim(d)?,
-                (Op::Max, false) => x.max(d)?,
-                (_, true) => x.min_keepdim(d)?,
-                (_, false) => x.min(d)?,
-            }
-        }
-        Op::Reshape => t(0)?.reshape(dims(&f.ints)?)?,
-        Op::Transpose => t(0)?.transpose(int(0)?, int(1)?)?,
-        Op::Permute => t(0)?.permute(dims(&f.ints)?)?,
-        Op::Narrow => t(0)?.narrow(int(0)?, int(1)?, int(2)?)?,
-        Op::Cat => {
-            if f.tensors.is_empty() {
-                bail!("cat of no tensors");
-            }
-            let xs = (0..f.tensors.len())
-                .map(|i| t(i).cloned())
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&xs, int(0)?)?
-        }
-        Op::BroadcastAs => t(0)?.broadcast_as(dims(&f.ints)?)?,
-        Op::Unsqueeze => t(0)?.unsqueeze(int(0)?)?,
-        Op::Squeeze => t(0)?.squeeze(int(0)?)?,
-        // Plugins reach operands through transposes; the gemm wants them laid out.
-        Op::Matmul => env
-            .precision
-            .matmul(&t(0)?.contiguous()?, &t(1)?.contiguous()?)?,
-        Op::IndexSelect => t(0)?.index_select(t(1)?, int(0)?)?,
-        Op::Embedding => {
-            let (table, ids) = (t(0)?, t(1)?);
-            let (_, d) = table.dims2().context("embedding expects a [N, D] table")?;
-            let mut shape = ids.dims().to_vec();
-            shape.push(d);
-            table.index_select(&ids.flatten_all()?, 0)?.reshape(shape)?
-        }
-        Op::Softmax => model_ops::softmax_last_dim(t(0)?)?,
-        Op::LogSoftmax => model_ops::log_softmax_last_dim(t(0)?)?,
-        Op::LayerNorm => {
-            let (has_gain, has_bias) = (f.int(0)? != 0, f.int(1)? != 0);
-            let gain = if has_gain { Some(t(1)?) } else { None };
-            let bias = if has_bias {
-                Some(t(1 + has_gain as usize)?)
-            } else {
-                None
-            };
-            speedrun_kernels::layer_norm(t(0)?, gain, bias, float(0)?)?
-        }
-        Op::RmsNorm => {
-            let gain = if f.int(0)? != 0 { Some(t(1)?) } else { None };
-            speedrun_kernels::rms_norm(t(0)?, gain, float(0)?)?
-        }
-        Op::CausalAttention => {
-            // Plugins reach q, k, v through transposes and narrows: the kernels
-            // want them contiguous.
-            let (q, k, v) = (
-                t(0)?.contiguous()?,
-                t(1)?.contiguous()?,
-                t(2)?.contiguous()?,
-            );
-            let scale = match f.floats.first() {
-                Some(&scale) => scale,
-                None => 1.0 / (q.dim(candle_core::D::Minus1)? as f64).sqrt(),
-            };
-            env.precision.causal_attention(&q, &k, &v, scale)?
-        }
-        Op::Rotary => {
-            t(0)?.dims4().context("rotary expects [B, H, T, hd]")?;
-            speedrun_kernels::rotary(t(0)?, float(0)?)?
-        }
-        Op::Linear => {
-            let b = if f.tensors.len() > 2 {
-                Some(t(2)?)
-            } else {
-                None
-            };
-            env.precision.linear(t(0)?, t(1)?, b)?
-        }
-        Op::CausalAttentionPacked => {
-            let heads = int(0)?;
-            env.precision.causal_attention_packed(t(0)?, heads)?
-        }
-        Op::NewtonSchulz => {
-            let (s, eps) = (float(0)?, float(1)?);
-            let rest = &f.floats[2..];
-            if !rest.len().is_multiple_of(3) {
-                bail!(
-                    "newton_schulz: coefficients come in (a, b, c) triples; got {} numbers",
-                    rest.len()
-                );
-            }
-            let coeffs: Vec<_> = rest
-                .chunks_exact(3)
-                .map(|c| (c[0] as f32, c[1] as f32, c[2] as f32))
-                .collect();
-            env.precision
-                .newton_schulz(t(0)?, &coeffs, s as f32, eps as f32)?
-        }
-        Op::WhereCond => t(0)?.where_cond(t(1)?, t(2)?)?,
-        Op::MaskedFill => {
-            let (x, mask) = (t(0)?, t(1)?);
-            let fill = Tensor::new(float(0)?, dev)?
-                .to_dtype(x.dtype())?
-                .broadcast_as(x.dims())?;
-            mask.broadcast_as(x.dims())?.where_cond(&fill, x)?
-        }
-        Op::ToDtype => t(0)?.to_dtype(to_candle(api::DType::from_code(f.int(0)?)?))?,
 
         // Ops that answer without a new tensor.
         Op::ToScalar => {
@@ -459,7 +294,12 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
             let Some(params) = env.params else {
                 bail!("no model parameters are readable in hook {}", env.hook);
             };
-            params.get(&f.text)?.clone()
+            let p = params.get(&f.text)?;
+            match env.tape.as_deref_mut() {
+                // On the tape a parameter is a leaf whose gradient the tape sends to the model's.
+                Some(tape) => tape.leaf(p),
+                None => p.clone(),
+            }
         }
         Op::Tokens => match env.tokens {
             Some(t) => t.clone(),
@@ -512,6 +352,205 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
                 .with_context(|| format!("updating {name}"))?;
             return Ok(Frame::default());
         }
+        _ => {
+            let ts = f
+                .tensors
+                .iter()
+                .map(|&h| env.table.tensor(h).cloned())
+                .collect::<Result<Vec<_>>>()?;
+            let out = compute(op, &ts, f, env.precision)?;
+            if let Some(tape) = env.tape.as_deref_mut() {
+                tape.record(op, f, ts, &out);
+            }
+            out
+        }
     };
     Ok(api::wire::tensor_reply(env.table.scoped(out)?))
+}
+
+/// The ops that compute a tensor from tensors alone: what `execute` runs
+/// after resolving the handles, and what the call tape re-runs under candle's
+/// autograd for an op it has no rule of its own for.
+pub(super) fn compute(
+    op: Op,
+    ts: &[Tensor],
+    f: &Frame,
+    precision: speedrun_kernels::Precision,
+) -> Result<Tensor> {
+    let t = |i: usize| -> Result<&Tensor> {
+        ts.get(i)
+            .ok_or_else(|| anyhow::anyhow!("frame has {} tensors, wanted #{i}", ts.len()))
+    };
+    let float = |i: usize| f.float(i).map_err(anyhow::Error::from);
+    let int = |i: usize| f.usize(i).map_err(anyhow::Error::from);
+    Ok(match op {
+        Op::Neg => t(0)?.neg()?,
+        Op::Abs => t(0)?.abs()?,
+        Op::Sign => t(0)?.sign()?,
+        Op::Exp => t(0)?.exp()?,
+        Op::Log => t(0)?.log()?,
+        Op::Sqrt => t(0)?.sqrt()?,
+        Op::Sqr => t(0)?.sqr()?,
+        Op::Recip => t(0)?.recip()?,
+        Op::Tanh => t(0)?.tanh()?,
+        Op::Sigmoid => (t(0)?.neg()?.exp()? + 1.0)?.recip()?,
+        Op::Relu => t(0)?.relu()?,
+        Op::Gelu => speedrun_kernels::gelu(t(0)?)?,
+        Op::Relu2 => speedrun_kernels::relu2(t(0)?)?,
+        Op::Silu => t(0)?.silu()?,
+        Op::Sin => t(0)?.sin()?,
+        Op::Cos => t(0)?.cos()?,
+        // A new tensor over the same storage: candle's `detach` of a tensor it
+        // does not track answers that tensor itself, which the call tape
+        // could not tell from its input.
+        Op::Detach => {
+            let x = t(0)?.detach();
+            x.broadcast_as(x.shape())?
+        }
+        Op::Contiguous => t(0)?.contiguous()?,
+        Op::Add => t(0)?.broadcast_add(t(1)?)?,
+        Op::Sub => t(0)?.broadcast_sub(t(1)?)?,
+        Op::Mul => t(0)?.broadcast_mul(t(1)?)?,
+        Op::Div => t(0)?.broadcast_div(t(1)?)?,
+        Op::Maximum => t(0)?.broadcast_maximum(t(1)?)?,
+        Op::Minimum => t(0)?.broadcast_minimum(t(1)?)?,
+        Op::Affine => t(0)?.affine(float(0)?, float(1)?)?,
+        Op::DivScalar => {
+            let x = t(0)?;
+            let s = Tensor::new(float(0)?, x.device())?.to_dtype(x.dtype())?;
+            x.broadcast_div(&s)?
+        }
+        Op::PowScalar => t(0)?.powf(float(0)?)?,
+        Op::Clamp => t(0)?.clamp(float(0)?, float(1)?)?,
+        Op::Sum | Op::Mean | Op::Norm => {
+            let x = t(0)?;
+            let keep = f.int(0)? != 0;
+            let mut ds = dims(&f.ints[1..])?;
+            if ds.is_empty() {
+                ds = (0..x.rank()).collect();
+            }
+            let x2;
+            let src = if op == Op::Norm {
+                x2 = x.sqr()?;
+                &x2
+            } else {
+                x
+            };
+            let r = match (op, keep) {
+                (Op::Mean, true) => src.mean_keepdim(ds)?,
+                (Op::Mean, false) => src.mean(ds)?,
+                (_, true) => src.sum_keepdim(ds)?,
+                (_, false) => src.sum(ds)?,
+            };
+            if op == Op::Norm {
+                r.sqrt()?
+            } else {
+                r
+            }
+        }
+        Op::Max | Op::Min => {
+            let x = t(0)?;
+            let keep = f.int(0)? != 0;
+            let d = int(1)?;
+            match (op, keep) {
+                (Op::Max, true) => x.max_keepdim(d)?,
+                (Op::Max, false) => x.max(d)?,
+                (_, true) => x.min_keepdim(d)?,
+                (_, false) => x.min(d)?,
+            }
+        }
+        Op::Reshape => t(0)?.reshape(dims(&f.ints)?)?,
+        Op::Transpose => t(0)?.transpose(int(0)?, int(1)?)?,
+        Op::Permute => t(0)?.permute(dims(&f.ints)?)?,
+        Op::Narrow => t(0)?.narrow(int(0)?, int(1)?, int(2)?)?,
+        Op::Cat => {
+            if ts.is_empty() {
+                bail!("cat of no tensors");
+            }
+            Tensor::cat(ts, int(0)?)?
+        }
+        Op::BroadcastAs => t(0)?.broadcast_as(dims(&f.ints)?)?,
+        Op::Unsqueeze => t(0)?.unsqueeze(int(0)?)?,
+        Op::Squeeze => t(0)?.squeeze(int(0)?)?,
+        // Plugins reach operands through transposes; the gemm wants them laid out.
+        Op::Matmul => precision.matmul(&t(0)?.contiguous()?, &t(1)?.contiguous()?)?,
+        Op::IndexSelect => t(0)?.index_select(t(1)?, int(0)?)?,
+        Op::Embedding => {
+            let (table, ids) = (t(0)?, t(1)?);
+            let (_, d) = table.dims2().context("embedding expects a [N, D] table")?;
+            let mut shape = ids.dims().to_vec();
+            shape.push(d);
+            table.index_select(&ids.flatten_all()?, 0)?.reshape(shape)?
+        }
+        Op::Softmax => model_ops::softmax_last_dim(t(0)?)?,
+        Op::LogSoftmax => model_ops::log_softmax_last_dim(t(0)?)?,
+        Op::LayerNorm => {
+            let (has_gain, has_bias) = (f.int(0)? != 0, f.int(1)? != 0);
+            let gain = if has_gain { Some(t(1)?) } else { None };
+            let bias = if has_bias {
+                Some(t(1 + has_gain as usize)?)
+            } else {
+                None
+            };
+            speedrun_kernels::layer_norm(t(0)?, gain, bias, float(0)?)?
+        }
+        Op::RmsNorm => {
+            let gain = if f.int(0)? != 0 { Some(t(1)?) } else { None };
+            speedrun_kernels::rms_norm(t(0)?, gain, float(0)?)?
+        }
+        Op::CausalAttention => {
+            // Plugins reach q, k, v through transposes and narrows: the kernels
+            // want them contiguous.
+            let (q, k, v) = (
+                t(0)?.contiguous()?,
+                t(1)?.contiguous()?,
+                t(2)?.contiguous()?,
+            );
+            let scale = match f.floats.first() {
+                Some(&scale) => scale,
+                None => 1.0 / (q.dim(candle_core::D::Minus1)? as f64).sqrt(),
+            };
+            precision.causal_attention(&q, &k, &v, scale)?
+        }
+        Op::Rotary => {
+            t(0)?.dims4().context("rotary expects [B, H, T, hd]")?;
+            speedrun_kernels::rotary(t(0)?, float(0)?)?
+        }
+        Op::Linear => {
+            let b = if ts.len() > 2 { Some(t(2)?) } else { None };
+            precision.linear(t(0)?, t(1)?, b)?
+        }
+        Op::CausalAttentionPacked => {
+            let heads = int(0)?;
+            precision.causal_attention_packed(t(0)?, heads)?
+        }
+        Op::NewtonSchulz => {
+            let (s, eps) = (float(0)?, float(1)?);
+            let rest = &f.floats[2..];
+            if !rest.len().is_multiple_of(3) {
+                bail!(
+                    "newton_schulz: coefficients come in (a, b, c) triples; got {} numbers",
+                    rest.len()
+                );
+            }
+            let coeffs: Vec<_> = rest
+                .chunks_exact(3)
+                .map(|c| (c[0] as f32, c[1] as f32, c[2] as f32))
+                .collect();
+            precision.newton_schulz(t(0)?, &coeffs, s as f32, eps as f32)?
+        }
+        Op::WhereCond => t(0)?.where_cond(t(1)?, t(2)?)?,
+        Op::MaskedFill => {
+            let (x, mask) = (t(0)?, t(1)?);
+            let fill = Tensor::new(float(0)?, x.device())?
+                .to_dtype(x.dtype())?
+                .broadcast_as(x.dims())?;
+            mask.broadcast_as(x.dims())?.where_cond(&fill, x)?
+        }
+        Op::ToDtype => t(0)?.to_dtype(to_candle(api::DType::from_code(f.int(0)?)?))?,
+        other => bail!(
+            "op {} is not a computation on tensors (a host bug)",
+            other.name()
+        ),
+    })
 }

@@ -8,6 +8,7 @@
 pub mod adapters;
 pub mod admission;
 pub mod build;
+pub mod call_tape;
 pub mod components;
 pub mod handles;
 pub mod host_ops;

@@ -3,6 +3,7 @@
 //! only way the host calls into a plugin; while it runs, the plugin's op calls
 //! reach `host_call_op` through a thread-local pointer to the call's context.
 
+use super::call_tape::CallTape;
 use super::handles::HandleTable;
 use super::host_ops::{self, OpEnv};
 use crate::device::clock::Span;
@@ -85,6 +86,8 @@ pub struct InputUse {
 #[derive(Default)]
 pub struct HookStats {
     pub calls: u64,
+    /// Calls recorded on the host's tape (`call_tape`).
+    pub taped: u64,
     pub ops: u64,
     /// One span per call; read when the stats are taken, after the step has synchronised.
     pub spans: Vec<Span>,
@@ -96,6 +99,8 @@ pub struct HookLine {
     pub plugin: String,
     pub hook: String,
     pub calls: u64,
+    /// Calls whose backward the host ran on its own tape (`call_tape`).
+    pub taped: u64,
     pub ops: u64,
     pub ms: f64,
     /// Handles alive after the step (state kept across calls).
@@ -132,6 +137,8 @@ pub struct PluginSession {
     inputs: InputUse,
     /// The document separator under the training and the validation labels.
     separator: (Option<u32>, Option<u32>),
+    /// The tape the next call records its ops on, if the host runs its backward.
+    tape: Option<CallTape>,
 }
 
 /// The context of the hook call in progress on this thread, for `host_call_op`.
@@ -255,6 +262,7 @@ impl PluginSession {
             eval: false,
             tokens: None,
             violations: Vec::new(),
+            tape: None,
         }
     }
 
@@ -319,6 +327,7 @@ impl PluginSession {
         let mut ops = 0;
         let live_before = self.table.live();
         let refused_before = self.violations.len();
+        let taped = self.tape.is_some();
         let mut out = self.call_inner(hook, params, rng, make_args, read, &mut ops);
         span.stop();
         if let Some(m) = &self.meter {
@@ -347,6 +356,7 @@ impl PluginSession {
         }
         let s = self.stats.entry(hook).or_default();
         s.calls += 1;
+        s.taped += taped as u64;
         s.ops += ops;
         self.inputs.calls += 1;
         self.inputs.ops += ops;
@@ -388,6 +398,7 @@ impl PluginSession {
                 } else {
                     self.separator.0
                 },
+                tape: self.tape.as_mut(),
                 literal_elements: &mut self.inputs.literal_elements,
                 max_literal_elements: self.budget.max_literal_elements,
             },
@@ -415,6 +426,7 @@ impl PluginSession {
                 plugin: self.manifest.name.clone(),
                 hook: hook.name().to_string(),
                 calls: s.calls,
+                taped: s.taped,
                 ops: s.ops,
                 ms: s.spans.iter().map(Span::ms).sum(),
                 live_handles: live,
@@ -426,6 +438,16 @@ impl PluginSession {
     /// The next hook call is part of the forward pass over `tokens`.
     pub fn set_tokens(&mut self, tokens: Option<candle_core::Tensor>) {
         self.tokens = tokens;
+    }
+
+    /// The next hook call records its ops on a tape of its own (see
+    /// `call_tape`), which `take_tape` hands back after it.
+    pub fn start_tape(&mut self) -> &mut CallTape {
+        self.tape.insert(CallTape::new(self.precision))
+    }
+
+    pub fn take_tape(&mut self) -> Option<CallTape> {
+        self.tape.take()
     }
 
     /// Runs the next hook call in eval mode: the host is validating.
