@@ -50,7 +50,7 @@ pub use norm::{layer_norm, norm_grads, rms_norm};
 pub use precision::Precision;
 pub use real::{exp_f32, tanh_f32};
 pub use rotary::{rotary, rotary_grad};
-pub use softmax::causal_softmax;
+pub use softmax::{causal_softmax, causal_softmax_grad};
 pub use wide::width as vector_width;
 
 /// Rows handled per parallel task; fixed so reductions never depend on the thread count.

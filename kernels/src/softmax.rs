@@ -143,6 +143,14 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     scores.contiguous()?.apply_op1(Forward { scale, t })
 }
 
+/// The scores' gradient of [`causal_softmax`] from its output `p` and the
+/// output's gradient `grad`, as its node's backward computes it.
+pub fn causal_softmax_grad(p: &Tensor, grad: &Tensor, scale: f64) -> Result<Tensor> {
+    let t = p.dim(candle_core::D::Minus1)?;
+    let p = p.contiguous()?;
+    Forward { scale, t }.bwd(&p, &p, grad).map(Option::unwrap)
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use crate::cuda::{input, output, per_row, wrap};

@@ -253,11 +253,28 @@ impl CallTape {
                     && x(0).dims()[..x(0).rank() - 2] == x(1).dims()[..x(1).rank() - 2] =>
             {
                 // candle's matmul node's rule, on the operands the product read.
-                let (a, b) = (x(0).contiguous()?, x(1).contiguous()?);
+                let (a, b, g) = (x(0).contiguous()?, x(1).contiguous()?, g.contiguous()?);
                 let r = a.rank();
                 let ga = g.matmul(&b.transpose(r - 2, r - 1)?)?;
-                let gb = a.transpose(r - 2, r - 1)?.matmul(g)?;
+                let gb = a.transpose(r - 2, r - 1)?.matmul(&g)?;
                 Ok(vec![Some(ga), Some(gb)])
+            }
+            Op::CausalAttention if f32_products => {
+                // The probabilities again (candle's graph keeps them), then
+                // the rules of the two products and of the fused softmax.
+                let (q, k, v) = (x(0).contiguous()?, x(1).contiguous()?, x(2).contiguous()?);
+                let scale = match f.floats.first() {
+                    Some(&s) => s,
+                    None => 1.0 / (q.dim(candle_core::D::Minus1)? as f64).sqrt(),
+                };
+                let g = g.contiguous()?;
+                let p = speedrun_kernels::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+                let dv = p.t()?.matmul(&g)?;
+                let dp = g.matmul(&v.t()?)?;
+                let ds = speedrun_kernels::causal_softmax_grad(&p, &dp, scale)?;
+                let dq = ds.matmul(&k)?;
+                let dk = ds.t()?.matmul(&q)?;
+                Ok(vec![Some(dq), Some(dk), Some(dv)])
             }
             Op::CausalAttentionPacked if f32_products => one(
                 speedrun_kernels::causal_attention_packed_grad(x(0), g, f.usize(0)?)?,
@@ -563,7 +580,14 @@ mod tests {
             .collect();
         run(&mut graph, steps, None);
         let y = graph.last().unwrap();
-        let g = Tensor::randn(0f32, 1.0, y.shape(), &Device::Cpu).unwrap();
+        // A strided gradient, as a plugin's transposed output receives one.
+        let mut dims = y.dims().to_vec();
+        let r = dims.len();
+        dims.swap(r - 2, r - 1);
+        let g = Tensor::randn(0f32, 1.0, dims, &Device::Cpu)
+            .unwrap()
+            .transpose(r - 2, r - 1)
+            .unwrap();
         let store = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
 
         let mut tape = CallTape::new(Precision::F32);
@@ -702,6 +726,13 @@ mod tests {
             Step(Softmax, vec![11], vec![], vec![]),
             Step(Matmul, vec![13, 12], vec![], vec![]),
             Step(Matmul, vec![14, 3], vec![], vec![]),
+            // The heads side by side, as a plugin hands them on: the
+            // attention's gradient arrives strided.
+            Step(CausalAttention, vec![4, 9, 8], vec![], vec![0.3]),
+            Step(Transpose, vec![16], vec![1, 2], vec![]),
+            Step(Reshape, vec![17], vec![2, 4, 12], vec![]),
+            Step(Reshape, vec![15], vec![2, 4, 6], vec![]),
+            Step(Cat, vec![18, 19], vec![2], vec![]),
         ];
         let inputs = vec![
             randn(&[b, h, t, hd], 8),
