@@ -54,6 +54,9 @@ struct Entry {
     frame: Frame,
     inputs: Vec<Tensor>,
     out: Tensor,
+    /// What the forward made on the way that the backward needs (the
+    /// attention's probabilities), where the tape ran the op itself.
+    saved: Option<Tensor>,
 }
 
 /// The ops of one hook call, in order.
@@ -96,8 +99,24 @@ impl CallTape {
         d
     }
 
+    /// Runs `op` on `inputs` as `host_ops::compute` does and records it. q, k,
+    /// v attention runs here step by step so that its probabilities are kept
+    /// for the backward, as candle's graph keeps them (the same kernels, the
+    /// same values).
+    pub fn run(&mut self, op: Op, inputs: Vec<Tensor>, frame: &Frame) -> Result<Tensor> {
+        let tracked = inputs.iter().any(|x| self.tracked.contains(&x.id()));
+        if op == Op::CausalAttention && self.precision == Precision::F32 && tracked {
+            let (y, p) = attention_keeping_probabilities(&inputs, frame)?;
+            self.push(op, frame, inputs, &y, Some(p));
+            return Ok(y);
+        }
+        let y = compute(op, &inputs, frame, self.precision)?;
+        self.record(op, frame, inputs, &y);
+        Ok(y)
+    }
+
     /// Records `out = op(inputs)` if a gradient can flow through it.
-    pub fn record(&mut self, op: Op, frame: &Frame, inputs: Vec<Tensor>, out: &Tensor) {
+    fn record(&mut self, op: Op, frame: &Frame, inputs: Vec<Tensor>, out: &Tensor) {
         if op == Op::Detach || !out.dtype().is_float() {
             return;
         }
@@ -109,12 +128,24 @@ impl CallTape {
         if !inputs.iter().any(|x| self.tracked.contains(&x.id())) {
             return;
         }
+        self.push(op, frame, inputs, out, None);
+    }
+
+    fn push(
+        &mut self,
+        op: Op,
+        frame: &Frame,
+        inputs: Vec<Tensor>,
+        out: &Tensor,
+        saved: Option<Tensor>,
+    ) {
         self.tracked.insert(out.id());
         self.entries.push(Entry {
             op,
             frame: frame.clone(),
             inputs,
             out: out.clone(),
+            saved,
         });
     }
 
@@ -260,15 +291,15 @@ impl CallTape {
                 Ok(vec![Some(ga), Some(gb)])
             }
             Op::CausalAttention if f32_products => {
-                // The probabilities again (candle's graph keeps them), then
-                // the rules of the two products and of the fused softmax.
+                // The rules of the two products and of the fused softmax, on
+                // the probabilities the forward kept.
                 let (q, k, v) = (x(0).contiguous()?, x(1).contiguous()?, x(2).contiguous()?);
-                let scale = match f.floats.first() {
-                    Some(&s) => s,
-                    None => 1.0 / (q.dim(candle_core::D::Minus1)? as f64).sqrt(),
-                };
+                let scale = attention_scale(&q, f)?;
                 let g = g.contiguous()?;
-                let p = speedrun_kernels::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+                let p = match &e.saved {
+                    Some(p) => p.clone(),
+                    None => speedrun_kernels::causal_softmax(&q.matmul(&k.t()?)?, scale)?,
+                };
                 let dv = p.t()?.matmul(&g)?;
                 let dp = g.matmul(&v.t()?)?;
                 let ds = speedrun_kernels::causal_softmax_grad(&p, &dp, scale)?;
@@ -345,6 +376,30 @@ impl CallTape {
             .map(|v| v.as_ref().and_then(|v| store.get(v.as_tensor()).cloned()))
             .collect())
     }
+}
+
+/// The attention op's scale: the frame's, or 1/√hd.
+fn attention_scale(q: &Tensor, f: &Frame) -> Result<f64> {
+    Ok(match f.floats.first() {
+        Some(&s) => s,
+        None => 1.0 / (q.dim(candle_core::D::Minus1)? as f64).sqrt(),
+    })
+}
+
+/// `causal_attention(q, k, v)` in f32 as `host_ops::compute` runs it
+/// (`gemm_ops::causal_attention`'s steps), and its probabilities.
+fn attention_keeping_probabilities(inputs: &[Tensor], f: &Frame) -> Result<(Tensor, Tensor)> {
+    let [q, k, v] = inputs else {
+        bail!(
+            "causal_attention takes q, k and v; got {} tensors",
+            inputs.len()
+        );
+    };
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let scale = attention_scale(&q, f)?;
+    let p = speedrun_kernels::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+    let y = p.matmul(&v)?;
+    Ok((y, p))
 }
 
 /// `g` summed over the dimensions `x` was broadcast along, to `x`'s shape, in
@@ -545,12 +600,11 @@ mod tests {
         for s in steps {
             let args: Vec<Tensor> = s.1.iter().map(|&i| values[i].clone()).collect();
             let f = frame(s);
-            let y = compute(s.0, &args, &f, Precision::F32)
-                .unwrap_or_else(|e| panic!("{}: {e}", s.0.name()));
-            if let Some(t) = tape.as_deref_mut() {
-                t.record(s.0, &f, args, &y);
-            }
-            values.push(y);
+            let y = match tape.as_deref_mut() {
+                Some(t) => t.run(s.0, args, &f),
+                None => compute(s.0, &args, &f, Precision::F32),
+            };
+            values.push(y.unwrap_or_else(|e| panic!("{}: {e}", s.0.name())));
         }
     }
 

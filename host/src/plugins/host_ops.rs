@@ -358,11 +358,10 @@ pub fn execute(env: &mut OpEnv, op: Op, f: &Frame) -> Result<Frame> {
                 .iter()
                 .map(|&h| env.table.tensor(h).cloned())
                 .collect::<Result<Vec<_>>>()?;
-            let out = compute(op, &ts, f, env.precision)?;
-            if let Some(tape) = env.tape.as_deref_mut() {
-                tape.record(op, f, ts, &out);
+            match env.tape.as_deref_mut() {
+                Some(tape) => tape.run(op, ts, f)?,
+                None => compute(op, &ts, f, env.precision)?,
             }
-            out
         }
     };
     Ok(api::wire::tensor_reply(env.table.scoped(out)?))
