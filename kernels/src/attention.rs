@@ -17,7 +17,9 @@ use crate::gemm_call::View;
 use crate::linear;
 use crate::real::{filled, typed_slice, AsSlice, Real};
 use crate::tile;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy)]
@@ -51,6 +53,11 @@ impl Dims {
         let (bi, h) = (task / self.heads, task % self.heads);
         let base = bi * self.t * 3 * self.d() + h * self.hd;
         [base, base + self.d(), base + 2 * self.d()]
+    }
+    /// Offsets of (q, k, v) of task `(batch, head)` in the `[3D]` bias.
+    fn bias(&self, task: usize) -> [usize; 3] {
+        let h = task % self.heads * self.hd;
+        [h, h + self.d(), h + 2 * self.d()]
     }
     /// Offset of task `(batch, head)` in a `[B, T, D]` tensor.
     fn out(&self, task: usize) -> usize {
@@ -96,14 +103,32 @@ fn padded(t: usize) -> usize {
 
 /// `t` rows of `hd` (one head's q, k, v or dy, read in place, rows `row`
 /// apart) as a contiguous `[t, hd]`: the layout the tiled products read a B
-/// of rows in. Whole rows at a time, so the reads from memory stream.
+/// of rows in. Whole rows at a time, so the reads from memory stream. With
+/// `bias` (the head's `hd` entries of c_attn's bias), each row plus the bias:
+/// the block's projection leaves the bias out for this pass to add, the one
+/// rounding gemm's `bias + product` makes, without the pass that writes the
+/// bias rows for gemm to read back.
 ///
 /// # Safety
 /// `src` must address `t` rows `row` apart of at least `hd` elements.
 #[inline(always)]
-unsafe fn gather<T: Real>(src: *const T, row: usize, (t, hd): (usize, usize), dst: &mut [T]) {
+unsafe fn gather<T: Real>(
+    src: *const T,
+    row: usize,
+    (t, hd): (usize, usize),
+    bias: Option<&[T]>,
+    dst: &mut [T],
+) {
     for (j, d) in dst[..t * hd].chunks_exact_mut(hd).enumerate() {
-        d.copy_from_slice(std::slice::from_raw_parts(src.add(j * row), hd));
+        let r = std::slice::from_raw_parts(src.add(j * row), hd);
+        match bias {
+            None => d.copy_from_slice(r),
+            Some(b) => {
+                for ((d, &r), &b) in d.iter_mut().zip(r).zip(&b[..hd]) {
+                    *d = r + b;
+                }
+            }
+        }
     }
 }
 
@@ -216,35 +241,39 @@ fn row_max<T: Real>(row: &[T]) -> T {
         .fold(row[0], |m, &v| if v > m { v } else { m })
 }
 
-fn forward<T: Real>(qkv: &[T], dims: Dims) -> Vec<T> {
+/// Y (`[B, T, D]`) of the packed `qkv`, plus `bias` (`[3D]`) when given.
+fn forward<T: Real>(qkv: &[T], bias: Option<&[T]>, dims: Dims) -> Vec<T> {
     let (t, d) = (dims.t, dims.d());
     // SAFETY: every task writes its head's columns of every row (the tiles
     // cover all rows), and the tasks cover every (batch, head).
     unsafe {
         filled(dims.b * t * d, |y| {
-            attend_all(qkv, dims, Shared(y.as_mut_ptr().cast()))
+            attend_all(qkv, bias, dims, Shared(y.as_mut_ptr().cast()))
         })
     }
 }
 
 /// Y of every (batch, head) task into `out` (`[B, T, D]`).
-fn attend_all<T: Real>(qkv: &[T], dims: Dims, out: Shared<T>) {
+fn attend_all<T: Real>(qkv: &[T], bias: Option<&[T]>, dims: Dims, out: Shared<T>) {
     let (t, hd, tp) = (dims.t, dims.hd, padded(dims.t));
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
         || AttendScratch {
+            q: vec![T::ZERO; if bias.is_some() { t * hd } else { 0 }],
             k: vec![T::ZERO; t * hd],
             kt: vec![T::ZERO; hd * tp],
             v: vec![T::ZERO; t * hd],
             p: vec![T::ZERO; tile::MR * tp],
         },
         // SAFETY: the tasks cover every (batch, head) once.
-        |s, task| attend(qkv, dims, task, s, out),
+        |s, task| attend(qkv, bias, dims, task, s, out),
     );
 }
 
 /// Scratch of one forward task, laid out by [`gather`] and [`transpose`]:
-/// K, Kᵀ, V, and one row tile's P (rows `padded(T)` apart).
+/// Q (with a bias to add; read in place otherwise), K, Kᵀ, V, and one row
+/// tile's P (rows `padded(T)` apart).
 struct AttendScratch<T> {
+    q: Vec<T>,
     k: Vec<T>,
     kt: Vec<T>,
     v: Vec<T>,
@@ -258,18 +287,33 @@ crate::wide::wide_fn! {
 ///
 /// `qkv` must hold the packed input of `dims` and `out` a `[B, T, D]` output;
 /// the task writes only its own head's columns of it, so tasks may share it.
-fn attend<T: Real>(qkv: &[T], dims: Dims, task: usize, s: &mut AttendScratch<T>, out: Shared<T>) {
+fn attend<T: Real>(
+    qkv: &[T],
+    bias: Option<&[T]>,
+    dims: Dims,
+    task: usize,
+    s: &mut AttendScratch<T>,
+    out: Shared<T>,
+) {
     // SAFETY: the caller's promise above.
     unsafe {
         let (t, hd, d, tp) = (dims.t, dims.hd, dims.d(), padded(dims.t));
         let row = 3 * d;
         let [q, k, v] = dims.qkv(task);
+        let [bq, bk, bv] = dims.bias(task);
         let at = |off: usize| qkv.as_ptr().add(off);
-        gather(at(k), row, (t, hd), &mut s.k);
+        gather(at(k), row, (t, hd), bias.map(|b| &b[bk..]), &mut s.k);
         transpose(&s.k, (t, hd), &mut s.kt);
-        gather(at(v), row, (t, hd), &mut s.v);
+        gather(at(v), row, (t, hd), bias.map(|b| &b[bv..]), &mut s.v);
+        let qs = match bias {
+            Some(b) => {
+                gather(at(q), row, (t, hd), Some(&b[bq..]), &mut s.q);
+                View::rows(s.q.as_ptr(), hd)
+            }
+            None => View::rows(at(q), row),
+        };
         for (r0, r1) in tiles(t) {
-            probabilities(View::rows(at(q), row), &s.kt, dims, (r0, r1), &mut s.p);
+            probabilities(qs, &s.kt, dims, (r0, r1), &mut s.p);
             // Y[r0..r1] = P[r0..r1, 0..r1] V[0..r1]
             tile::product(
                 (r1 - r0, hd, r1),
@@ -285,13 +329,13 @@ fn attend<T: Real>(qkv: &[T], dims: Dims, task: usize, s: &mut AttendScratch<T>,
 }
 }
 
-/// d(qkv) from the packed input and dY ([B, T, D]).
-fn backward<T: Real>(qkv: &[T], dy: &[T], dims: Dims) -> Vec<T> {
+/// d(qkv) from the packed input (plus `bias`, when given) and dY ([B, T, D]).
+fn backward<T: Real>(qkv: &[T], bias: Option<&[T]>, dy: &[T], dims: Dims) -> Vec<T> {
     // SAFETY: as in the forward: each task writes its head's q, k and v columns
     // of every row.
     unsafe {
         filled(qkv.len(), |dqkv| {
-            grads_all(qkv, dy, dims, Shared(dqkv.as_mut_ptr().cast()))
+            grads_all(qkv, bias, dy, dims, Shared(dqkv.as_mut_ptr().cast()))
         })
     }
 }
@@ -310,7 +354,7 @@ struct Scratch<T> {
 }
 
 /// dq, dk, dv of every (batch, head) task into `out` (`[B, T, 3D]`).
-fn grads_all<T: Real>(qkv: &[T], dy: &[T], dims: Dims, out: Shared<T>) {
+fn grads_all<T: Real>(qkv: &[T], bias: Option<&[T]>, dy: &[T], dims: Dims, out: Shared<T>) {
     let (t, hd, tp) = (dims.t, dims.hd, padded(dims.t));
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
         || Scratch {
@@ -324,7 +368,7 @@ fn grads_all<T: Real>(qkv: &[T], dy: &[T], dims: Dims, out: Shared<T>) {
             ds: vec![T::ZERO; t * tp],
         },
         // SAFETY: the tasks cover every (batch, head) once.
-        |s, task| grads(qkv, dy, dims, task, s, out),
+        |s, task| grads(qkv, bias, dy, dims, task, s, out),
     );
 }
 
@@ -335,17 +379,26 @@ crate::wide::wide_fn! {
 /// the diagonal mask both.
 ///
 /// As [`attend`], with `dy` and `out` of the shapes [`grads_all`] states.
-fn grads<T: Real>(qkv: &[T], dy: &[T], dims: Dims, task: usize, s: &mut Scratch<T>, out: Shared<T>) {
+fn grads<T: Real>(
+    qkv: &[T],
+    bias: Option<&[T]>,
+    dy: &[T],
+    dims: Dims,
+    task: usize,
+    s: &mut Scratch<T>,
+    out: Shared<T>,
+) {
     // SAFETY: the caller's promise above.
     unsafe {
         let (t, hd, d, tp) = (dims.t, dims.hd, dims.d(), padded(dims.t));
         let row = 3 * d;
         let [q, k, v] = dims.qkv(task);
+        let [bq, bk, bv] = dims.bias(task);
         let at = |off: usize| qkv.as_ptr().add(off);
-        gather(at(q), row, (t, hd), &mut s.q);
-        gather(at(k), row, (t, hd), &mut s.k);
-        gather(at(v), row, (t, hd), &mut s.v);
-        gather(dy.as_ptr().add(dims.out(task)), d, (t, hd), &mut s.dy);
+        gather(at(q), row, (t, hd), bias.map(|b| &b[bq..]), &mut s.q);
+        gather(at(k), row, (t, hd), bias.map(|b| &b[bk..]), &mut s.k);
+        gather(at(v), row, (t, hd), bias.map(|b| &b[bv..]), &mut s.v);
+        gather(dy.as_ptr().add(dims.out(task)), d, (t, hd), None, &mut s.dy);
         transpose(&s.k, (t, hd), &mut s.kt);
         transpose(&s.v, (t, hd), &mut s.vt);
         for (r0, r1) in tiles(t) {
@@ -405,11 +458,14 @@ pub(crate) struct Backward {
     pub(crate) heads: usize,
 }
 
+/// The storage and layout of an op's argument.
+type Arg<'a> = (&'a CpuStorage, &'a Layout);
+
 fn dispatch<T: Real>(
     name: &str,
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: Option<(&CpuStorage, &Layout)>,
+    (s1, l1): Arg,
+    bias: Option<Arg>,
+    s2: Option<Arg>,
     heads: usize,
 ) -> Result<(CpuStorage, Shape)>
 where
@@ -417,9 +473,22 @@ where
 {
     let dims = Dims::of(l1.shape(), heads)?;
     let qkv = typed_slice::<T>(s1, l1, name)?;
+    let bias = match bias {
+        Some((s, l)) => {
+            if l.shape().dims() != [3 * dims.d()] {
+                bail!(
+                    "{name}: bias {:?} is not the packed projection's [{}]",
+                    l.shape(),
+                    3 * dims.d()
+                )
+            }
+            Some(typed_slice::<T>(s, l, name)?)
+        }
+        None => None,
+    };
     Ok(match s2 {
         None => (
-            T::storage(forward(qkv, dims)),
+            T::storage(forward(qkv, bias, dims)),
             Shape::from((dims.b, dims.t, dims.d())),
         ),
         Some((s2, l2)) => {
@@ -430,21 +499,26 @@ where
                 )
             }
             let dy = typed_slice::<T>(s2, l2, name)?;
-            (T::storage(backward(qkv, dy, dims)), l1.shape().clone())
+            (
+                T::storage(backward(qkv, bias, dy, dims)),
+                l1.shape().clone(),
+            )
         }
     })
 }
 
+/// The forward (no `s2`) or the backward (`s2` the output's gradient) of
+/// `qkv`, plus `bias` when given.
 fn run(
     name: &str,
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: Option<(&CpuStorage, &Layout)>,
+    qkv: Arg,
+    bias: Option<Arg>,
+    s2: Option<Arg>,
     heads: usize,
 ) -> Result<(CpuStorage, Shape)> {
-    match s1 {
-        CpuStorage::F32(_) => dispatch::<f32>(name, s1, l1, s2, heads),
-        CpuStorage::F64(_) => dispatch::<f64>(name, s1, l1, s2, heads),
+    match qkv.0 {
+        CpuStorage::F32(_) => dispatch::<f32>(name, qkv, bias, s2, heads),
+        CpuStorage::F64(_) => dispatch::<f64>(name, qkv, bias, s2, heads),
         o => bail!(
             "{name}: unsupported dtype {:?} (f32 or f64)",
             candle_core::backend::BackendStorage::dtype(o)
@@ -458,7 +532,7 @@ impl CustomOp1 for Forward {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        run(self.name(), s, l, None, self.heads)
+        run(self.name(), (s, l), None, None, self.heads)
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -481,8 +555,82 @@ impl CustomOp2 for Backward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        run(self.name(), s1, l1, Some((s2, l2)), self.heads)
+        run(self.name(), (s1, l1), None, Some((s2, l2)), self.heads)
     }
+}
+
+/// The attention of `qkv + bias` (bias `[3D]`), untracked: what the block
+/// and `projected_causal_attention` run on c_attn's product without its bias.
+struct BiasedForward {
+    heads: usize,
+}
+
+/// Its backward: d(qkv) from `qkv`, the bias and dY.
+struct BiasedBackward {
+    heads: usize,
+}
+
+impl CustomOp2 for BiasedForward {
+    fn name(&self) -> &'static str {
+        "speedrun-causal-attention-biased"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        run(self.name(), (s1, l1), Some((s2, l2)), None, self.heads)
+    }
+}
+
+impl CustomOp3 for BiasedBackward {
+    fn name(&self) -> &'static str {
+        "speedrun-causal-attention-biased-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        run(
+            self.name(),
+            (s1, l1),
+            Some((s2, l2)),
+            Some((s3, l3)),
+            self.heads,
+        )
+    }
+}
+
+/// `causal_attention_packed(qkv + bias)` on the CPU, untracked, the bias added
+/// as the kernel gathers each head (no pass over `qkv` to add it). Equal bit
+/// for bit to the attention of gemm's `bias + product`: one rounding either way.
+pub(crate) fn biased(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+    qkv.contiguous()?
+        .apply_op2_no_bwd(&bias.contiguous()?, &BiasedForward { heads })
+}
+
+/// The gradient of [`biased`] with respect to `qkv` (and so to the bias: the
+/// same, summed over rows), from the output's `dy`.
+pub(crate) fn biased_grad(
+    qkv: &Tensor,
+    bias: &Tensor,
+    dy: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    qkv.contiguous()?.apply_op3_no_bwd(
+        &bias.contiguous()?,
+        &dy.contiguous()?,
+        &BiasedBackward { heads },
+    )
 }
 
 /// softmax(q kᵀ / √hd + causal mask) v for every head, with q, k, v packed in the
@@ -518,25 +666,40 @@ pub fn causal_attention_packed_grad(qkv: &Tensor, dy: &Tensor, heads: usize) -> 
 
 /// The attention as the epilogue of the `c_attn` projection: one node whose
 /// kept q | k | v (three times the width of the stream) has no gradient
-/// tensor of its own in candle's graph.
-pub(crate) struct Heads(pub(crate) usize);
+/// tensor of its own in candle's graph. The node keeps the product without
+/// its bias; the attention adds the bias (`bias`, c_attn's) as it reads.
+pub(crate) struct Heads {
+    heads: usize,
+    bias: Tensor,
+}
 
 impl linear::Epilogue for Heads {
     fn name(&self) -> &'static str {
         "speedrun-projected-causal-attention"
     }
 
-    fn forward<T: Real>(&self, qkv: &[T], shape: &Shape) -> Result<(Vec<T>, Shape)> {
-        let dims = Dims::of(shape, self.0)?;
-        Ok((forward(qkv, dims), Shape::from((dims.b, dims.t, dims.d()))))
-    }
-
     fn backward(&self, qkv: &Tensor, grad: &Tensor) -> Result<Tensor> {
-        qkv.apply_op2_no_bwd(grad, &Backward { heads: self.0 })
+        biased_grad(qkv, &self.bias, grad, self.heads)
     }
 
     fn apart(&self, qkv: &Tensor) -> Result<Tensor> {
-        causal_attention_packed(qkv, self.0)
+        causal_attention_packed(qkv, self.heads)
+    }
+
+    /// The product alone, then the attention adding the bias as it gathers.
+    fn forward_linear<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        inner: usize,
+        out: usize,
+        shape: &Shape,
+    ) -> Result<(Vec<T>, Vec<T>, Shape)> {
+        let dims = Dims::of(shape, self.heads)?;
+        let qkv = linear::fwd(x, w, None, inner, out);
+        let y = forward(&qkv, Some(b), dims);
+        Ok((qkv, y, Shape::from((dims.b, dims.t, dims.d()))))
     }
 }
 
@@ -548,7 +711,11 @@ pub fn projected_causal_attention(
     b: &Tensor,
     heads: usize,
 ) -> Result<Tensor> {
-    linear::linear_then(x, w, b, Heads(heads))
+    let epilogue = Heads {
+        heads,
+        bias: b.clone(),
+    };
+    linear::linear_then(x, w, b, epilogue)
 }
 
 #[cfg(test)]

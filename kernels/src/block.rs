@@ -20,7 +20,7 @@
 //! gradients that have one consumer.
 
 use crate::activation::Act;
-use crate::attention::Heads;
+use crate::attention;
 use crate::linear::{self, Epilogue};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, TensorId};
 use std::collections::HashMap;
@@ -102,6 +102,7 @@ pub(crate) struct Forward {
     p: Vec<Tensor>,
     x: Tensor,
     h1: Tensor,
+    /// c_attn's product without its bias (see `attention::biased`).
     qkv: Tensor,
     a: Tensor,
     x2: Tensor,
@@ -117,8 +118,9 @@ impl Forward {
     pub(crate) fn run(x: &Tensor, p: Vec<Tensor>, heads: usize, eps: f64) -> Result<Forward> {
         let x = x.detach().contiguous()?;
         let h1 = crate::layer_norm(&x, Some(&p[0]), Some(&p[1]), eps)?;
-        let qkv = crate::linear(&h1, &p[2], Some(&p[3]))?;
-        let a = crate::causal_attention_packed(&qkv, heads)?;
+        // c_attn's product alone: the attention adds its bias as it reads.
+        let qkv = crate::linear(&h1, &p[2], None)?;
+        let a = attention::biased(&qkv, &p[3], heads)?;
         let x2 = crate::linear_residual(&a, &p[4], &p[5], &x)?;
         let h2 = crate::layer_norm(&x2, Some(&p[6]), Some(&p[7]), eps)?;
         let (pre, u) = linear::linear_act_parts(&h2, &p[8], &p[9], Act::Gelu)?;
@@ -156,7 +158,7 @@ impl Forward {
             crate::norm::layer_norm_grads(&self.x2, &p[6], &dh2, Some(&dy), eps)?;
         // x2 = x + a @ w + b: dx gets dx2 itself.
         let (da, dw_p, db_p) = linear::grads(&self.a, &p[4], &dx2)?;
-        let dqkv = Heads(heads).backward(&self.qkv, &da)?;
+        let dqkv = attention::biased_grad(&self.qkv, &p[3], &da, heads)?;
         let (dh1, dw_a, db_a) = linear::grads(&self.h1, &p[2], &dqkv)?;
         let (dx, dg_1, db_1) =
             crate::norm::layer_norm_grads(&self.x, &p[0], &dh1, Some(&dx2), eps)?;

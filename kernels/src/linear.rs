@@ -6,7 +6,7 @@
 //! this node does not make. The bias rides in gemm's `alpha·dst` term (the output
 //! starts as the bias rows), so the forward makes no second pass either.
 
-use crate::activation::{self, map1, Act};
+use crate::activation::{self, Act};
 use crate::bias::ColumnSum;
 use crate::gemm_call::{matmul, parallel, View};
 use crate::real::{filled, typed_slice, with_cpu, with_float, with_float2, AsSlice, Real};
@@ -373,14 +373,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// add into that output's gradient, often the widest tensor of the layer.
 pub(crate) trait Epilogue: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// The node's output and its shape from the linear's output `h` (shape `shape`).
-    fn forward<T: Real>(&self, h: &[T], shape: &Shape) -> Result<(Vec<T>, Shape)>;
     /// The gradient of `h` from `h` and the node's output gradient.
     fn backward(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor>;
     /// The epilogue as its own op, off the CPU (where `linear` is candle's ops).
     fn apart(&self, h: &Tensor) -> Result<Tensor>;
-    /// The linear's output `h` (kept for the backward) and the node's output
-    /// with its shape. By default the bias rows go in before the product.
+    /// What the node keeps for the backward (the linear's output, or what
+    /// the epilogue reads it as) and the node's output with its shape.
     #[allow(clippy::too_many_arguments)]
     fn forward_linear<T: Real>(
         &self,
@@ -390,11 +388,7 @@ pub(crate) trait Epilogue: Send + Sync + 'static {
         inner: usize,
         out: usize,
         shape: &Shape,
-    ) -> Result<(Vec<T>, Vec<T>, Shape)> {
-        let h = fwd(x, w, Some(b), inner, out);
-        let (y, y_shape) = self.forward(&h, shape)?;
-        Ok((h, y, y_shape))
-    }
+    ) -> Result<(Vec<T>, Vec<T>, Shape)>;
 }
 
 struct Fused<E> {
@@ -474,11 +468,6 @@ impl Epilogue for Act {
             Act::Gelu => "speedrun-linear-gelu",
             Act::Relu2 => "speedrun-linear-relu2",
         }
-    }
-
-    fn forward<T: Real>(&self, h: &[T], shape: &Shape) -> Result<(Vec<T>, Shape)> {
-        let act = *self;
-        Ok((map1(h, move |v| act.fwd(v)), shape.clone()))
     }
 
     fn backward(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor> {
