@@ -195,3 +195,35 @@ pub fn default_run_dir(track: &str, seed: u64) -> PathBuf {
         .replace(':', "-");
     PathBuf::from("runs").join(format!("{track}-s{seed}-{stamp}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_loss_reads_back_bit_for_bit() {
+        // An f32 loss widened to f64: its shortest decimal form is one the
+        // default (not correctly rounded) parser reads one ulp off.
+        let loss = f64::from_bits(0x4009_5529_f000_0000);
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(dir.path()).unwrap();
+        for v in [loss, 0.1 + 0.2, 1.0 / 3.0, 5e-324, f64::MAX] {
+            run.metric(&MetricLine::Val {
+                step: 1,
+                tokens: 2,
+                train_time_s: 0.5,
+                val_loss: v,
+                val_bpb: v,
+                eval_s: 0.1,
+            })
+            .unwrap();
+        }
+        let c = Curves::read(dir.path());
+        let read: Vec<u64> = c.vals.iter().map(|l| l.val_loss.to_bits()).collect();
+        let want: Vec<u64> = [loss, 0.1 + 0.2, 1.0 / 3.0, 5e-324, f64::MAX]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(read, want);
+    }
+}
