@@ -1,7 +1,7 @@
 //! GELU (tanh form, GPT-2's) and ReLU², elementwise, with fused backward.
 
 use crate::real::{filled, with_float, with_float2, Real};
-use crate::ELEM_CHUNK;
+use crate::{ELEM_CHUNK, ROW_CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -56,6 +56,50 @@ crate::wide::wide_fn! {
             }
         }
     }
+}
+
+crate::wide::wide_fn! {
+    /// `o = g · act'(x)` row by row (rows `acc.len()` wide), each row added
+    /// into `acc` as it is written.
+    fn grad_rows_summed<T: Real>(o: &mut [MaybeUninit<T>], x: &[T], g: &[T], acc: &mut [T], act: Act) {
+        let m = acc.len();
+        for ((o, x), g) in o.chunks_mut(m).zip(x.chunks(m)).zip(g.chunks(m)) {
+            for (((o, &x), &g), a) in o.iter_mut().zip(x).zip(g).zip(acc.iter_mut()) {
+                let v = g * act.grad(x);
+                o.write(v);
+                *a += v;
+            }
+        }
+    }
+}
+
+/// The activation's input gradient `g · act'(x)` and its column sums over
+/// rows `m` wide (the bias gradient of the linear before it), in one pass:
+/// the gradient is not read back to be summed. Chunks and order are
+/// `bias::column_sum`'s, so the sums are its bits.
+pub(crate) fn grad_and_column_sum<T: Real>(
+    act: Act,
+    x: &[T],
+    g: &[T],
+    m: usize,
+) -> (Vec<T>, Vec<T>) {
+    assert!(x.len() == g.len() && m > 0 && x.len().is_multiple_of(m));
+    let mut partials = Vec::new();
+    // SAFETY: the row chunks cover the output and each element is written once.
+    let dx = unsafe {
+        filled(x.len(), |out| {
+            partials = out
+                .par_chunks_mut(ROW_CHUNK * m)
+                .zip(x.par_chunks(ROW_CHUNK * m).zip(g.par_chunks(ROW_CHUNK * m)))
+                .map(|(o, (x, g))| {
+                    let mut acc = vec![T::ZERO; m];
+                    grad_rows_summed(o, x, g, &mut acc, act);
+                    acc
+                })
+                .collect();
+        })
+    };
+    (dx, crate::bias::sum_partials(&partials, m))
 }
 
 const SQRT_2_OVER_PI: f64 = 0.7978845608028654;

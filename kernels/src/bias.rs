@@ -30,6 +30,10 @@ fn fwd<T: Real>(x: &[T], b: &[T]) -> Vec<T> {
     out
 }
 
+/// The column sums of `[N, M]`: each chunk of `ROW_CHUNK` rows summed in row
+/// order, then the chunks' sums in chunk order. A pass that makes the rows
+/// (`activation::grad_and_column_sum`) sums them in this order too, so its
+/// sums are these bits.
 fn column_sum<T: Real>(g: &[T], m: usize) -> Vec<T> {
     let partials: Vec<Vec<T>> = g
         .par_chunks(ROW_CHUNK * m)
@@ -43,8 +47,13 @@ fn column_sum<T: Real>(g: &[T], m: usize) -> Vec<T> {
             acc
         })
         .collect();
+    sum_partials(&partials, m)
+}
+
+/// The chunks' column sums added in chunk order (`column_sum`'s last step).
+pub(crate) fn sum_partials<T: Real>(partials: &[Vec<T>], m: usize) -> Vec<T> {
     let mut out = vec![T::ZERO; m];
-    for p in &partials {
+    for p in partials {
         for (o, &v) in out.iter_mut().zip(p) {
             *o += v;
         }

@@ -20,8 +20,8 @@
 //! gradients that have one consumer.
 
 use crate::activation::Act;
-use crate::attention;
 use crate::linear::{self, Epilogue};
+use crate::{attention, norm};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, TensorId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -140,30 +140,46 @@ impl Forward {
     }
 
     /// The input's gradient and the 12 parameters' (in order) from the
-    /// output's: the composed block's backward, kernel for kernel.
+    /// output's: the composed block's backward, kernel for kernel. `dy_sum`:
+    /// dy's column sums when the pass that wrote dy made them (the next
+    /// block's ln_1, ln_f); `sum_dx`: make dx's the same way for the block
+    /// before. Both are the bits a column sum afterwards would give.
     pub(crate) fn backward(
         &self,
         dy: &Tensor,
+        dy_sum: Option<Tensor>,
+        sum_dx: bool,
         heads: usize,
         eps: f64,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
+    ) -> Result<(Tensor, Option<Tensor>, Vec<Tensor>)> {
         let p = &self.p;
         let dy = dy.contiguous()?;
         // y = x2 + u @ w + b: dx2 gets dy itself.
-        let (du, dw_q, db_q) = linear::grads(&self.u, &p[10], &dy)?;
-        let dpre = Act::Gelu.backward(&self.pre, &du)?;
-        let (dh2, dw_f, db_f) = linear::grads(&self.h2, &p[8], &dpre)?;
+        let (du, dw_q) = linear::product_grads(&self.u, &p[10], &dy)?;
+        let db_q = match dy_sum {
+            Some(s) => s,
+            None => linear::bias_grad(&dy)?,
+        };
+        let (dpre, db_f) = Act::Gelu.backward_summed(&self.pre, &du)?;
+        let (dh2, dw_f) = linear::product_grads(&self.h2, &p[8], &dpre)?;
         // dx2 = dy + ln_2's input gradient, summed as the norm writes it.
-        let (dx2, dg_2, db_2) =
-            crate::norm::layer_norm_grads(&self.x2, &p[6], &dh2, Some(&dy), eps)?;
+        let (dx2, dg_2, db_2, db_p) =
+            norm::layer_norm_grads_summed(&self.x2, &p[6], &dh2, Some(&dy), eps)?;
         // x2 = x + a @ w + b: dx gets dx2 itself.
-        let (da, dw_p, db_p) = linear::grads(&self.a, &p[4], &dx2)?;
+        let (da, dw_p) = linear::product_grads(&self.a, &p[4], &dx2)?;
         let dqkv = attention::biased_grad(&self.qkv, &p[3], &da, heads)?;
         let (dh1, dw_a, db_a) = linear::grads(&self.h1, &p[2], &dqkv)?;
-        let (dx, dg_1, db_1) =
-            crate::norm::layer_norm_grads(&self.x, &p[0], &dh1, Some(&dx2), eps)?;
+        let (dx, dg_1, db_1, dx_sum) = if sum_dx {
+            let (dx, dg, db, s) =
+                norm::layer_norm_grads_summed(&self.x, &p[0], &dh1, Some(&dx2), eps)?;
+            (dx, dg, db, Some(s))
+        } else {
+            let (dx, dg, db) = norm::layer_norm_grads(&self.x, &p[0], &dh1, Some(&dx2), eps)?;
+            (dx, dg, db, None)
+        };
         Ok((
             dx,
+            dx_sum,
             vec![
                 dg_1, db_1, dw_a, db_a, dw_p, db_p, dg_2, db_2, dw_f, db_f, dw_q, db_q,
             ],
@@ -194,7 +210,9 @@ impl CustomOp1 for Node {
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (dx, dp) = self.forward.backward(grad, self.heads, self.eps)?;
+        let (dx, _, dp) = self
+            .forward
+            .backward(grad, None, false, self.heads, self.eps)?;
         for (p, g) in self.params.iter().zip(dp) {
             self.grads.add(p, g)?;
         }

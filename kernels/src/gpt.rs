@@ -114,7 +114,11 @@ impl Tape {
     /// Every parameter's gradient into `grads`, from the logits'.
     fn backward(&self, dlogits: &Tensor, grads: &ParamGrads) -> Result<()> {
         let mut dy = dlogits.contiguous()?;
-        for step in self.steps.iter().rev() {
+        // dy's column sums, when the pass that wrote dy made them for the
+        // block below (its c_proj's bias gradient).
+        let mut dy_sum = None;
+        for (i, step) in self.steps.iter().enumerate().rev() {
+            let block_below = i > 0 && matches!(self.steps[i - 1], Step::Block { .. });
             dy = match step {
                 Step::Head { h, w, wte } => {
                     // The head's node: g wᵀ and hᵀ g; candle's transpose hands
@@ -128,13 +132,22 @@ impl Tape {
                     dh.reshape(h.shape())?
                 }
                 Step::FinalNorm { x, gain, params } => {
-                    let (dx, dg, db) = crate::norm::layer_norm_grads(x, gain, &dy, None, self.eps)?;
+                    let (dx, dg, db) = if block_below {
+                        let (dx, dg, db, s) =
+                            crate::norm::layer_norm_grads_summed(x, gain, &dy, None, self.eps)?;
+                        dy_sum = Some(s);
+                        (dx, dg, db)
+                    } else {
+                        crate::norm::layer_norm_grads(x, gain, &dy, None, self.eps)?
+                    };
                     grads.add(&params[0], dg)?;
                     grads.add(&params[1], db)?;
                     dx
                 }
                 Step::Block { forward, params } => {
-                    let (dx, dp) = forward.backward(&dy, self.heads, self.eps)?;
+                    let (dx, dx_sum, dp) =
+                        forward.backward(&dy, dy_sum.take(), block_below, self.heads, self.eps)?;
+                    dy_sum = dx_sum;
                     for (p, g) in params.iter().zip(dp) {
                         grads.add(p, g)?;
                     }

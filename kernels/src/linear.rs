@@ -243,13 +243,24 @@ fn cpu_fwd(
 /// buffers (candle's matmul would zero-fill them first); the bias's a
 /// fixed-order column sum. CPU only: on a GPU `linear` is candle's ops.
 pub fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let (dx, dw) = product_grads(x, w, grad)?;
+    Ok((dx, dw, bias_grad(grad)?))
+}
+
+/// [`grads`] less the bias's: for a backward that summed it already.
+pub(crate) fn product_grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
     let (inner, out) = w.dims2()?;
     let rows = x.elem_count() / inner;
     let g = grad.contiguous()?.reshape((rows, out))?;
     let dx = input_grad(&g, w)?;
     let dw = weight_grad(&x.contiguous()?.reshape((rows, inner))?, &g)?;
-    let db = g.apply_op1_no_bwd(&ColumnSum { m: out })?;
-    Ok((dx.reshape(x.shape())?, dw, db))
+    Ok((dx.reshape(x.shape())?, dw))
+}
+
+/// The column sums of a gradient `[.., out]`: a bias's gradient.
+pub(crate) fn bias_grad(grad: &Tensor) -> Result<Tensor> {
+    let out = grad.dim(candle_core::D::Minus1)?;
+    grad.contiguous()?.apply_op1_no_bwd(&ColumnSum { m: out })
 }
 
 /// `g wᵀ` for `g [rows, out]` and `w [inner, out]`: the input gradient as a
@@ -375,6 +386,13 @@ pub(crate) trait Epilogue: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The gradient of `h` from `h` and the node's output gradient.
     fn backward(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor>;
+    /// [`Epilogue::backward`] and its column sums (the linear's bias
+    /// gradient); an epilogue may make both in one pass.
+    fn backward_summed(&self, h: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dh = self.backward(h, grad)?;
+        let db = bias_grad(&dh)?;
+        Ok((dh, db))
+    }
     /// The epilogue as its own op, off the CPU (where `linear` is candle's ops).
     fn apart(&self, h: &Tensor) -> Result<Tensor>;
     /// What the node keeps for the backward (the linear's output, or what
@@ -434,8 +452,8 @@ impl<E: Epilogue> CustomOp3 for Fused<E> {
         let Some(h) = self.hidden.get() else {
             bail!("{}: backward before forward", self.name())
         };
-        let dh = self.epilogue.backward(h, &grad.contiguous()?)?;
-        let (dx, dw, db) = grads(x, w, &dh)?;
+        let (dh, db) = self.epilogue.backward_summed(h, &grad.contiguous()?)?;
+        let (dx, dw) = product_grads(x, w, &dh)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
@@ -472,6 +490,30 @@ impl Epilogue for Act {
 
     fn backward(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor> {
         h.apply_op2_no_bwd(grad, &activation::Backward(*self))
+    }
+
+    /// On the CPU the bias's column sums are added up as the activation's
+    /// gradient is written, in `bias::column_sum`'s order (the same bits).
+    fn backward_summed(&self, h: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        if !h.device().is_cpu() || h.dims() != grad.dims() {
+            let dh = self.backward(h, grad)?;
+            return Ok((dh.clone(), bias_grad(&dh)?));
+        }
+        let (h, grad) = (h.contiguous()?, grad.contiguous()?);
+        let m = h.dim(candle_core::D::Minus1)?;
+        let name = "speedrun-activation-bwd-summed";
+        with_cpu(&h, name, |hs, hl| {
+            with_cpu(&grad, name, |gs, gl| {
+                with_float!(name, hs, hl, |x| {
+                    let g = typed_slice(gs, gl, name)?;
+                    let (dh, db) = activation::grad_and_column_sum(*self, x, g, m);
+                    Ok((
+                        Tensor::from_vec(dh, h.shape(), &Device::Cpu)?,
+                        Tensor::from_vec(db, m, &Device::Cpu)?,
+                    ))
+                })
+            })
+        })
     }
 
     fn apart(&self, h: &Tensor) -> Result<Tensor> {

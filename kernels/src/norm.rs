@@ -44,6 +44,8 @@ struct Backward {
     /// A gradient added into dx as it is written: the residual stream's other
     /// source, summed without a pass of its own.
     add: Option<Tensor>,
+    /// dx's column sums packed after db (CPU only).
+    sum_dx: bool,
 }
 
 fn fwd<T: Real>(x: &[T], w: &[T], b: &[T], kind: Kind, eps: f64) -> Vec<T> {
@@ -72,37 +74,52 @@ wide_fn! {
 }
 
 /// Packed `[dx (rows*d) | dw (d) | db (d)]`, with `add` (if any) added into dx.
-fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], add: Option<&[T]>, kind: Kind, eps: f64) -> Vec<T> {
+/// `[dx; dw; db]`, and with `sum_dx` dx's column sums after them (the bias
+/// gradient of the linear whose output's gradient dx is), summed in
+/// `bias::column_sum`'s chunks and order: the same bits, without reading dx
+/// back.
+#[allow(clippy::too_many_arguments)]
+fn bwd<T: Real>(
+    x: &[T],
+    w: &[T],
+    g: &[T],
+    add: Option<&[T]>,
+    kind: Kind,
+    eps: f64,
+    sum_dx: bool,
+) -> Vec<T> {
     let d = w.len();
     let n = x.len();
-    // SAFETY: `grad_rows` writes every element of dx (the chunks cover it); dw
-    // and db are written below, each element once, before any read.
+    let sums = if sum_dx { 3 } else { 2 };
+    // SAFETY: `grad_rows` writes every element of dx (the chunks cover it); dw,
+    // db (and dx's sums) are written below, each element once, before any read.
     unsafe {
-        filled(n + 2 * d, |out| {
+        filled(n + sums * d, |out| {
             let (dx, rest) = out.split_at_mut(n);
             let chunk = ROW_CHUNK * d;
-            let partials: Vec<(Vec<T>, Vec<T>)> = dx
+            let partials: Vec<[Vec<T>; 3]> = dx
                 .par_chunks_mut(chunk)
                 .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
                 .enumerate()
                 .map(|(i, (dx, (x, g)))| {
                     let (mut dw, mut db) = (vec![T::ZERO; d], vec![T::ZERO; d]);
+                    let mut ds = vec![T::ZERO; if sum_dx { d } else { 0 }];
                     let mut scratch = vec![T::ZERO; 2 * d];
                     let add = add.map(|a| &a[i * chunk..][..dx.len()]);
-                    grad_rows(dx, x, g, w, add, kind, eps, &mut dw, &mut db, &mut scratch);
-                    (dw, db)
+                    let sink = (&mut dw[..], &mut db[..], &mut ds[..]);
+                    grad_rows(dx, x, g, w, add, kind, eps, sink, &mut scratch);
+                    [dw, db, ds]
                 })
                 .collect();
             // Chunk partials added in order: the same bits whatever the thread count.
-            let (dw, db) = rest.split_at_mut(d);
-            for j in 0..d {
-                let (mut sw, mut sb) = (T::ZERO, T::ZERO);
-                for (pw, pb) in &partials {
-                    sw += pw[j];
-                    sb += pb[j];
+            for (k, dst) in rest.chunks_mut(d).enumerate() {
+                for j in 0..d {
+                    let mut s = T::ZERO;
+                    for p in &partials {
+                        s += p[k][j];
+                    }
+                    dst[j].write(s);
                 }
-                dw[j].write(sw);
-                db[j].write(sb);
             }
         })
     }
@@ -110,7 +127,8 @@ fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], add: Option<&[T]>, kind: Kind, eps: f
 
 wide_fn! {
     /// The rows' dx (plus `add`'s rows), and their gain and bias gradients
-    /// added into `dw`, `db` (`scratch`: 2·d for x̂ and dx̂).
+    /// added into `dw`, `db` of `sink`, and the rows of dx into its third
+    /// (when it is not empty) (`scratch`: 2·d for x̂ and dx̂).
     #[allow(clippy::too_many_arguments)]
     fn grad_rows<T: Real>(
         dx: &mut [MaybeUninit<T>],
@@ -120,10 +138,10 @@ wide_fn! {
         add: Option<&[T]>,
         kind: Kind,
         eps: f64,
-        dw: &mut [T],
-        db: &mut [T],
+        sink: (&mut [T], &mut [T], &mut [T]),
         scratch: &mut [T],
     ) {
+        let (dw, db, ds) = sink;
         let d = w.len();
         let (xhat, dxhat) = scratch.split_at_mut(d);
         for (r, ((dx, x), g)) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)).enumerate() {
@@ -151,6 +169,12 @@ wide_fn! {
                     for j in 0..d {
                         dx[j].write(rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat));
                     }
+                }
+            }
+            if !ds.is_empty() {
+                for j in 0..d {
+                    // SAFETY: written just above.
+                    ds[j] += unsafe { dx[j].assume_init() };
                 }
             }
         }
@@ -193,7 +217,7 @@ impl CustomOp3 for Forward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = grads(self.kind, self.eps, x, w, grad, None)?;
+        let (dx, dw, db, _) = grads(self.kind, self.eps, x, w, grad, None, false)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 
@@ -230,23 +254,19 @@ impl CustomOp3 for Backward {
             let w = typed_slice(s2, l2, name)?;
             let g = typed_slice(s3, l3, name)?;
             let d = w.len();
+            let (kind, eps, sum_dx) = (self.kind, self.eps, self.sum_dx);
             let packed = match &self.add {
-                None => bwd(x, w, g, None, self.kind, self.eps),
+                None => bwd(x, w, g, None, kind, eps, sum_dx),
                 Some(a) => with_cpu(a, name, |s, l| {
                     if l.shape().elem_count() != x.len() {
                         candle_core::bail!("{name}: the added gradient is not the input's size")
                     }
-                    Ok(bwd(
-                        x,
-                        w,
-                        g,
-                        Some(typed_slice(s, l, name)?),
-                        self.kind,
-                        self.eps,
-                    ))
+                    let a = typed_slice(s, l, name)?;
+                    Ok(bwd(x, w, g, Some(a), kind, eps, sum_dx))
                 })?,
             };
-            Ok((Real::storage(packed), Shape::from(x.len() + 2 * d)))
+            let sums = if sum_dx { 3 } else { 2 };
+            Ok((Real::storage(packed), Shape::from(x.len() + sums * d)))
         })
     }
 
@@ -260,15 +280,20 @@ impl CustomOp3 for Backward {
         s3: &candle_core::cuda_backend::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
-        if self.add.is_some() {
-            candle_core::bail!("{}: an added gradient is CPU-only", self.name());
+        if self.add.is_some() || self.sum_dx {
+            candle_core::bail!(
+                "{}: an added gradient or dx's sums are CPU-only",
+                self.name()
+            );
         }
         cuda::bwd(self.kind, self.eps, [(s1, l1), (s2, l2), (s3, l3)])
     }
 }
 
 /// The input, gain and bias gradients of a norm from its output's, one pass;
-/// `add` (input-shaped) is added into the input's.
+/// `add` (input-shaped) is added into the input's; with `sum_dx`, also the
+/// input gradient's column sums.
+#[allow(clippy::too_many_arguments)]
 fn grads(
     kind: Kind,
     eps: f64,
@@ -276,15 +301,26 @@ fn grads(
     w: &Tensor,
     grad: &Tensor,
     add: Option<Tensor>,
-) -> Result<(Tensor, Tensor, Tensor)> {
+    sum_dx: bool,
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
     let d = w.elem_count();
     let n = x.elem_count();
     let add = add.map(|a| a.contiguous()).transpose()?;
-    let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward { kind, eps, add })?;
+    let op = Backward {
+        kind,
+        eps,
+        add,
+        sum_dx,
+    };
+    let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
     let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
     let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
     let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
-    Ok((dx, dw, db))
+    let ds = match sum_dx {
+        true => Some(packed.narrow(0, n + 2 * d, d)?),
+        false => None,
+    };
+    Ok((dx, dw, db, ds))
 }
 
 /// LayerNorm's input (plus `add`, if any), gain and bias gradients as its
@@ -296,7 +332,22 @@ pub(crate) fn layer_norm_grads(
     add: Option<&Tensor>,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    grads(Kind::Layer, eps, x, w, grad, add.cloned())
+    let (dx, dw, db, _) = grads(Kind::Layer, eps, x, w, grad, add.cloned(), false)?;
+    Ok((dx, dw, db))
+}
+
+/// [`layer_norm_grads`] and the input gradient's column sums (the bias
+/// gradient of the linear whose output feeds the norm's input gradient), the
+/// same bits as summing dx afterwards (CPU only).
+pub(crate) fn layer_norm_grads_summed(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    add: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let (dx, dw, db, ds) = grads(Kind::Layer, eps, x, w, grad, add.cloned(), true)?;
+    Ok((dx, dw, db, ds.expect("asked for dx's sums")))
 }
 
 /// The input, gain and bias gradients of [`layer_norm`] (`rms: false`) or
@@ -310,7 +361,16 @@ pub fn norm_grads(
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let kind = if rms { Kind::Rms } else { Kind::Layer };
-    grads(kind, eps, &x.contiguous()?, &w.contiguous()?, grad, None)
+    let (dx, dw, db, _) = grads(
+        kind,
+        eps,
+        &x.contiguous()?,
+        &w.contiguous()?,
+        grad,
+        None,
+        false,
+    )?;
+    Ok((dx, dw, db))
 }
 
 fn norm(
