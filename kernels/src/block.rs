@@ -164,19 +164,14 @@ impl Forward {
         let (dh2, dw_f) = linear::product_grads(&self.h2, &p[8], &dpre)?;
         // dx2 = dy + ln_2's input gradient, summed as the norm writes it.
         let (dx2, dg_2, db_2, db_p) =
-            norm::layer_norm_grads_summed(&self.x2, &p[6], &dh2, Some(&dy), eps)?;
+            norm::layer_norm_grads(&self.x2, &p[6], &dh2, Some(&dy), eps, true)?;
+        let db_p = db_p.expect("ln_2 was asked for dx's sums");
         // x2 = x + a @ w + b: dx gets dx2 itself.
         let (da, dw_p) = linear::product_grads(&self.a, &p[4], &dx2)?;
         let dqkv = attention::biased_grad(&self.qkv, &p[3], &da, heads)?;
         let (dh1, dw_a, db_a) = linear::grads(&self.h1, &p[2], &dqkv)?;
-        let (dx, dg_1, db_1, dx_sum) = if sum_dx {
-            let (dx, dg, db, s) =
-                norm::layer_norm_grads_summed(&self.x, &p[0], &dh1, Some(&dx2), eps)?;
-            (dx, dg, db, Some(s))
-        } else {
-            let (dx, dg, db) = norm::layer_norm_grads(&self.x, &p[0], &dh1, Some(&dx2), eps)?;
-            (dx, dg, db, None)
-        };
+        let (dx, dg_1, db_1, dx_sum) =
+            norm::layer_norm_grads(&self.x, &p[0], &dh1, Some(&dx2), eps, sum_dx)?;
         Ok((
             dx,
             dx_sum,

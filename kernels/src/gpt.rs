@@ -132,14 +132,9 @@ impl Tape {
                     dh.reshape(h.shape())?
                 }
                 Step::FinalNorm { x, gain, params } => {
-                    let (dx, dg, db) = if block_below {
-                        let (dx, dg, db, s) =
-                            crate::norm::layer_norm_grads_summed(x, gain, &dy, None, self.eps)?;
-                        dy_sum = Some(s);
-                        (dx, dg, db)
-                    } else {
-                        crate::norm::layer_norm_grads(x, gain, &dy, None, self.eps)?
-                    };
+                    let (dx, dg, db, dx_sum) =
+                        crate::norm::layer_norm_grads(x, gain, &dy, None, self.eps, block_below)?;
+                    dy_sum = dx_sum;
                     grads.add(&params[0], dg)?;
                     grads.add(&params[1], db)?;
                     dx

@@ -495,9 +495,18 @@ impl Epilogue for Act {
     /// On the CPU the bias's column sums are added up as the activation's
     /// gradient is written, in `bias::column_sum`'s order (the same bits).
     fn backward_summed(&self, h: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
-        if !h.device().is_cpu() || h.dims() != grad.dims() {
+        if !h.device().is_cpu() {
             let dh = self.backward(h, grad)?;
-            return Ok((dh.clone(), bias_grad(&dh)?));
+            let db = bias_grad(&dh)?;
+            return Ok((dh, db));
+        }
+        if h.dims() != grad.dims() {
+            bail!(
+                "{}: gradient {:?} for an output {:?}",
+                self.name(),
+                grad.dims(),
+                h.dims()
+            );
         }
         let (h, grad) = (h.contiguous()?, grad.contiguous()?);
         let m = h.dim(candle_core::D::Minus1)?;

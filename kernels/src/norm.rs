@@ -73,11 +73,11 @@ wide_fn! {
     }
 }
 
-/// Packed `[dx (rows*d) | dw (d) | db (d)]`, with `add` (if any) added into dx.
-/// `[dx; dw; db]`, and with `sum_dx` dx's column sums after them (the bias
-/// gradient of the linear whose output's gradient dx is), summed in
-/// `bias::column_sum`'s chunks and order: the same bits, without reading dx
-/// back.
+/// Packed `[dx (rows*d) | dw (d) | db (d)]`, with `add` (if any) added into
+/// dx, and with `sum_dx` dx's column sums after them (the bias gradient of the
+/// linear whose output's gradient dx is), summed in `bias::column_sum`'s
+/// chunks and order (`bias::sum_partials`'s, below): the same bits, without
+/// reading dx back.
 #[allow(clippy::too_many_arguments)]
 fn bwd<T: Real>(
     x: &[T],
@@ -324,30 +324,18 @@ fn grads(
 }
 
 /// LayerNorm's input (plus `add`, if any), gain and bias gradients as its
-/// node's backward computes them.
+/// node's backward computes them, and with `sum_dx` the input gradient's
+/// column sums (the bias gradient of the linear whose output feeds the norm),
+/// the same bits as summing dx afterwards (CPU only).
 pub(crate) fn layer_norm_grads(
     x: &Tensor,
     w: &Tensor,
     grad: &Tensor,
     add: Option<&Tensor>,
     eps: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let (dx, dw, db, _) = grads(Kind::Layer, eps, x, w, grad, add.cloned(), false)?;
-    Ok((dx, dw, db))
-}
-
-/// [`layer_norm_grads`] and the input gradient's column sums (the bias
-/// gradient of the linear whose output feeds the norm's input gradient), the
-/// same bits as summing dx afterwards (CPU only).
-pub(crate) fn layer_norm_grads_summed(
-    x: &Tensor,
-    w: &Tensor,
-    grad: &Tensor,
-    add: Option<&Tensor>,
-    eps: f64,
-) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-    let (dx, dw, db, ds) = grads(Kind::Layer, eps, x, w, grad, add.cloned(), true)?;
-    Ok((dx, dw, db, ds.expect("asked for dx's sums")))
+    sum_dx: bool,
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+    grads(Kind::Layer, eps, x, w, grad, add.cloned(), sum_dx)
 }
 
 /// The input, gain and bias gradients of [`layer_norm`] (`rms: false`) or
