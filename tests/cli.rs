@@ -643,12 +643,22 @@ fn bench_throughput_reports_the_step_each_product_and_the_attention_alone() {
         "--track",
         "smoke",
         "--steps",
-        "2",
+        "12",
         "--json",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["shapes"].as_array().unwrap().len(), 5, "{r}");
+    // The peak is sampled once after each timed step (then up to 10 calls).
+    assert_eq!(r["matmul_peak_samples"], 12, "{r}");
+    let (achieved, peak) = (
+        r["gflops"].as_f64().unwrap(),
+        r["matmul_peak_gflops"].as_f64().unwrap(),
+    );
+    assert!(
+        peak > 0.0 && (r["fraction_of_peak"].as_f64().unwrap() - achieved / peak).abs() < 1e-12,
+        "{r}"
+    );
     // The smoke track's attention: 16 sequences of 32, 2 heads of 16.
     let a = &r["attention"];
     let dims: Vec<u64> = ["batch", "seq_len", "heads", "head_dim"]

@@ -42,18 +42,55 @@ fn median_gflops(
     Ok(flops / median(times) / 1e9)
 }
 
-/// Median GFLOP/s of an `n`³ product through the model's own linear layer (the
-/// path its products take, in the track's precision).
-pub fn matmul_peak_gflops(
-    n: usize,
-    reps: usize,
-    dev: &Device,
+/// An `n`³ product through the model's own linear layer (the path its
+/// products take, in the track's precision), timed one call at a time.
+struct PeakProbe {
+    a: Tensor,
+    b: Tensor,
     precision: Precision,
-) -> Result<f64> {
-    let (a, b) = (sample_matrix(n, n, dev)?, sample_matrix(n, n, dev)?);
-    median_gflops(2.0 * (n * n * n) as f64, reps, dev, || {
-        precision.linear(&a, &b, None)
-    })
+    flops: f64,
+    times: Vec<f64>,
+}
+
+impl PeakProbe {
+    /// The product's operands, and two untimed calls.
+    fn new(n: usize, dev: &Device, precision: Precision) -> Result<Self> {
+        let (a, b) = (sample_matrix(n, n, dev)?, sample_matrix(n, n, dev)?);
+        for _ in 0..2 {
+            precision.linear(&a, &b, None)?;
+        }
+        let flops = 2.0 * (n * n * n) as f64;
+        Ok(PeakProbe {
+            a,
+            b,
+            precision,
+            flops,
+            times: vec![],
+        })
+    }
+
+    fn sample(&mut self, dev: &Device) -> Result<()> {
+        dev.synchronize()?;
+        let t = Instant::now();
+        let c = self.precision.linear(&self.a, &self.b, None)?;
+        dev.synchronize()?;
+        drop(c);
+        self.times.push(t.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// GFLOP/s at the median call's time.
+    fn gflops(&self) -> f64 {
+        self.flops / median(self.times.clone()) / 1e9
+    }
+}
+
+/// The side of the peak's square product: a GPU needs a bigger one to reach it.
+fn peak_size(dev: &Device) -> usize {
+    match dev {
+        Device::Cpu => 1024,
+        _ => 8192,
+    }
 }
 
 /// One of the model's products at its real size, with the two its backward
@@ -168,8 +205,11 @@ pub struct ThroughputReport {
     pub tokens_per_s: f64,
     pub gflops: f64,
     /// The device's matmul rate in the track's precision (`precision`),
-    /// through the same matmul path the trainer takes.
+    /// through the same matmul path the trainer takes: the median of one
+    /// square product timed after each timed step (and at least 10).
     pub matmul_peak_gflops: f64,
+    /// The calls that median is over: one a timed step, then more up to 10.
+    pub matmul_peak_samples: usize,
     /// That path: gemm's microkernels on the CPU (`speedrun_kernels::matmul_kernel`),
     /// cuBLAS on a GPU.
     pub matmul_kernel: String,
@@ -232,6 +272,9 @@ impl<'a> Stepper<'a> {
     }
 }
 
+/// The fewest calls the peak's median is taken over.
+const PEAK_REPS: usize = 10;
+
 /// Times `steps` training steps after `warmup` untimed ones (reference components).
 pub fn throughput(
     lt: &LoadedTrack,
@@ -244,6 +287,11 @@ pub fn throughput(
     let data = TrackData::open(lt, data_dir)?;
     let comps = Components::reference(track);
     let mut s = Stepper::new(track, &data, comps, warmup + steps, device)?;
+    // The peak is sampled between the timed steps, one product after each, so
+    // that it sees the machine the steps saw: on a shared machine whose speed
+    // drifts by tens of percent, a peak timed apart from the steps (in a slow
+    // moment, say) put the fraction above 1.
+    let mut peak = PeakProbe::new(peak_size(device), device, track.train.precision)?;
     let (mut fwd, mut bwd, mut optim, mut total) = (vec![], vec![], vec![], vec![]);
     for step in 0..warmup + steps {
         let t = s.step()?;
@@ -252,17 +300,18 @@ pub fn throughput(
             bwd.push(t.backward);
             optim.push(t.optimizer);
             total.push(t.forward + t.backward + t.optimizer);
+            peak.sample(device)?;
         }
+    }
+    while peak.times.len() < PEAK_REPS {
+        peak.sample(device)?;
     }
     let parameters = s.stack.model.params.numel();
     let step_s = median(total);
     let tokens_per_s = track.train.batch_tokens as f64 / step_s;
     let gflops = track.flops_per_token(parameters) * tokens_per_s / 1e9;
-    let peak = match device {
-        Device::Cpu => matmul_peak_gflops(1024, 10, device, track.train.precision)?,
-        // A GPU needs a bigger problem to reach its peak.
-        _ => matmul_peak_gflops(8192, 10, device, track.train.precision)?,
-    };
+    let peak_samples = peak.times.len();
+    let peak = peak.gflops();
     Ok(ThroughputReport {
         track: track.name.clone(),
         parameters,
@@ -275,6 +324,7 @@ pub fn throughput(
         tokens_per_s,
         gflops,
         matmul_peak_gflops: peak,
+        matmul_peak_samples: peak_samples,
         matmul_kernel: match device {
             Device::Cpu => speedrun_kernels::matmul_kernel().into(),
             _ => "cuBLAS".into(),

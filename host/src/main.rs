@@ -25,6 +25,24 @@ fn keep_freed_pages_mapped() {
     }
 }
 
+/// Make this thread worker 0 of rayon's global pool, of the machine's thread
+/// count in all. Otherwise every parallel kernel the step calls from here is
+/// handed to a pool thread while this one sleeps on a latch and is woken
+/// after: ~300 sleeps and wakes a step on the cpu track, with this thread
+/// and a worker sharing one core. As a member it runs its share of each
+/// kernel itself, and the other worker only waits between kernels.
+fn join_the_thread_pool() {
+    let threads = candle_core::utils::get_num_threads();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .use_current_thread()
+        .build_global();
+    if let Err(e) = pool {
+        // Only a pool already built could refuse, and nothing builds one first.
+        tracing::warn!("rayon's pool was not joined ({e}): kernels run from outside it");
+    }
+}
+
 fn main() -> std::process::ExitCode {
     keep_freed_pages_mapped();
     // Colour only for a person at a terminal, and never under NO_COLOR.
@@ -38,6 +56,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    join_the_thread_pool();
     // Ctrl-C (or SIGTERM, as scancel sends): a training run stops before its
     // next step and is recorded as incomplete at once; a second one, or one
     // with nothing training, quits.

@@ -24,21 +24,32 @@ pub fn run_local(
     if world == 0 {
         return vec![Err(anyhow!("--ranks must be at least 1"))];
     }
-    let groups = LocalGroup::new(world);
+    let mut groups = LocalGroup::new(world).into_iter();
+    let first = groups.next().expect("a group of at least one rank");
+    let panicked = || Err(anyhow!("a rank's thread panicked"));
     std::thread::scope(|s| {
-        let handles: Vec<_> = groups
-            .into_iter()
+        let others: Vec<_> = groups
             .map(|g| {
                 let o = opts.for_rank(g.rank(), Arc::new(g));
                 s.spawn(move || crate::train::execute(&o, &mut || build()))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a rank's thread panicked")))
-            })
+        // Rank 0 on this thread: the binary's main thread is one of rayon's
+        // workers (main.rs), which only computes while it runs rayon work
+        // itself; blocked in a join here, it would leave the pool a thread short.
+        // Its group is dropped before the joins, as its thread's would be, so
+        // that a rank still waiting on it hears that it left.
+        let mine = {
+            let o = opts.for_rank(first.rank(), Arc::new(first));
+            let run = std::panic::AssertUnwindSafe(|| crate::train::execute(&o, &mut || build()));
+            std::panic::catch_unwind(run).unwrap_or_else(|_| panicked())
+        };
+        std::iter::once(mine)
+            .chain(
+                others
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| panicked())),
+            )
             .collect()
     })
 }

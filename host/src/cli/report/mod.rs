@@ -83,10 +83,11 @@ pub fn throughput(r: &ThroughputReport) -> String {
     let _ = writeln!(o, "tokens/s: {:.0}", r.tokens_per_s);
     let _ = writeln!(
         o,
-        "achieved: {:.1} GFLOP/s; {} matmul peak ({}, median of 10): {:.1} GFLOP/s; fraction {:.1}%",
+        "achieved: {:.1} GFLOP/s; {} matmul peak ({}, median of {} between the steps): {:.1} GFLOP/s; fraction {:.1}%",
         r.gflops,
         r.precision.name(),
         r.matmul_kernel,
+        r.matmul_peak_samples,
         r.matmul_peak_gflops,
         100.0 * r.fraction_of_peak
     );
