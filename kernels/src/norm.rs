@@ -144,37 +144,42 @@ wide_fn! {
         let (dw, db, ds) = sink;
         let d = w.len();
         let (xhat, dxhat) = scratch.split_at_mut(d);
+        // Every per-element loop zips its slices: indexed by j, the bounds
+        // checks kept the dx and ds loops scalar (the same operations either
+        // way, so the same bits).
         for (r, ((dx, x), g)) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)).enumerate() {
             let (mean, rstd) = stats(x, kind, eps);
-            for j in 0..d {
-                xhat[j] = (x[j] - mean) * rstd;
-                dxhat[j] = g[j] * w[j];
-                dw[j] += g[j] * xhat[j];
-                db[j] += g[j];
+            let rows = xhat.iter_mut().zip(dxhat.iter_mut()).zip(dw.iter_mut().zip(db.iter_mut()));
+            for (((xh, dxh), (dw, db)), ((&x, &g), &w)) in rows.zip(x.iter().zip(g).zip(w)) {
+                *xh = (x - mean) * rstd;
+                *dxh = g * w;
+                *dw += g * *xh;
+                *db += g;
             }
             let mean_dxhat = match kind {
                 Kind::Layer => T::of(sum_by(dxhat, |v| v.f64()) / d as f64),
                 Kind::Rms => T::ZERO,
             };
             let mean_dxhat_xhat = T::of(sum_by2(dxhat, xhat, |a, b| (a * b).f64()) / d as f64);
+            let dx = &mut dx[..d];
+            let v = |dxh: T, xh: T| rstd * (dxh - mean_dxhat - xh * mean_dxhat_xhat);
             match add {
                 Some(a) => {
                     let a = &a[r * d..][..d];
-                    for j in 0..d {
-                        let v = rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat);
-                        dx[j].write(v + a[j]);
+                    for ((o, (&dxh, &xh)), &a) in dx.iter_mut().zip(dxhat.iter().zip(&*xhat)).zip(a) {
+                        o.write(v(dxh, xh) + a);
                     }
                 }
                 None => {
-                    for j in 0..d {
-                        dx[j].write(rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat));
+                    for (o, (&dxh, &xh)) in dx.iter_mut().zip(dxhat.iter().zip(&*xhat)) {
+                        o.write(v(dxh, xh));
                     }
                 }
             }
             if !ds.is_empty() {
-                for j in 0..d {
+                for (s, o) in ds[..d].iter_mut().zip(&*dx) {
                     // SAFETY: written just above.
-                    ds[j] += unsafe { dx[j].assume_init() };
+                    *s += unsafe { o.assume_init() };
                 }
             }
         }
