@@ -30,16 +30,20 @@ fn median_gflops(
     for _ in 0..2 {
         product()?;
     }
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        dev.synchronize()?;
-        let t = Instant::now();
-        let c = product()?;
-        dev.synchronize()?;
-        drop(c);
-        times.push(t.elapsed().as_secs_f64());
-    }
+    let times = (0..reps)
+        .map(|_| timed_call(dev, &product))
+        .collect::<Result<Vec<_>>>()?;
     Ok(flops / median(times) / 1e9)
+}
+
+/// Seconds of one call of `product`, the device synchronised on both sides.
+fn timed_call(dev: &Device, product: impl Fn() -> candle_core::Result<Tensor>) -> Result<f64> {
+    dev.synchronize()?;
+    let t = Instant::now();
+    let c = product()?;
+    dev.synchronize()?;
+    drop(c);
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// An `n`³ product through the model's own linear layer (the path its
@@ -70,12 +74,8 @@ impl PeakProbe {
     }
 
     fn sample(&mut self, dev: &Device) -> Result<()> {
-        dev.synchronize()?;
-        let t = Instant::now();
-        let c = self.precision.linear(&self.a, &self.b, None)?;
-        dev.synchronize()?;
-        drop(c);
-        self.times.push(t.elapsed().as_secs_f64());
+        let t = timed_call(dev, || self.precision.linear(&self.a, &self.b, None))?;
+        self.times.push(t);
         Ok(())
     }
 

@@ -28,8 +28,8 @@ fn keep_freed_pages_mapped() {
 /// Make this thread worker 0 of rayon's global pool, of the machine's thread
 /// count in all. Otherwise every parallel kernel the step calls from here is
 /// handed to a pool thread while this one sleeps on a latch and is woken
-/// after: ~300 sleeps and wakes a step on the cpu track, with this thread
-/// and a worker sharing one core. As a member it runs its share of each
+/// after: ~690 context switches a step on the cpu track (~185 joined), with
+/// this thread and a worker sharing one core. As a member it runs its share of each
 /// kernel itself, and the other worker only waits between kernels.
 fn join_the_thread_pool() {
     let threads = candle_core::utils::get_num_threads();

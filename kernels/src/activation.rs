@@ -99,7 +99,10 @@ pub(crate) fn grad_and_column_sum<T: Real>(
                 .collect();
         })
     };
-    (dx, crate::bias::sum_partials(&partials, m))
+    (
+        dx,
+        crate::bias::sum_partials(partials.iter().map(Vec::as_slice), m),
+    )
 }
 
 const SQRT_2_OVER_PI: f64 = 0.7978845608028654;

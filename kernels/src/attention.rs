@@ -143,9 +143,7 @@ fn transpose<T: Real>(src: &[T], (t, hd): (usize, usize), dst: &mut [T]) {
     assert!(src.len() >= t * hd && dst.len() >= hd * tp);
     let (mut tb, mut hb) = (0, 0);
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && crate::wide::level() == crate::wide::Level::Avx512
-    {
+    if crate::wide::f32_avx512::<T>() {
         (tb, hb) = (t / 16 * 16, hd / 16 * 16);
         for j0 in (0..tb).step_by(16) {
             for k0 in (0..hb).step_by(16) {

@@ -47,11 +47,14 @@ fn column_sum<T: Real>(g: &[T], m: usize) -> Vec<T> {
             acc
         })
         .collect();
-    sum_partials(&partials, m)
+    sum_partials(partials.iter().map(Vec::as_slice), m)
 }
 
 /// The chunks' column sums added in chunk order (`column_sum`'s last step).
-pub(crate) fn sum_partials<T: Real>(partials: &[Vec<T>], m: usize) -> Vec<T> {
+pub(crate) fn sum_partials<'a, T: Real>(
+    partials: impl IntoIterator<Item = &'a [T]>,
+    m: usize,
+) -> Vec<T> {
     let mut out = vec![T::ZERO; m];
     for p in partials {
         for (o, &v) in out.iter_mut().zip(p) {

@@ -113,12 +113,9 @@ fn bwd<T: Real>(
                 .collect();
             // Chunk partials added in order: the same bits whatever the thread count.
             for (k, dst) in rest.chunks_mut(d).enumerate() {
-                for j in 0..d {
-                    let mut s = T::ZERO;
-                    for p in &partials {
-                        s += p[k][j];
-                    }
-                    dst[j].write(s);
+                let sum = crate::bias::sum_partials(partials.iter().map(|p| &p[k][..]), d);
+                for (o, v) in dst.iter_mut().zip(sum) {
+                    o.write(v);
                 }
             }
         })

@@ -41,9 +41,7 @@ pub(crate) unsafe fn product<T: Real>(
     scale: T,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && crate::wide::level() == crate::wide::Level::Avx512
-    {
+    if crate::wide::f32_avx512::<T>() {
         let a = View {
             ptr: a.ptr.cast::<f32>(),
             rs: a.rs,

@@ -39,6 +39,13 @@ pub(crate) enum Level {
     Baseline,
 }
 
+/// Whether `T` is f32 on a CPU that runs the hand-written AVX-512 kernels
+/// (the tiled products, the attention's transposes).
+#[inline(always)]
+pub(crate) fn f32_avx512<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && level() == Level::Avx512
+}
+
 #[inline(always)]
 pub(crate) fn level() -> Level {
     #[cfg(test)]
